@@ -1,0 +1,1 @@
+"""Framework integrations: torchvision classification, Detectron2, webdataset."""

@@ -1,0 +1,1 @@
+"""Detectron2 integration (VOC/YOLO datasets, AdaPruner for detection, pruned registrations)."""

@@ -1,0 +1,527 @@
+"""AdaPruner (Yang et al., 2024): learn a per-sample keep-mask jointly with the model.
+
+The mask is one tensor of logits ``m`` with an entry per dataset sample (index), and sample weights
+``w = sigmoid(alpha * m)``. Each training step combines
+
+* ``L_classification = mean_b(w_i * L_i)`` -- the task loss of the kept samples (pruned samples stay
+  in the batch with ~zero weight, so batches never become ragged);
+* ``L_selection = sum_b(w_i * -log L_i) / N`` -- pushes easy (low-loss) samples out;
+* ``lambda * (mean(sigmoid(alpha*m)) - keep_ratio)^2`` with ``lambda = s * |r - keep_ratio|``, ``r``
+  the current binarised keep ratio -- drives the mask towards the requested size.
+
+Warm-up epochs train the model on all samples before the mask moves; ``alpha`` then rises linearly
+per epoch from ``alpha_init`` to ``alpha_final``; at the end the mask is binarised and must land within
+``tolerance`` of ``keep_ratio``.
+
+Scaling. The paper divides the per-sample terms by ``N``, the dataset size (Eq. 4-6). We follow it
+for the mask's gradient and give the *model* the batch mean of the weighted loss (Eq. 4 with ``N``
+the batch size), so ordinary learning rates apply. The selection term reaches only the mask.
+
+Sample ids travel with the batch (:class:`~prunedata.identity.IndexedDataset`), never from batch
+positions: ``loss(indices, losses)`` looks the mask up at the given dataset indices.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import LossShapeError, NonFiniteLossError, PruneDataError
+from .identity import dataset_fingerprint
+from .selection import Selection
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["AdaPruner", "AdaPrunerSampler", "check_keep_ratio", "check_per_sample_losses"]
+
+
+def check_keep_ratio(keep_ratio: float, name: str = "keep_ratio") -> float:
+    try:
+        r = float(keep_ratio)
+    except (TypeError, ValueError):
+        raise PruneDataError(f"{name} must be a number in (0, 1), got {keep_ratio!r}") from None
+    if not math.isfinite(r) or not 0.0 < r < 1.0:
+        hint = ""
+        if 1.0 < r <= 100.0:
+            hint = f" Did you mean {r / 100:g} (a fraction, not a percentage)?"
+        elif r == 1.0:
+            hint = " A keep ratio of 1 keeps everything: no pruning is needed."
+        raise PruneDataError(
+            f"{name} is the fraction of samples to keep and must lie strictly between 0 and 1; got {r!r}.{hint}"
+        )
+    return r
+
+
+def check_per_sample_losses(losses: Any, n_ids: int) -> torch.Tensor:
+    """Validate unreduced per-sample losses; returns them as a 1-D float tensor."""
+    if not isinstance(losses, torch.Tensor):
+        raise LossShapeError(
+            f"per-sample losses must be a torch.Tensor, got {type(losses).__name__}"
+        )
+    if losses.dim() == 0:
+        raise LossShapeError(
+            "got a scalar loss, but AdaPruner needs one loss per sample. Compute the loss with "
+            "reduction='none' (e.g. F.cross_entropy(logits, y, reduction='none'))."
+        )
+    if losses.dim() > 1:
+        if losses.dim() == 2 and losses.shape[1] == 1:
+            losses = losses[:, 0]
+        else:
+            raise LossShapeError(
+                f"per-sample losses must be 1-D (one per sample), got shape {tuple(losses.shape)}; "
+                "reduce over all but the batch dimension first, e.g. loss.flatten(1).mean(1)."
+            )
+    if losses.shape[0] != n_ids:
+        raise LossShapeError(
+            f"got {losses.shape[0]} per-sample losses for {n_ids} sample ids; the batch's ids and "
+            "losses must match one to one (was the loss reduced, or the ids taken from another batch?)"
+        )
+    if not torch.is_floating_point(losses):
+        raise LossShapeError(f"per-sample losses must be floating point, got {losses.dtype}")
+    finite = torch.isfinite(losses.detach())
+    if not bool(finite.all()):
+        bad = (~finite).nonzero().flatten()[:5].tolist()
+        raise NonFiniteLossError(
+            f"{int((~finite).sum())} per-sample losses are NaN or infinite (batch positions {bad}); "
+            "lower the learning rate, check the inputs, or clip gradients"
+        )
+    return losses
+
+
+class AdaPruner(nn.Module):
+    """Learnable per-sample mask, its optimiser and schedule.
+
+    Parameters (paper defaults)
+    ---------------------------
+    num_samples: dataset size ``N``.
+    keep_ratio: fraction of samples to keep (the paper's "compression ratio" ``c_r``), in (0, 1).
+    epochs: total epochs of joint training, warm-up included.
+    warmup_epochs: epochs on the full data before the mask starts to move.
+    alpha_init, alpha_final: sigmoid sharpness, ramped linearly per pruning epoch (0.1 -> 5).
+    scale: ``s`` in ``lambda = s * |r - keep_ratio|`` (100).
+    tolerance: allowed deviation of the final keep ratio (0.02).
+    mask_lr, mask_optimizer: the mask's own optimiser ("adam" or "sgd").
+    mask_init: initial logit of every entry (positive: every sample starts selected).
+    loss_eps: floor of ``L_i`` inside ``-log L_i``.
+    binarize: "threshold" (keep ``m > 0``, then clip to the tolerance band by rank if needed) or
+        "topk" (keep exactly ``round(keep_ratio*N)`` samples with the largest logits).
+    """
+
+    def __init__(self, num_samples: int, keep_ratio: float, *, epochs: int = 10, warmup_epochs: int = 2,
+                 alpha_init: float = 0.1, alpha_final: float = 5.0, scale: float = 100.0,
+                 tolerance: float = 0.02, mask_lr: float = 0.05, mask_optimizer: str = "adam",
+                 mask_init: float = 2.0, loss_eps: float = 1e-6, binarize: str = "threshold",
+                 device: Any = None):
+        super().__init__()
+        if not isinstance(num_samples, (int, np.integer)) or num_samples <= 0:
+            raise PruneDataError(f"num_samples must be a positive int, got {num_samples!r}")
+        self.num_samples = int(num_samples)
+        self.keep_ratio = check_keep_ratio(keep_ratio)
+        if int(epochs) < 1:
+            raise PruneDataError(f"epochs must be >= 1, got {epochs}")
+        if not 0 <= int(warmup_epochs) < int(epochs):
+            raise PruneDataError(
+                f"warmup_epochs must be in [0, epochs) so that at least one epoch prunes; got "
+                f"warmup_epochs={warmup_epochs}, epochs={epochs}"
+            )
+        if not 0 <= tolerance < 0.5:
+            raise PruneDataError(f"tolerance must be in [0, 0.5), got {tolerance}")
+        if alpha_init <= 0 or alpha_final < alpha_init:
+            raise PruneDataError(
+                f"need 0 < alpha_init <= alpha_final, got alpha_init={alpha_init}, alpha_final={alpha_final}"
+            )
+        if binarize not in ("threshold", "topk"):
+            raise PruneDataError(f"binarize must be 'threshold' or 'topk', got {binarize!r}")
+        if mask_optimizer not in ("adam", "sgd"):
+            raise PruneDataError(f"mask_optimizer must be 'adam' or 'sgd', got {mask_optimizer!r}")
+        self.epochs = int(epochs)
+        self.warmup_epochs = int(warmup_epochs)
+        self.alpha_init = float(alpha_init)
+        self.alpha_final = float(alpha_final)
+        self.scale = float(scale)
+        self.tolerance = float(tolerance)
+        self.mask_lr = float(mask_lr)
+        self.mask_optimizer_name = mask_optimizer
+        self.mask_init = float(mask_init)
+        self.loss_eps = float(loss_eps)
+        self.binarize_mode = binarize
+        self.mask = nn.Parameter(torch.full((self.num_samples,), self.mask_init, device=device))
+        if mask_optimizer == "adam":
+            self.optimizer = torch.optim.Adam([self.mask], lr=self.mask_lr)
+        else:
+            self.optimizer = torch.optim.SGD([self.mask], lr=self.mask_lr, momentum=0.9)
+        self.epoch = 0
+        self.global_step = 0
+        self.history: List[Dict[str, Any]] = []
+        self._last_terms: Dict[str, float] = {}
+        self._epoch_stats = _EpochStats()
+        self._seen = torch.zeros(self.num_samples, dtype=torch.bool)
+        self._process_group = None
+
+    # ------------------------------------------------------------------ schedule
+    @property
+    def in_warmup(self) -> bool:
+        return self.epoch < self.warmup_epochs
+
+    @property
+    def alpha(self) -> float:
+        """Sigmoid sharpness for the current epoch (linear ramp over the pruning epochs)."""
+        p_epochs = self.epochs - self.warmup_epochs
+        p = self.epoch - self.warmup_epochs
+        if p <= 0 or p_epochs <= 1:
+            return self.alpha_init if p_epochs > 1 or p < 0 else self.alpha_final
+        p = min(p, p_epochs - 1)
+        return self.alpha_init + (self.alpha_final - self.alpha_init) * p / (p_epochs - 1)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` (0-based). Called by :meth:`AdaPrunerSampler.set_epoch`."""
+        epoch = int(epoch)
+        if epoch < 0:
+            raise PruneDataError(f"epoch must be >= 0, got {epoch}")
+        self.epoch = epoch
+        self._epoch_stats = _EpochStats()
+
+    # ------------------------------------------------------------------ per-step API
+    def _check_indices(self, indices: Any) -> torch.Tensor:
+        if isinstance(indices, (list, tuple, np.ndarray)):
+            indices = torch.as_tensor(np.asarray(indices))
+        if not isinstance(indices, torch.Tensor):
+            raise PruneDataError(
+                f"sample ids must be a tensor of dataset indices, got {type(indices).__name__}. Wrap the "
+                "dataset in prunedata.IndexedDataset so each batch carries its indices."
+            )
+        if indices.dtype.is_floating_point or indices.dtype == torch.bool or indices.dim() != 1:
+            raise PruneDataError(
+                f"sample ids must be a 1-D integer tensor, got dtype {indices.dtype} shape {tuple(indices.shape)}"
+            )
+        if indices.numel():
+            lo, hi = int(indices.min()), int(indices.max())
+            if lo < 0 or hi >= self.num_samples:
+                raise PruneDataError(
+                    f"sample index {lo if lo < 0 else hi} is outside the dataset (size {self.num_samples}); "
+                    "the pruner was built for another dataset, or the ids are not dataset indices"
+                )
+        return indices.to(self.mask.device, torch.long)
+
+    def weights(self, indices: Any) -> torch.Tensor:
+        """Current soft weights ``sigmoid(alpha*m)`` of the given samples (1 during warm-up)."""
+        idx = self._check_indices(indices)
+        if self.in_warmup:
+            return torch.ones(idx.shape[0], device=self.mask.device)
+        return torch.sigmoid(self.alpha * self.mask[idx])
+
+    def _global_mask_stats(self, soft: torch.Tensor) -> torch.Tensor:
+        return soft.mean()
+
+    def loss(self, indices: Any, losses: torch.Tensor) -> torch.Tensor:
+        """Combined AdaPruner objective for one batch; call ``.backward()`` on it.
+
+        ``indices``: dataset indices of the batch (from :class:`IndexedDataset`).
+        ``losses``: per-sample task losses, unreduced (``reduction='none'``), shape ``(B,)``.
+        """
+        idx = self._check_indices(indices)
+        losses = check_per_sample_losses(losses, idx.shape[0])
+        dev = losses.device
+        self._seen[idx.cpu()] = True
+        if self.in_warmup:
+            out = losses.mean()
+            self._last_terms = {"classification": float(out.detach()), "selection": 0.0, "compression": 0.0,
+                                "lambda": 0.0, "alpha": self.alpha}
+            self._epoch_stats.add(losses.detach(), None)
+            return out
+        alpha = self.alpha
+        m_b = self.mask[idx]
+        w = torch.sigmoid(alpha * m_b)
+        w_dev = w.to(dev)
+        ld = losses.detach()
+        # model gradient: batch mean of weighted losses; mask gets none of this term's scale
+        cls_model = (w_dev.detach() * losses).mean()
+        # mask gradient: the paper's per-sample terms, divided by the dataset size N
+        per_sample = (ld + (-torch.log(ld.clamp_min(self.loss_eps)))).to(self.mask.device)
+        cls_val = float((w.detach() * ld.to(w.device)).sum()) / self.num_samples
+        sel = (w * (-torch.log(ld.clamp_min(self.loss_eps))).to(w.device)).sum() / self.num_samples
+        mask_terms = (w * per_sample).sum() / self.num_samples
+        soft_all = torch.sigmoid(alpha * self.mask)
+        mean_soft = self._global_mask_stats(soft_all)
+        with torch.no_grad():
+            r = float(self._binary_ratio())
+        lam = self.scale * abs(r - self.keep_ratio)
+        comp = (mean_soft - self.keep_ratio) ** 2
+        total = cls_model + (mask_terms + lam * comp).to(dev)
+        self._last_terms = {"classification": float(cls_model.detach()), "selection": float(sel.detach()),
+                            "compression": float(comp.detach()), "lambda": lam, "alpha": alpha,
+                            "mask_classification": cls_val, "keep_ratio_now": r,
+                            "mean_weight": float(mean_soft.detach())}
+        self._epoch_stats.add(ld, w.detach())
+        return total
+
+    def _binary_ratio(self) -> torch.Tensor:
+        return (self.mask.detach() > 0).float().mean()
+
+    def step(self) -> None:
+        """Update the mask (no-op during warm-up); call after ``loss.backward()``."""
+        if not self.in_warmup and self.mask.grad is not None:
+            self._reduce_mask_grad()
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+
+    def _reduce_mask_grad(self) -> None:
+        """Hook for distributed training (all-reduce of the mask gradient)."""
+
+    @property
+    def last_terms(self) -> Dict[str, float]:
+        """Loss terms and schedule values of the most recent :meth:`loss` call."""
+        return dict(self._last_terms)
+
+    def end_epoch(self) -> Dict[str, Any]:
+        """Record the epoch's statistics in :attr:`history` and advance to the next epoch."""
+        soft = torch.sigmoid(self.alpha * self.mask.detach()).cpu()
+        hist, _ = np.histogram(soft.numpy(), bins=20, range=(0.0, 1.0))
+        rec = {
+            "epoch": self.epoch,
+            "warmup": self.in_warmup,
+            "alpha": self.alpha,
+            "keep_ratio_threshold": float(self._binary_ratio()),
+            "mean_weight": float(soft.mean()),
+            "weight_histogram": hist.tolist(),
+            **self._epoch_stats.summary(),
+        }
+        if self._last_terms:
+            rec["lambda"] = self._last_terms.get("lambda", 0.0)
+        self.history.append(rec)
+        logger.info(
+            "AdaPruner epoch %d%s: alpha=%.3g kept(m>0)=%.4f mean weight=%.4f mean loss=%.4g",
+            self.epoch, " (warm-up)" if rec["warmup"] else "", rec["alpha"], rec["keep_ratio_threshold"],
+            rec["mean_weight"], rec.get("mean_loss", float("nan")),
+        )
+        self.set_epoch(self.epoch + 1)
+        return rec
+
+    @property
+    def finished(self) -> bool:
+        return self.epoch >= self.epochs
+
+    # ------------------------------------------------------------------ result
+    def binarize(self) -> np.ndarray:
+        """Final boolean keep-mask within ``tolerance`` of ``keep_ratio``.
+
+        "threshold" keeps ``m > 0`` (``sigmoid(alpha*m) > 0.5``); if that ratio falls outside the
+        tolerance band, the nearest band edge is reached by ranking the logits (and a warning says
+        so). "topk" keeps exactly ``round(keep_ratio * N)`` samples.
+        """
+        m = self.mask.detach().cpu().double().numpy()
+        n = self.num_samples
+        order = np.lexsort((np.arange(n), -m))  # largest logit first, ties by index
+        if self.binarize_mode == "topk":
+            k = int(round(self.keep_ratio * n))
+        else:
+            k_thr = int((m > 0).sum())
+            lo = int(math.ceil((self.keep_ratio - self.tolerance) * n - 1e-9))
+            hi = int(math.floor((self.keep_ratio + self.tolerance) * n + 1e-9))
+            k = min(max(k_thr, lo), hi)
+            if k != k_thr:
+                logger.warning(
+                    "AdaPruner: thresholded mask keeps %.4f, outside keep_ratio %.3f +- %.3f; keeping the "
+                    "%d samples with the largest mask logits instead (train longer or raise `scale` to "
+                    "land inside the band by itself)", k_thr / n, self.keep_ratio, self.tolerance, k,
+                )
+        k = max(1, min(n, k))
+        keep = np.zeros(n, dtype=bool)
+        keep[order[:k]] = True
+        return keep
+
+    def params(self) -> Dict[str, Any]:
+        return {
+            "keep_ratio": self.keep_ratio, "epochs": self.epochs, "warmup_epochs": self.warmup_epochs,
+            "alpha_init": self.alpha_init, "alpha_final": self.alpha_final, "scale": self.scale,
+            "tolerance": self.tolerance, "mask_lr": self.mask_lr, "mask_optimizer": self.mask_optimizer_name,
+            "mask_init": self.mask_init, "loss_eps": self.loss_eps, "binarize": self.binarize_mode,
+        }
+
+    def selection(self, dataset: Any = None, *, fingerprint: Optional[str] = None,
+                  extra_params: Optional[Dict[str, Any]] = None, method: str = "adapruner") -> Selection:
+        """The binarised mask as a :class:`~prunedata.selection.Selection` (scores = mask logits)."""
+        if dataset is not None and len(dataset) != self.num_samples:
+            raise PruneDataError(
+                f"pruner has {self.num_samples} mask entries but the dataset has {len(dataset)} samples"
+            )
+        if not self.finished:
+            logger.warning("AdaPruner.selection() called after %d of %d epochs", self.epoch, self.epochs)
+        keep = self.binarize()
+        m = self.mask.detach().cpu().double().numpy()
+        thr = float((m > 0).mean())
+        if fingerprint is None and dataset is not None:
+            fingerprint = dataset_fingerprint(dataset)
+        params = self.params()
+        if extra_params:
+            params.update(extra_params)
+        sel = Selection.from_mask(
+            keep, method=method, params=params, fingerprint=fingerprint, scores=m, score_name="mask_logit",
+            metrics={
+                "keep_ratio": float(keep.mean()),
+                "keep_ratio_threshold": thr,
+                "within_tolerance_by_threshold": abs(thr - self.keep_ratio) <= self.tolerance + 1e-12,
+                "epochs_run": self.epoch,
+                "never_seen": int((~self._seen).sum()),
+            },
+        )
+        sel.extra["history"] = self.history
+        return sel
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self, *args, **kwargs):  # type: ignore[override]
+        return {
+            "mask": self.mask.detach().cpu().clone(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "history": list(self.history),
+            "seen": self._seen.clone(),
+            "params": self.params(),
+            "num_samples": self.num_samples,
+        }
+
+    def load_state_dict(self, state: Dict[str, Any], strict: bool = True):  # type: ignore[override]
+        if int(state["num_samples"]) != self.num_samples:
+            raise PruneDataError(
+                f"checkpoint has a mask for {state['num_samples']} samples, this pruner has {self.num_samples}"
+            )
+        if strict and state.get("params") and state["params"] != self.params():
+            diff = {k: (v, self.params().get(k)) for k, v in state["params"].items() if self.params().get(k) != v}
+            raise PruneDataError(f"checkpoint was made with other AdaPruner parameters: {diff} (checkpoint, now)")
+        with torch.no_grad():
+            self.mask.copy_(state["mask"].to(self.mask.device))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = int(state["epoch"])
+        self.global_step = int(state["global_step"])
+        self.history = list(state["history"])
+        self._seen = state["seen"].clone()
+        self._epoch_stats = _EpochStats()
+        return None
+
+
+class _EpochStats:
+    """Running per-epoch sums (mean loss, weighted fraction) without storing per-step tensors."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.loss_sum = 0.0
+        self.w_sum = 0.0
+        self.w_n = 0
+
+    def add(self, losses: torch.Tensor, w: Optional[torch.Tensor]) -> None:
+        self.n += int(losses.numel())
+        self.loss_sum += float(losses.sum())
+        if w is not None:
+            self.w_sum += float(w.sum())
+            self.w_n += int(w.numel())
+
+    def summary(self) -> Dict[str, float]:
+        out = {"mean_loss": self.loss_sum / self.n if self.n else float("nan"), "samples": self.n}
+        if self.w_n:
+            out["mean_batch_weight"] = self.w_sum / self.w_n
+        return out
+
+
+class AdaPrunerSampler(torch.utils.data.Sampler):
+    """Sampler for AdaPruner joint training; plugs into an existing DataLoader.
+
+    Yields every dataset index once per epoch (shuffled by ``seed + epoch``); pruned samples stay in
+    the batch and get ~zero weight from :meth:`loss`/:meth:`weights`. With ``num_replicas``/``rank``
+    (or an initialised ``torch.distributed`` process group) it yields this rank's shard, padded to
+    equal length like ``DistributedSampler``. ``__iter__`` returns a fresh iterator each call, so it
+    is safe under ``BatchSampler`` and ``num_workers>0``.
+
+    >>> pruner = AdaPruner(len(ds), keep_ratio=0.7, epochs=10)
+    >>> sampler = AdaPrunerSampler(pruner, seed=0)
+    >>> loader = DataLoader(IndexedDataset(ds), batch_size=256, sampler=sampler, num_workers=2)
+    >>> for epoch in range(pruner.epochs):
+    ...     sampler.set_epoch(epoch)
+    ...     for idx, (x, y) in loader:
+    ...         loss = sampler.loss(idx, F.cross_entropy(model(x), y, reduction="none"))
+    ...         opt.zero_grad(); loss.backward(); opt.step(); sampler.step()
+    ...     sampler.end_epoch()
+    >>> sampler.selection(ds).save("selection.json")
+    """
+
+    def __init__(self, pruner: AdaPruner, *, shuffle: bool = True, seed: int = 0,
+                 num_replicas: Optional[int] = None, rank: Optional[int] = None, drop_last: bool = False):
+        if not isinstance(pruner, AdaPruner):
+            raise TypeError(f"AdaPrunerSampler needs an AdaPruner, got {type(pruner).__name__}")
+        if num_replicas is None or rank is None:
+            dist = torch.distributed
+            if dist.is_available() and dist.is_initialized():
+                num_replicas = dist.get_world_size() if num_replicas is None else num_replicas
+                rank = dist.get_rank() if rank is None else rank
+            else:
+                num_replicas, rank = 1, 0
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise PruneDataError(f"rank must be in [0, num_replicas); got rank={rank}, num_replicas={num_replicas}")
+        self.pruner = pruner
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.num_replicas = int(num_replicas)
+        self.rank = int(rank)
+        self.drop_last = bool(drop_last)
+        self.epoch = pruner.epoch
+        n = pruner.num_samples
+        if self.drop_last:
+            self.num_samples = n // self.num_replicas
+        else:
+            self.num_samples = -(-n // self.num_replicas)
+        self.total_size = self.num_samples * self.num_replicas
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        n = self.pruner.num_samples
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed + self.epoch)
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        if self.drop_last:
+            order = order[: self.total_size]
+        elif self.total_size > n:
+            pad = self.total_size - n
+            order = torch.cat([order, order[:pad].repeat(-(-pad // max(n, 1)))[:pad]])
+        return iter(order[self.rank: self.total_size: self.num_replicas].tolist())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch for shuffling and for the pruner's schedule (warm-up, alpha)."""
+        self.epoch = int(epoch)
+        if self.pruner.epoch != self.epoch:
+            self.pruner.set_epoch(self.epoch)
+
+    # delegation: the sampler is the one object a training loop needs
+    def weights(self, indices: Any) -> torch.Tensor:
+        return self.pruner.weights(indices)
+
+    def loss(self, indices: Any, losses: torch.Tensor) -> torch.Tensor:
+        return self.pruner.loss(indices, losses)
+
+    def step(self) -> None:
+        self.pruner.step()
+
+    def end_epoch(self) -> Dict[str, Any]:
+        rec = self.pruner.end_epoch()
+        self.epoch = self.pruner.epoch
+        return rec
+
+    def selection(self, dataset: Any = None, **kw) -> Selection:
+        return self.pruner.selection(dataset, **kw)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"epoch": self.epoch, "seed": self.seed, "pruner": self.pruner.state_dict()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.pruner.load_state_dict(state["pruner"])
+        self.seed = int(state["seed"])
+        self.epoch = int(state["epoch"])

@@ -1,0 +1,202 @@
+"""Map-style datasets: the pruned view of a dataset, and Fashion-MNIST read from local IDX files."""
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+from pathlib import Path
+from typing import Any, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from ._io import PathLike
+from .errors import PruneDataError
+from .selection import Selection
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PrunedDataset", "FashionMNIST", "find_fashion_mnist", "labels_of"]
+
+
+class PrunedDataset(torch.utils.data.Dataset):
+    """``dataset`` restricted to the kept indices of ``selection``.
+
+    Behaves as a normal map-style dataset: ``len`` is the number of kept samples and item ``i`` is
+    ``dataset[selection.kept[i]]``. ``selection`` may be a :class:`Selection` or a path to a
+    selection file; it is checked against ``dataset`` (length and fingerprint) unless
+    ``check=False``.
+    """
+
+    def __init__(self, dataset: Any, selection: Union[Selection, PathLike], *, check: bool = True,
+                 strict: bool = True):
+        if not isinstance(selection, Selection):
+            selection = Selection.load(selection)
+        if selection.id_kind != "index":
+            raise PruneDataError(
+                "PrunedDataset needs an index selection; this one is keyed by sample key (a stream "
+                "selection). Use prunedata.adapters.webdataset.select_keys in the webdataset pipeline."
+            )
+        if check:
+            selection.check(dataset, strict=strict)
+        elif len(dataset) != selection.dataset_size:
+            selection.check(size=len(dataset))
+        self.dataset = dataset
+        self.selection = selection
+        self.indices: List[int] = selection.kept.tolist()
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.dataset[self.indices[i]]
+
+    def __getitems__(self, items: Sequence[int]):
+        base = getattr(self.dataset, "__getitems__", None)
+        idx = [self.indices[i] for i in items]
+        return base(idx) if base is not None else [self.dataset[i] for i in idx]
+
+    def original_index(self, i: int) -> int:
+        """Index in the full dataset of pruned-dataset item ``i``."""
+        return self.indices[i]
+
+    @property
+    def targets(self):
+        labels = labels_of(self.dataset)
+        if labels is None:
+            raise AttributeError(f"{type(self.dataset).__name__} has no targets")
+        return labels[self.selection.kept]
+
+    def __repr__(self) -> str:
+        return (f"PrunedDataset({type(self.dataset).__name__}, kept {len(self)} of "
+                f"{self.selection.dataset_size}, method={self.selection.method!r})")
+
+
+def labels_of(dataset: Any) -> Optional[np.ndarray]:
+    """Labels of every sample as an int array, if the dataset exposes them cheaply."""
+    while True:
+        for attr in ("targets", "labels"):
+            lab = getattr(dataset, attr, None)
+            if lab is not None and not callable(lab):
+                arr = np.asarray(lab.cpu() if hasattr(lab, "cpu") else lab)
+                if arr.ndim == 1 and arr.size == len(dataset):
+                    return arr.astype(np.int64)
+        if isinstance(dataset, torch.utils.data.Subset):
+            inner = labels_of(dataset.dataset)
+            return None if inner is None else inner[np.asarray(dataset.indices)]
+        inner = getattr(dataset, "dataset", None)
+        if inner is None or inner is dataset or len(inner) != len(dataset):
+            return None
+        dataset = inner
+
+
+# --------------------------------------------------------------------------- Fashion-MNIST
+_FMNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
+_FMNIST_FILES = {
+    True: ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    False: ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                  "Sneaker", "Bag", "Ankle boot"]
+
+
+def find_fashion_mnist(root: Optional[PathLike] = None) -> Path:
+    """Folder holding the four Fashion-MNIST IDX files.
+
+    Looks at ``root``, ``$PRUNEDATA_FASHION_MNIST``, ``/usr/share/datasets/fashion-mnist`` (Debian
+    package ``dataset-fashion-mnist``) and torchvision's ``<root>/FashionMNIST/raw`` layout.
+    """
+    cands = []
+    if root is not None:
+        cands += [Path(root), Path(root) / "FashionMNIST" / "raw"]
+    if os.environ.get("PRUNEDATA_FASHION_MNIST"):
+        cands.append(Path(os.environ["PRUNEDATA_FASHION_MNIST"]))
+    cands += [Path(p) for p in _FMNIST_DIRS]
+    for c in cands:
+        if all((c / f).exists() for f in _FMNIST_FILES[True] + _FMNIST_FILES[False]):
+            return c
+    raise FileNotFoundError(
+        "Fashion-MNIST not found (looked in " + ", ".join(map(str, cands)) + "). On Debian: "
+        "`apt-get install dataset-fashion-mnist`, or point PRUNEDATA_FASHION_MNIST at a folder with "
+        "the four *-ubyte.gz files."
+    )
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as fh:
+        raw = fh.read()
+    if len(raw) < 8 or raw[0] != 0 or raw[1] != 0:
+        raise PruneDataError(f"{path} is not an IDX file")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    expected = int(np.prod(dims))
+    if len(raw) - offset != expected or raw[2] != 0x08:
+        raise PruneDataError(f"{path}: truncated or not uint8 IDX data")
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
+
+
+class FashionMNIST(torch.utils.data.Dataset):
+    """Fashion-MNIST from local IDX files, as float tensors ``(1, 28, 28)`` normalised, and labels.
+
+    ``max_samples`` keeps the first ``n`` samples of a fixed class-stratified order (a smoke-test
+    subset that still has every class); ``transform`` is applied to the float tensor.
+    """
+
+    classes = FMNIST_CLASSES
+    mean, std = 0.2860, 0.3530
+
+    def __init__(self, root: Optional[PathLike] = None, train: bool = True, *,
+                 max_samples: Optional[int] = None, transform=None):
+        folder = find_fashion_mnist(root)
+        img_f, lab_f = _FMNIST_FILES[bool(train)]
+        data = _read_idx(folder / img_f)
+        targets = _read_idx(folder / lab_f).astype(np.int64)
+        if data.shape[0] != targets.shape[0]:
+            raise PruneDataError(f"{folder}: {data.shape[0]} images but {targets.shape[0]} labels")
+        if max_samples is not None and max_samples < len(targets):
+            if max_samples <= 0:
+                raise PruneDataError(f"max_samples must be positive, got {max_samples}")
+            idx = _stratified_prefix(targets, max_samples)
+            data, targets = data[idx], targets[idx]
+        self.train = bool(train)
+        self.data = torch.from_numpy(np.ascontiguousarray(data))
+        self.targets = torch.from_numpy(np.ascontiguousarray(targets))
+        self.transform = transform
+        self._x = ((self.data.float() / 255.0) - self.mean) / self.std
+        self._x = self._x.unsqueeze(1)
+
+    def __len__(self) -> int:
+        return int(self.targets.shape[0])
+
+    def __getitem__(self, i: int):
+        x = self._x[i]
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, int(self.targets[i])
+
+    def __getitems__(self, indices: Sequence[int]):
+        # Batched fetch used by DataLoader's default fetcher (torch>=2.1): one gather, not B calls.
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        xs, ys = self._x[idx], self.targets[idx]
+        if self.transform is not None:
+            return [(self.transform(x), int(y)) for x, y in zip(xs, ys)]
+        return list(zip(xs.unbind(0), ys.tolist()))
+
+    def tensors(self):
+        """All inputs and labels as two tensors (for fast full-batch feature passes)."""
+        return self._x, self.targets
+
+
+def _stratified_prefix(targets: np.ndarray, n: int) -> np.ndarray:
+    """First ``n`` indices of a deterministic round-robin-over-classes order, sorted."""
+    classes = np.unique(targets)
+    per = [np.flatnonzero(targets == c) for c in classes]
+    order = []
+    k = 0
+    while len(order) < n:
+        for p in per:
+            if k < p.size and len(order) < n:
+                order.append(p[k])
+        k += 1
+    return np.sort(np.array(order, dtype=np.int64))

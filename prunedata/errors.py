@@ -1,0 +1,21 @@
+"""Exceptions raised by prunedata. All derive from ``PruneDataError`` (a ``ValueError``)."""
+
+
+class PruneDataError(ValueError):
+    """Base class: a bad input or state, with a message that says what to do."""
+
+
+class SelectionMismatchError(PruneDataError):
+    """A selection file was made for another dataset (length, key set or fingerprint differ)."""
+
+
+class SelectionFormatError(PruneDataError):
+    """A selection file is unreadable, of an unknown format version, or internally inconsistent."""
+
+
+class LossShapeError(PruneDataError):
+    """Per-sample losses are missing, reduced, or do not match the batch's sample ids."""
+
+
+class NonFiniteLossError(PruneDataError):
+    """A per-sample loss is NaN or infinite."""

@@ -1,0 +1,1 @@
+"""Pruning methods other than AdaPruner: influence-based selection and score baselines."""
