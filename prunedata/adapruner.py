@@ -104,8 +104,13 @@ class AdaPruner(nn.Module):
     alpha_init, alpha_final: sigmoid sharpness, ramped linearly per pruning epoch (0.1 -> 5).
     scale: ``s`` in ``lambda = s * |r - keep_ratio|`` (100).
     tolerance: allowed deviation of the final keep ratio (0.02).
-    mask_lr, mask_optimizer: the mask's own optimiser ("adam" or "sgd").
-    mask_init: initial logit of every entry (positive: every sample starts selected).
+    mask_lr, mask_optimizer: the mask's own optimiser. With "sgd" (default) the step is taken in
+        the sigmoid's input space: the learning rate is ``mask_lr * N / alpha**2``, which cancels the
+        1/N of the loss and the alpha**2 by which a rising alpha would otherwise amplify each step
+        (without it the keep ratio oscillates as soon as alpha jumps). "adam" uses ``mask_lr`` as is.
+    mask_init: initial logit of every entry (0: weight 0.5 when pruning starts; warm-up uses weight 1).
+    logit_clip: after each step ``|alpha*m|`` is clipped to this, so the sigmoid never saturates so
+        far that the compression term can no longer correct the ratio late in training.
     loss_eps: floor of ``L_i`` inside ``-log L_i``.
     binarize: "threshold" (keep ``m > 0``, then clip to the tolerance band by rank if needed) or
         "topk" (keep exactly ``round(keep_ratio*N)`` samples with the largest logits).
@@ -113,9 +118,9 @@ class AdaPruner(nn.Module):
 
     def __init__(self, num_samples: int, keep_ratio: float, *, epochs: int = 10, warmup_epochs: int = 2,
                  alpha_init: float = 0.1, alpha_final: float = 5.0, scale: float = 100.0,
-                 tolerance: float = 0.02, mask_lr: float = 0.05, mask_optimizer: str = "adam",
-                 mask_init: float = 2.0, loss_eps: float = 1e-6, binarize: str = "threshold",
-                 device: Any = None):
+                 tolerance: float = 0.02, mask_lr: float = 0.3, mask_optimizer: str = "sgd",
+                 mask_init: float = 0.0, loss_eps: float = 1e-6, binarize: str = "threshold",
+                 logit_clip: float = 6.0, device: Any = None):
         super().__init__()
         if not isinstance(num_samples, (int, np.integer)) or num_samples <= 0:
             raise PruneDataError(f"num_samples must be a positive int, got {num_samples!r}")
@@ -149,11 +154,13 @@ class AdaPruner(nn.Module):
         self.mask_init = float(mask_init)
         self.loss_eps = float(loss_eps)
         self.binarize_mode = binarize
+        self.logit_clip = float(logit_clip)
         self.mask = nn.Parameter(torch.full((self.num_samples,), self.mask_init, device=device))
         if mask_optimizer == "adam":
             self.optimizer = torch.optim.Adam([self.mask], lr=self.mask_lr)
         else:
-            self.optimizer = torch.optim.SGD([self.mask], lr=self.mask_lr, momentum=0.9)
+            # the mask objective carries 1/N (paper, Eq. 4-6); scale so mask_lr does not depend on N
+            self.optimizer = torch.optim.SGD([self.mask], lr=self.mask_lr * self.num_samples, momentum=0.0)
         self.epoch = 0
         self.global_step = 0
         self.history: List[Dict[str, Any]] = []
@@ -266,7 +273,14 @@ class AdaPruner(nn.Module):
         """Update the mask (no-op during warm-up); call after ``loss.backward()``."""
         if not self.in_warmup and self.mask.grad is not None:
             self._reduce_mask_grad()
+            if self.mask_optimizer_name == "sgd":
+                for g in self.optimizer.param_groups:
+                    g["lr"] = self.mask_lr * self.num_samples / (self.alpha ** 2)
             self.optimizer.step()
+            if self.logit_clip:
+                with torch.no_grad():
+                    b = self.logit_clip / self.alpha
+                    self.mask.clamp_(-b, b)
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
 
@@ -339,7 +353,7 @@ class AdaPruner(nn.Module):
         return {
             "keep_ratio": self.keep_ratio, "epochs": self.epochs, "warmup_epochs": self.warmup_epochs,
             "alpha_init": self.alpha_init, "alpha_final": self.alpha_final, "scale": self.scale,
-            "tolerance": self.tolerance, "mask_lr": self.mask_lr, "mask_optimizer": self.mask_optimizer_name,
+            "tolerance": self.tolerance, "logit_clip": self.logit_clip, "mask_lr": self.mask_lr, "mask_optimizer": self.mask_optimizer_name,
             "mask_init": self.mask_init, "loss_eps": self.loss_eps, "binarize": self.binarize_mode,
         }
 

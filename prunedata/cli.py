@@ -1,0 +1,256 @@
+"""The ``prunedata`` command line: prune, train, show (plus subcommands in prunedata.commands)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import pkgutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, List, Optional
+
+import numpy as np
+
+logger = logging.getLogger("prunedata.cli")
+
+
+# --------------------------------------------------------------------------- datasets by name
+def load_dataset(name: str, *, train: bool = True, max_samples: Optional[int] = None, root: Optional[str] = None):
+    """``fashion-mnist`` (local Debian files), or a path to an ImageFolder directory."""
+    from .datasets import FashionMNIST
+    from .errors import PruneDataError
+
+    if name.lower() in ("fashion-mnist", "fashion_mnist", "fmnist", "fashionmnist"):
+        return FashionMNIST(root=root, train=train, max_samples=max_samples)
+    path = Path(name)
+    if path.is_dir():
+        from prunedata.adapters.classification import image_folder
+
+        split = path / ("train" if train else "test")
+        folder = split if split.is_dir() else path
+        if not train and not split.is_dir():
+            raise PruneDataError(f"{path} has no test/ folder; give --test-dataset or lay it out as train/ and test/")
+        ds = image_folder(folder)
+        if max_samples is not None and max_samples < len(ds):
+            import torch
+
+            from .datasets import _stratified_prefix
+
+            idx = _stratified_prefix(np.asarray(ds.targets), max_samples)
+            ds = torch.utils.data.Subset(ds, idx.tolist())
+            ds.targets = np.asarray(ds.dataset.targets)[idx]  # type: ignore[attr-defined]
+        return ds
+    raise PruneDataError(
+        f"unknown dataset {name!r}: use 'fashion-mnist' or the path of an ImageFolder directory "
+        "(class sub-folders, optionally under train/ and test/)"
+    )
+
+
+def _num_classes(ds) -> int:
+    from .datasets import labels_of
+
+    lab = labels_of(ds)
+    return int(lab.max()) + 1 if lab is not None and lab.size else 10
+
+
+# --------------------------------------------------------------------------- subcommands
+def cmd_prune(args: argparse.Namespace) -> int:
+    from .methods.registry import MethodConfig, select
+
+    ds = load_dataset(args.dataset, train=True, max_samples=args.max_samples)
+    cfg = MethodConfig(model=args.model, num_classes=_num_classes(ds), epochs=args.epochs,
+                       batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
+                       class_balanced=args.class_balanced, num_workers=args.num_workers,
+                       show_progress=not args.no_progress)
+    opts: dict = {}
+    for kv in args.option or []:
+        if "=" not in kv:
+            raise SystemExit(f"--option expects KEY=VALUE, got {kv!r}")
+        k, v = kv.split("=", 1)
+        try:
+            opts[k] = json.loads(v)
+        except json.JSONDecodeError:
+            opts[k] = v
+    if args.method == "adapruner":
+        if args.checkpoint:
+            opts.setdefault("checkpoint", args.checkpoint)
+            opts.setdefault("resume", args.resume)
+    t0 = time.perf_counter()
+    sel = select(args.method, ds, args.keep_ratio, config=cfg, **opts)
+    sel.metrics.setdefault("seconds", round(time.perf_counter() - t0, 2))
+    sel.params.setdefault("dataset", args.dataset)
+    if args.max_samples:
+        sel.params.setdefault("max_samples", args.max_samples)
+    out = sel.save(args.output)
+    report = _report(sel, ds)
+    report_path = Path(args.report) if args.report else out.with_suffix(".report.txt")
+    from ._io import atomic_write_text
+
+    atomic_write_text(report_path, report + "\n")
+    print(report)
+    logger.info("selection -> %s, report -> %s", out, report_path)
+    return 0
+
+
+def _report(sel, ds) -> str:
+    from .datasets import labels_of
+
+    lines = [sel.summary()]
+    lab = labels_of(ds)
+    if lab is not None and sel.id_kind == "index":
+        classes = getattr(ds, "classes", None)
+        lines.append("class balance (kept/total):")
+        for c, d in sel.class_counts(lab).items():
+            name = classes[c] if classes is not None and c < len(classes) else str(c)
+            lines.append(f"  {c:>3} {name:<14} {d['kept']:>7}/{d['total']:<7} {100 * d['kept'] / max(d['total'], 1):6.2f}%")
+        if sel.scores is not None and sel.score_name == "mask_logit":
+            lines.append("(scores are the final AdaPruner mask logits; pruned = lowest)")
+    return "\n".join(lines)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from .datasets import PrunedDataset
+    from .models import make_model
+    from .selection import Selection
+    from .training import evaluate, fit
+
+    train = load_dataset(args.dataset, train=True, max_samples=args.max_samples)
+    test = load_dataset(args.dataset, train=False, max_samples=args.max_test_samples)
+    if args.selection:
+        sel = Selection.load(args.selection, train, strict=not args.no_strict)
+        data = PrunedDataset(train, sel, check=False)
+        what = f"{len(data)} of {len(train)} samples ({sel.method})"
+    else:
+        data, what = train, f"all {len(train)} samples"
+    torch.manual_seed(args.seed)
+    model = make_model(args.model, num_classes=_num_classes(train))
+    t0 = time.perf_counter()
+    fit(model, data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        device=args.device, show_progress=not args.no_progress)
+    secs = time.perf_counter() - t0
+    res = evaluate(model, test, device=args.device)
+    result = {"trained_on": what, "model": args.model, "epochs": args.epochs, "seconds": round(secs, 2),
+              "test_accuracy": round(res["accuracy"], 4), "test_loss": round(res["loss"], 4)}
+    print(json.dumps(result, indent=2))
+    if args.output:
+        from ._io import atomic_write_text
+
+        atomic_write_text(args.output, json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from .selection import Selection
+
+    sel = Selection.load(args.selection)
+    ds = None
+    if args.dataset:
+        ds = load_dataset(args.dataset, train=True, max_samples=sel.params.get("max_samples"))
+        sel.check(ds)
+    if args.json:
+        d = sel.to_dict()
+        if ds is not None:
+            from .datasets import labels_of
+
+            lab = labels_of(ds)
+            if lab is not None:
+                d["class_counts"] = sel.class_counts(lab)
+        print(json.dumps(d, indent=2, default=str))
+    else:
+        print(_report(sel, ds) if ds is not None else sel.summary())
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from .methods.registry import available_methods
+
+    for name, desc in available_methods().items():
+        print(f"{name:<14} {desc}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+def _common_training(p: argparse.ArgumentParser, epochs: int) -> None:
+    p.add_argument("--model", default="cnn", help="architecture name (prunedata.models.MODELS), default cnn")
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-samples", type=int, default=None,
+                   help="use a class-stratified subset of this many training samples (smoke runs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prunedata", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prune", help="select samples to keep and write a selection file")
+    p.add_argument("dataset", help="'fashion-mnist' or an ImageFolder directory")
+    p.add_argument("--method", default="adapruner", help="selection method (see `prunedata methods`)")
+    p.add_argument("--keep-ratio", type=float, default=0.7, help="fraction of samples to keep, in (0, 1)")
+    p.add_argument("--class-balanced", action="store_true", help="keep the same fraction of every class")
+    p.add_argument("-o", "--output", default="selection.json", help="selection file to write (.gz compresses)")
+    p.add_argument("--report", default=None, help="text report path (default: next to the selection)")
+    p.add_argument("--checkpoint", default=None, help="AdaPruner: checkpoint file, written every epoch")
+    p.add_argument("--resume", action="store_true", help="AdaPruner: continue from --checkpoint")
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="method option, e.g. --option warmup_epochs=1 --option scale=100")
+    p.add_argument("--quick", action="store_true", help="smoke run: 6000 samples, 4 epochs")
+    _common_training(p, epochs=6)
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("train", help="train a fresh model on a selection and report test accuracy")
+    p.add_argument("dataset")
+    p.add_argument("--selection", default=None, help="selection file (omit for the full data)")
+    p.add_argument("--max-test-samples", type=int, default=None)
+    p.add_argument("--no-strict", action="store_true", help="warn instead of failing on a fingerprint mismatch")
+    p.add_argument("-o", "--output", default=None, help="write the result as JSON")
+    _common_training(p, epochs=3)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("show", help="summarise a selection file: sizes, class balance, method")
+    p.add_argument("selection")
+    p.add_argument("--dataset", default=None, help="check against this dataset and show class balance")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("methods", help="list the selection methods")
+    p.set_defaults(func=cmd_methods)
+
+    from . import commands
+
+    for info in pkgutil.iter_modules(commands.__path__):
+        mod = importlib.import_module(f"prunedata.commands.{info.name}")
+        if hasattr(mod, "register"):
+            mod.register(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose + 1, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if getattr(args, "quick", False):
+        args.max_samples = args.max_samples or 6000
+        args.epochs = min(args.epochs, 4)
+    from .errors import PruneDataError
+
+    try:
+        return int(args.func(args) or 0)
+    except (PruneDataError, FileNotFoundError) as e:
+        logger.error("%s", e)
+        print(f"prunedata: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
