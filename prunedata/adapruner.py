@@ -166,7 +166,7 @@ class AdaPruner(nn.Module):
         self.history: List[Dict[str, Any]] = []
         self._last_terms: Dict[str, float] = {}
         self._epoch_stats = _EpochStats()
-        self._seen = torch.zeros(self.num_samples, dtype=torch.bool)
+        self._seen = torch.zeros(self.num_samples, dtype=torch.bool, device=self.mask.device)
         self._process_group = None
 
     # ------------------------------------------------------------------ schedule
@@ -233,36 +233,30 @@ class AdaPruner(nn.Module):
         idx = self._check_indices(indices)
         losses = check_per_sample_losses(losses, idx.shape[0])
         dev = losses.device
-        self._seen[idx.cpu()] = True
+        self._seen[idx] = True
         if self.in_warmup:
             out = losses.mean()
-            self._last_terms = {"classification": float(out.detach()), "selection": 0.0, "compression": 0.0,
-                                "lambda": 0.0, "alpha": self.alpha}
+            self._last_terms = {"classification": out.detach(), "alpha": self.alpha}
             self._epoch_stats.add(losses.detach(), None)
             return out
         alpha = self.alpha
-        m_b = self.mask[idx]
-        w = torch.sigmoid(alpha * m_b)
-        w_dev = w.to(dev)
-        ld = losses.detach()
-        # model gradient: batch mean of weighted losses; mask gets none of this term's scale
-        cls_model = (w_dev.detach() * losses).mean()
-        # mask gradient: the paper's per-sample terms, divided by the dataset size N
-        per_sample = (ld + (-torch.log(ld.clamp_min(self.loss_eps)))).to(self.mask.device)
-        cls_val = float((w.detach() * ld.to(w.device)).sum()) / self.num_samples
-        sel = (w * (-torch.log(ld.clamp_min(self.loss_eps))).to(w.device)).sum() / self.num_samples
-        mask_terms = (w * per_sample).sum() / self.num_samples
-        soft_all = torch.sigmoid(alpha * self.mask)
-        mean_soft = self._global_mask_stats(soft_all)
-        with torch.no_grad():
-            r = float(self._binary_ratio())
-        lam = self.scale * abs(r - self.keep_ratio)
+        w = torch.sigmoid(alpha * self.mask[idx])
+        ld = losses.detach().to(w.device)
+        neg_log = -torch.log(ld.clamp_min(self.loss_eps))
+        # model: batch mean of the weighted task loss (weights are constants for the model)
+        cls_model = (w.detach().to(dev) * losses).mean()
+        # mask: the paper's per-sample terms (classification + selection), divided by N
+        mask_cls = (w * ld).sum() / self.num_samples
+        mask_sel = (w * neg_log).sum() / self.num_samples
+        mean_soft = self._global_mask_stats(torch.sigmoid(alpha * self.mask))
+        r = self._binary_ratio()  # current binarised keep ratio (tensor, no host sync)
+        lam = self.scale * (r - self.keep_ratio).abs()
         comp = (mean_soft - self.keep_ratio) ** 2
-        total = cls_model + (mask_terms + lam * comp).to(dev)
-        self._last_terms = {"classification": float(cls_model.detach()), "selection": float(sel.detach()),
-                            "compression": float(comp.detach()), "lambda": lam, "alpha": alpha,
-                            "mask_classification": cls_val, "keep_ratio_now": r,
-                            "mean_weight": float(mean_soft.detach())}
+        total = cls_model + (mask_cls + mask_sel + lam * comp).to(dev)
+        # tensors, converted to floats only when read (no per-step device sync)
+        self._last_terms = {"classification": cls_model.detach(), "selection": mask_sel.detach(),
+                            "compression": comp.detach(), "lambda": lam, "alpha": alpha,
+                            "keep_ratio_now": r, "mean_weight": mean_soft.detach()}
         self._epoch_stats.add(ld, w.detach())
         return total
 
@@ -290,11 +284,14 @@ class AdaPruner(nn.Module):
     @property
     def last_terms(self) -> Dict[str, float]:
         """Loss terms and schedule values of the most recent :meth:`loss` call."""
-        return dict(self._last_terms)
+        return {k: float(v) for k, v in self._last_terms.items()}
 
     def end_epoch(self) -> Dict[str, Any]:
         """Record the epoch's statistics in :attr:`history` and advance to the next epoch."""
-        soft = torch.sigmoid(self.alpha * self.mask.detach()).cpu()
+        if self.in_warmup:  # warm-up trains with weight 1 for every sample
+            soft = torch.ones(self.num_samples)
+        else:
+            soft = torch.sigmoid(self.alpha * self.mask.detach()).cpu()
         hist, _ = np.histogram(soft.numpy(), bins=20, range=(0.0, 1.0))
         rec = {
             "epoch": self.epoch,
@@ -305,8 +302,8 @@ class AdaPruner(nn.Module):
             "weight_histogram": hist.tolist(),
             **self._epoch_stats.summary(),
         }
-        if self._last_terms:
-            rec["lambda"] = self._last_terms.get("lambda", 0.0)
+        if "lambda" in self._last_terms:
+            rec["lambda"] = float(self._last_terms["lambda"])
         self.history.append(rec)
         logger.info(
             "AdaPruner epoch %d%s: alpha=%.3g kept(m>0)=%.4f mean weight=%.4f mean loss=%.4g",
@@ -381,7 +378,7 @@ class AdaPruner(nn.Module):
                 "keep_ratio_threshold": thr,
                 "within_tolerance_by_threshold": abs(thr - self.keep_ratio) <= self.tolerance + 1e-12,
                 "epochs_run": self.epoch,
-                "never_seen": int((~self._seen).sum()),
+                "never_seen": int((~self._seen).sum().cpu()),
             },
         )
         sel.extra["history"] = self.history
@@ -395,7 +392,7 @@ class AdaPruner(nn.Module):
             "epoch": self.epoch,
             "global_step": self.global_step,
             "history": list(self.history),
-            "seen": self._seen.clone(),
+            "seen": self._seen.cpu().clone(),
             "params": self.params(),
             "num_samples": self.num_samples,
         }
@@ -414,7 +411,7 @@ class AdaPruner(nn.Module):
         self.epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])
         self.history = list(state["history"])
-        self._seen = state["seen"].clone()
+        self._seen = state["seen"].to(self.mask.device).clone()
         self._epoch_stats = _EpochStats()
         return None
 
@@ -424,21 +421,21 @@ class _EpochStats:
 
     def __init__(self) -> None:
         self.n = 0
-        self.loss_sum = 0.0
-        self.w_sum = 0.0
+        self.loss_sum: Any = 0.0
+        self.w_sum: Any = 0.0
         self.w_n = 0
 
     def add(self, losses: torch.Tensor, w: Optional[torch.Tensor]) -> None:
         self.n += int(losses.numel())
-        self.loss_sum += float(losses.sum())
+        self.loss_sum = self.loss_sum + losses.sum()
         if w is not None:
-            self.w_sum += float(w.sum())
+            self.w_sum = self.w_sum + w.sum()
             self.w_n += int(w.numel())
 
     def summary(self) -> Dict[str, float]:
-        out = {"mean_loss": self.loss_sum / self.n if self.n else float("nan"), "samples": self.n}
+        out = {"mean_loss": float(self.loss_sum) / self.n if self.n else float("nan"), "samples": self.n}
         if self.w_n:
-            out["mean_batch_weight"] = self.w_sum / self.w_n
+            out["mean_batch_weight"] = float(self.w_sum) / self.w_n
         return out
 
 

@@ -133,7 +133,7 @@ def _read_idx(path: Path) -> np.ndarray:
     expected = int(np.prod(dims))
     if len(raw) - offset != expected or raw[2] != 0x08:
         raise PruneDataError(f"{path}: truncated or not uint8 IDX data")
-    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims).copy()
 
 
 class FashionMNIST(torch.utils.data.Dataset):

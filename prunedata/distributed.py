@@ -1,0 +1,572 @@
+"""Scale-out with ``torch.distributed`` (torchrun + DDP): AdaPruner and per-sample scores across ranks.
+
+Launch with ``torchrun --nproc_per_node=K script.py``; inside the script::
+
+    from prunedata.distributed import (DistributedAdaPruner, init_distributed, save_selection,
+                                       train_adapruner_ddp)
+    init_distributed(timeout=300)            # reads RANK/WORLD_SIZE/MASTER_ADDR set by torchrun
+    pruner = DistributedAdaPruner(len(ds), keep_ratio=0.7, epochs=10)
+    sampler = train_adapruner_ddp(model, ds, pruner, batch_size=128, checkpoint="run.pt", resume=True)
+    save_selection(sampler.selection(ds), "selection.json")   # rank 0 writes, every rank can read
+
+How the answer stays the same as in one process
+-----------------------------------------------
+* Every rank holds the whole mask (one float per sample). :class:`AdaPrunerSampler` hands each rank
+  its shard of the epoch's permutation (positions ``rank, rank+K, ...``), so per-rank batch ``B``
+  on ``K`` ranks covers exactly the samples of a ``K*B`` batch in one process.
+* The model is wrapped in DDP (gradients averaged = the mean over the global batch).
+* :class:`DistributedAdaPruner` all-reduces (sums) the mask gradient before each mask step, so all
+  masks take the same step. The compression term depends on the mean of the *whole* mask, which
+  every rank computes identically; its gradient is scaled by ``1/K`` on each rank so that the sum
+  counts it once. The binarised ratio ``r`` (and so ``lambda``) is identical on every rank.
+* At the end of an epoch the ranks sum their loss statistics, OR their "seen" flags, and check that
+  their masks agree with rank 0's (an error if they drifted apart, which means the ranks did not run
+  the same steps; float noise is removed by copying rank 0's mask).
+* Rank 0 writes checkpoints and selections atomically; the others wait for it (and learn if it
+  failed). Per-rank RNG states go into the checkpoint, so a resumed run continues exactly.
+
+Failures. Every collective runs under the process group's timeout (``init_distributed(timeout=...)``).
+A rank that dies makes the others' next collective fail at once (gloo sees the closed connection); a
+rank that hangs makes them fail after the timeout. Either way the survivors raise
+:class:`DistributedError`, which says which rank, what was being done, and how to resume.
+
+Scores. :func:`distributed_scores` computes per-sample scores on each rank's shard and gathers them
+once; :func:`distributed_influence_scores` does the same for influence scoring, with the Hessian
+summed across ranks.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Subset
+
+from ._io import PathLike
+from .adapruner import AdaPruner, AdaPrunerSampler
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .errors import PruneDataError
+from .identity import IndexedDataset
+from .progress import progress
+from .selection import Selection
+from .training import per_sample_ce, seed_everything
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DistributedError", "init_distributed", "cleanup", "is_distributed", "get_rank", "get_world_size",
+    "is_main_process", "collective_guard", "barrier", "broadcast_object", "all_gather_object",
+    "all_reduce", "run_on_main", "save_selection", "shard_indices", "gather_per_sample",
+    "DistributedAdaPruner", "train_adapruner_ddp", "distributed_scores", "distributed_influence_scores",
+]
+
+#: default process-group timeout (seconds); ``PRUNEDATA_DIST_TIMEOUT`` overrides it
+DEFAULT_TIMEOUT = 600.0
+
+_state: Dict[str, Any] = {"timeout": None}
+
+
+class DistributedError(PruneDataError, RuntimeError):
+    """A collective operation failed: another rank crashed, was killed, or stopped responding."""
+
+
+# --------------------------------------------------------------------------- process group
+def is_distributed() -> bool:
+    """True when a ``torch.distributed`` process group is initialised."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank(group: Any = None) -> int:
+    return dist.get_rank(group) if is_distributed() else 0
+
+
+def get_world_size(group: Any = None) -> int:
+    return dist.get_world_size(group) if is_distributed() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def _timeout_seconds() -> float:
+    if _state["timeout"] is not None:
+        return float(_state["timeout"])
+    return float(os.environ.get("PRUNEDATA_DIST_TIMEOUT", DEFAULT_TIMEOUT))
+
+
+def _env_int(name: str) -> Optional[int]:
+    v = os.environ.get(name)
+    if v is None or v == "":
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        raise PruneDataError(f"environment variable {name}={v!r} must be an integer") from None
+
+
+def init_distributed(backend: Optional[str] = None, *, init_method: Optional[str] = None,
+                     timeout: Optional[float] = None, rank: Optional[int] = None,
+                     world_size: Optional[int] = None) -> bool:
+    """Join the process group that torchrun (or another launcher) describes; returns ``True`` if joined.
+
+    Reads ``RANK``, ``WORLD_SIZE`` (and, for the default ``env://`` rendezvous, ``MASTER_ADDR``,
+    ``MASTER_PORT``) from the environment, as set by ``torchrun``. Without them (a plain ``python
+    script.py``) nothing is initialised and ``False`` is returned, so the same script runs in one
+    process. ``backend`` defaults to ``"nccl"`` when CUDA is available, else ``"gloo"``.
+    ``timeout`` (seconds; default ``PRUNEDATA_DIST_TIMEOUT`` or 600) bounds every collective: a rank
+    that waits longer for its peers raises :class:`DistributedError` instead of hanging.
+    ``init_method="file:///shared/path"`` rendezvous through a file instead of a TCP port.
+    """
+    if timeout is not None:
+        if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+            raise PruneDataError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        _state["timeout"] = float(timeout)
+    if is_distributed():
+        return True
+    rank = _env_int("RANK") if rank is None else int(rank)
+    world_size = _env_int("WORLD_SIZE") if world_size is None else int(world_size)
+    if world_size is None and rank is None:
+        return False
+    if world_size is None or rank is None:
+        raise PruneDataError(
+            f"RANK={rank} and WORLD_SIZE={world_size}: both must be set (torchrun sets them). Launch "
+            "with `torchrun --nproc_per_node=N script.py`, or unset both to run in one process."
+        )
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise PruneDataError(f"RANK must be in [0, WORLD_SIZE); got RANK={rank}, WORLD_SIZE={world_size}")
+    if world_size == 1 and init_method is None:
+        return False
+    init_method = init_method or "env://"
+    if init_method == "env://":
+        missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
+        if missing:
+            raise PruneDataError(
+                f"{' and '.join(missing)} not set: the env:// rendezvous needs the address and port of "
+                "rank 0 (torchrun sets them; with a hand-made launch export MASTER_ADDR=127.0.0.1 "
+                "MASTER_PORT=<free port>)"
+            )
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        local = _env_int("LOCAL_RANK")
+        torch.cuda.set_device(local if local is not None else rank % max(1, torch.cuda.device_count()))
+    secs = _timeout_seconds()
+    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=secs))
+    logger.info("joined process group: rank %d of %d, backend %s, timeout %.0fs", rank, world_size, backend, secs)
+    return True
+
+
+def cleanup() -> None:
+    """Leave the process group (no-op when there is none)."""
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def _is_comm_error(e: BaseException) -> bool:
+    if isinstance(e, dist.DistError):
+        return True
+    if not isinstance(e, RuntimeError):
+        return False
+    s = str(e).lower()
+    return any(m in s for m in ("gloo", "nccl", "connection", "timed out", "timeout", "peer", "socket",
+                                "broken pipe", "monitoredbarrier", "process group", "processgroup"))
+
+
+@contextlib.contextmanager
+def collective_guard(what: str, hint: Optional[str] = None) -> Iterator[None]:
+    """Turn a failed/timed-out collective inside the block into a clear :class:`DistributedError`."""
+    t0 = time.monotonic()
+    try:
+        yield
+    except DistributedError:
+        raise
+    except Exception as e:  # noqa: BLE001 - filtered by _is_comm_error
+        if not (is_distributed() and _is_comm_error(e)):
+            raise
+        waited = time.monotonic() - t0
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = (
+            f"rank {get_rank()} of {get_world_size()}: {what} failed after {waited:.1f}s: another rank "
+            f"crashed, was killed, or did not respond within the timeout ({_timeout_seconds():g}s). "
+            f"Check the other ranks' logs. Cause: {first}"
+        )
+        if hint:
+            msg += f". {hint}"
+        raise DistributedError(msg) from e
+
+
+def barrier(what: str = "barrier", hint: Optional[str] = None) -> None:
+    """Wait for every rank; on gloo a monitored barrier names the ranks that did not arrive."""
+    if get_world_size() <= 1:
+        return
+    with collective_guard(what, hint):
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=_timeout_seconds()), wait_all_ranks=True)
+        else:
+            dist.barrier()
+
+
+def broadcast_object(obj: Any, src: int = 0, what: str = "broadcast") -> Any:
+    """Rank ``src``'s ``obj`` on every rank (pickled; for small objects)."""
+    if get_world_size() <= 1:
+        return obj
+    box = [obj]
+    with collective_guard(what):
+        dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_gather_object(obj: Any, what: str = "all_gather") -> List[Any]:
+    """List of every rank's ``obj``, in rank order (pickled; for small objects)."""
+    if get_world_size() <= 1:
+        return [obj]
+    out: List[Any] = [None] * get_world_size()
+    with collective_guard(what):
+        dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce(tensor: torch.Tensor, op: Any = None, what: str = "all_reduce", group: Any = None) -> torch.Tensor:
+    """In-place all-reduce (sum by default) of ``tensor`` across ranks; returns it."""
+    if get_world_size(group) <= 1:
+        return tensor
+    with collective_guard(what):
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op is None else op, group=group)
+    return tensor
+
+
+def run_on_main(fn: Callable[..., Any], *args: Any, what: str = "write a file", **kw: Any) -> Any:
+    """Run ``fn`` on rank 0 only; every rank returns its result once it is done.
+
+    Acts as a barrier. If ``fn`` raises on rank 0, it re-raises there and the other ranks raise a
+    :class:`DistributedError` saying so (instead of waiting for a file that never comes).
+    """
+    if get_world_size() <= 1:
+        return fn(*args, **kw)
+    err: Optional[BaseException] = None
+    status: Tuple[Optional[str], Any] = (None, None)
+    if get_rank() == 0:
+        try:
+            status = (None, fn(*args, **kw))
+        except Exception as e:  # noqa: BLE001 - re-raised below after telling the others
+            err = e
+            status = (f"{type(e).__name__}: {e}", None)
+    status = broadcast_object(status, src=0, what=f"waiting for rank 0 to {what}")
+    if err is not None:
+        raise err
+    if status[0] is not None:
+        raise DistributedError(f"rank 0 failed to {what}: {status[0]}")
+    return status[1]
+
+
+def save_selection(selection: Selection, path: PathLike) -> Path:
+    """Rank 0 writes ``selection`` atomically; every rank returns once the file is complete."""
+    return Path(run_on_main(selection.save, path, what=f"write the selection {path}"))
+
+
+# --------------------------------------------------------------------------- sharding / gathering
+def shard_indices(n: int, rank: Optional[int] = None, world_size: Optional[int] = None) -> np.ndarray:
+    """Contiguous block of ``range(n)`` owned by ``rank`` (blocks differ in size by at most one)."""
+    rank = get_rank() if rank is None else int(rank)
+    world_size = get_world_size() if world_size is None else int(world_size)
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise PruneDataError(f"rank must be in [0, world_size); got rank={rank}, world_size={world_size}")
+    bounds = np.linspace(0, n, world_size + 1).round().astype(np.int64)
+    return np.arange(bounds[rank], bounds[rank + 1], dtype=np.int64)
+
+
+def gather_per_sample(indices: Any, values: Any, num_samples: int, what: str = "gather per-sample values") -> np.ndarray:
+    """Assemble per-sample ``values`` computed on each rank's ``indices`` into one full array on every rank.
+
+    One all-gather of the (padded) shards. Every index in ``range(num_samples)`` must be covered by
+    some rank; an index covered twice must have the same value on both.
+    """
+    idx = torch.as_tensor(np.asarray(indices), dtype=torch.long).reshape(-1)
+    val = torch.as_tensor(np.asarray(values)).to(torch.float64)
+    if val.shape[0] != idx.shape[0]:
+        raise PruneDataError(f"got {val.shape[0]} values for {idx.shape[0]} indices on rank {get_rank()}")
+    tail = tuple(val.shape[1:])
+    world = get_world_size()
+    if world > 1:
+        counts = torch.zeros(world, dtype=torch.long)
+        counts[get_rank()] = idx.numel()
+        all_reduce(counts, what=f"{what} (sizes)")
+        m = int(counts.max())
+        pad_i = torch.full((m,), -1, dtype=torch.long)
+        pad_i[: idx.numel()] = idx
+        pad_v = torch.zeros((m,) + tail, dtype=torch.float64)
+        pad_v[: idx.numel()] = val
+        gi = [torch.empty_like(pad_i) for _ in range(world)]
+        gv = [torch.empty_like(pad_v) for _ in range(world)]
+        with collective_guard(what):
+            dist.all_gather(gi, pad_i)
+            dist.all_gather(gv, pad_v)
+        idx = torch.cat([g[: int(c)] for g, c in zip(gi, counts)])
+        val = torch.cat([g[: int(c)] for g, c in zip(gv, counts)])
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= num_samples):
+        raise PruneDataError(f"per-sample index outside [0, {num_samples}) in {what}")
+    out = np.full((num_samples,) + tail, np.nan)
+    covered = np.zeros(num_samples, dtype=bool)
+    out[idx.numpy()] = val.numpy()
+    covered[idx.numpy()] = True
+    if not covered.all():
+        miss = np.flatnonzero(~covered)
+        raise PruneDataError(
+            f"{what}: {miss.size} samples were scored on no rank (e.g. {miss[:5].tolist()}); every rank "
+            "must score its shard (shard_indices(n)) of the same dataset"
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- AdaPruner
+class DistributedAdaPruner(AdaPruner):
+    """:class:`AdaPruner` whose mask stays identical on every rank of a process group.
+
+    Same parameters as :class:`AdaPruner`, plus ``process_group`` (default: the global group) and
+    ``sync_tolerance``: the largest difference between a rank's mask and rank 0's at the end of an
+    epoch that is taken for float noise (and removed); a larger one raises :class:`DistributedError`.
+    Without a process group (or with one rank) it behaves exactly like :class:`AdaPruner`.
+    """
+
+    def __init__(self, num_samples: int, keep_ratio: float, *, process_group: Any = None,
+                 sync_tolerance: float = 1e-3, **kw: Any):
+        super().__init__(num_samples, keep_ratio, **kw)
+        self._process_group = process_group
+        self.sync_tolerance = float(sync_tolerance)
+
+    @classmethod
+    def from_pruner(cls, pruner: AdaPruner, **kw: Any) -> "DistributedAdaPruner":
+        """A distributed copy of an existing :class:`AdaPruner` (same parameters and state)."""
+        if isinstance(pruner, DistributedAdaPruner) and not kw:
+            return pruner
+        new = cls(pruner.num_samples, device=pruner.mask.device, **pruner.params(), **kw)
+        new.load_state_dict(pruner.state_dict())
+        return new
+
+    @property
+    def world_size(self) -> int:
+        return get_world_size(self._process_group)
+
+    def _global_mask_stats(self, soft: torch.Tensor) -> torch.Tensor:
+        m = soft.mean()
+        k = self.world_size
+        if k <= 1:
+            return m
+        # same value, gradient / K: the summed mask gradient then counts the compression term once
+        return m.detach() + (m - m.detach()) / k
+
+    def _reduce_mask_grad(self) -> None:
+        if self.world_size > 1 and self.mask.grad is not None:
+            all_reduce(self.mask.grad, group=self._process_group,
+                       what=f"all-reduce of the mask gradient (epoch {self.epoch}, step {self.global_step})")
+
+    def sync(self) -> float:
+        """Check that every rank's mask equals rank 0's; returns the largest difference (then removed)."""
+        if self.world_size <= 1:
+            return 0.0
+        ref = self.mask.detach().clone()
+        src = dist.get_global_rank(self._process_group, 0) if self._process_group is not None else 0
+        with collective_guard(f"mask consistency check after epoch {self.epoch}"):
+            dist.broadcast(ref, src=src, group=self._process_group)
+        diff = torch.zeros(1, dtype=torch.float64)
+        diff[0] = float((ref - self.mask.detach()).abs().max()) if ref.numel() else 0.0
+        all_reduce(diff, op=dist.ReduceOp.MAX, group=self._process_group, what="mask consistency check")
+        d = float(diff[0])
+        if d > self.sync_tolerance:
+            raise DistributedError(
+                f"the AdaPruner masks of the ranks differ by up to {d:.3g} after epoch {self.epoch}: the "
+                "ranks did not run the same steps. Every rank must call loss(), backward() and step() "
+                "once per batch, with the same number of batches (use AdaPrunerSampler, which pads the "
+                "shards to equal length) and the same AdaPruner parameters"
+            )
+        if d > 0:
+            with torch.no_grad():
+                self.mask.copy_(ref)
+        return d
+
+    def end_epoch(self) -> Dict[str, Any]:
+        if self.world_size > 1:
+            st = self._epoch_stats
+            t = torch.tensor([st.n, st.loss_sum, st.w_sum, st.w_n], dtype=torch.float64)
+            all_reduce(t, group=self._process_group, what=f"sum of epoch statistics (epoch {self.epoch})")
+            st.n, st.loss_sum, st.w_sum, st.w_n = int(t[0]), float(t[1]), float(t[2]), int(t[3])
+            seen = self._seen.to(torch.int32)
+            all_reduce(seen, group=self._process_group, what="union of seen samples")
+            self._seen = seen > 0
+            drift = self.sync()
+            if drift:
+                logger.debug("mask drift across ranks after epoch %d: %.3g (removed)", self.epoch, drift)
+        return super().end_epoch()
+
+
+# --------------------------------------------------------------------------- DDP training loop
+def _resume_hint(checkpoint: Optional[PathLike]) -> str:
+    if checkpoint is None:
+        return "Pass checkpoint=... to train_adapruner_ddp to be able to resume after a failure"
+    if Path(checkpoint).exists():
+        return f"Restart all ranks with resume=True (--resume) to continue from the last checkpoint {checkpoint}"
+    return f"No checkpoint was written yet ({checkpoint}); restart all ranks to begin again"
+
+
+def train_adapruner_ddp(model: torch.nn.Module, dataset: Any, pruner: AdaPruner, *,
+                        optimizer: Optional[torch.optim.Optimizer] = None, batch_size: int = 256,
+                        lr: float = 0.05, num_workers: int = 0, seed: int = 0, device: Any = None,
+                        loss_fn: Callable = per_sample_ce, checkpoint: Optional[PathLike] = None,
+                        resume: bool = False, stop_after_epoch: Optional[int] = None,
+                        show_progress: bool = True, on_step: Optional[Callable[[int, int], None]] = None,
+                        ddp_kwargs: Optional[Dict[str, Any]] = None) -> AdaPrunerSampler:
+    """Joint training of ``model`` and ``pruner``'s mask with DDP across the ranks of the process group.
+
+    Call on every rank with the same arguments (after :func:`init_distributed`). ``batch_size`` is per
+    rank: ``K`` ranks with ``batch_size=B`` take the same optimisation steps as one process with
+    ``batch_size=K*B`` (:func:`prunedata.training.train_adapruner`) when ``len(dataset)`` is a multiple
+    of ``K`` (otherwise the sampler pads the last shard with repeated samples). ``pruner`` must be a
+    :class:`DistributedAdaPruner` when there is more than one rank.
+
+    ``checkpoint``: rank 0 writes the whole state (model, optimiser, mask, epoch, every rank's RNG)
+    atomically after each epoch; ``resume=True`` makes every rank continue from it (the file must be
+    on a filesystem all ranks see). ``on_step(epoch, step)`` is called before each step (logging,
+    fault injection in tests). Returns the sampler; ``sampler.selection(dataset)`` is identical on
+    every rank; write it with :func:`save_selection`.
+
+    Without a process group this is an ordinary single-process loop.
+    """
+    world, rank = get_world_size(), get_rank()
+    if world > 1 and not isinstance(pruner, DistributedAdaPruner):
+        raise PruneDataError(
+            f"{type(pruner).__name__} keeps a separate mask on each of the {world} ranks, which would drift "
+            "apart. Use prunedata.distributed.DistributedAdaPruner (same parameters), or convert with "
+            "DistributedAdaPruner.from_pruner(pruner)"
+        )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise PruneDataError(f"batch_size (per rank) must be a positive int, got {batch_size!r}")
+    if len(dataset) != pruner.num_samples:
+        raise PruneDataError(
+            f"the pruner has {pruner.num_samples} mask entries but the dataset has {len(dataset)} samples"
+        )
+    if device is None:
+        device = f"cuda:{torch.cuda.current_device()}" if (is_distributed() and dist.get_backend() == "nccl") else "cpu"
+    device = torch.device(device)
+    if world > 1 and len(dataset) % world:
+        logger.warning("%d samples do not split evenly over %d ranks: the sampler repeats %d samples per epoch",
+                       len(dataset), world, world - len(dataset) % world)
+    model.to(device)
+    if optimizer is None:
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    sampler = AdaPrunerSampler(pruner, seed=seed, num_replicas=world, rank=rank)
+    start = 0
+    ckpt_here = checkpoint is not None and Path(checkpoint).exists()
+    if resume and checkpoint is not None:
+        found = all_gather_object(ckpt_here, what="checking the checkpoint on every rank")
+        if any(found) and not all(found):
+            raise DistributedError(
+                f"checkpoint {checkpoint} exists on ranks {[i for i, f in enumerate(found) if f]} but not on "
+                f"{[i for i, f in enumerate(found) if not f]}: put it on a filesystem that every rank sees"
+            )
+    if resume and ckpt_here:
+        start = _load_ddp_checkpoint(checkpoint, model, optimizer, sampler)
+    else:
+        if resume and checkpoint is not None:
+            logger.info("no checkpoint at %s yet: starting from epoch 0", checkpoint)
+        seed_everything(seed)
+    net: torch.nn.Module = model
+    if world > 1:
+        with collective_guard("wrapping the model in DistributedDataParallel"):
+            net = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None, **(ddp_kwargs or {}))
+    loader = DataLoader(IndexedDataset(dataset), batch_size=batch_size, sampler=sampler,
+                        num_workers=num_workers, persistent_workers=False)
+    for epoch in range(start, pruner.epochs):
+        sampler.set_epoch(epoch)
+        net.train()
+        t0 = time.perf_counter()
+        hint = _resume_hint(checkpoint)
+        bar = progress(loader, desc=f"adapruner epoch {epoch + 1}/{pruner.epochs}",
+                       disable=(not show_progress) or rank != 0)
+        for step, (idx, (x, y)) in enumerate(bar):
+            if on_step is not None:
+                on_step(epoch, step)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with collective_guard(f"forward/backward of epoch {epoch}, step {step} (DDP gradient all-reduce)", hint):
+                loss = sampler.loss(idx, loss_fn(net(x), y))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            optimizer.step()
+            with collective_guard(f"mask update of epoch {epoch}, step {step}", hint):
+                sampler.step()
+        with collective_guard(f"end of epoch {epoch}", hint):
+            rec = sampler.end_epoch()
+        rec["seconds"] = time.perf_counter() - t0
+        if checkpoint is not None:
+            rngs = all_gather_object(rng_state(), what=f"gathering RNG states for the checkpoint of epoch {epoch}")
+            run_on_main(save_checkpoint, checkpoint, model=model, optimizer=optimizer, sampler=sampler,
+                        epoch=epoch + 1, extra={"world_size": world, "rng_per_rank": rngs},
+                        what=f"write the checkpoint {checkpoint}")
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+            break
+    return sampler
+
+
+def _load_ddp_checkpoint(path: PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                         sampler: AdaPrunerSampler) -> int:
+    start = load_checkpoint(path, model=model, optimizer=optimizer, sampler=sampler)
+    extra = torch.load(path, map_location="cpu", weights_only=False).get("extra") or {}
+    world, rank = get_world_size(), get_rank()
+    rngs = extra.get("rng_per_rank")
+    if rngs and len(rngs) == world:
+        set_rng_state(rngs[rank])
+    elif world > 1 or extra.get("world_size", 1) != world:
+        logger.warning("checkpoint %s was written by %s ranks, now %d: RNG streams restart from rank 0's",
+                       path, extra.get("world_size", "?"), world)
+    starts = all_gather_object(start, what="checking that every rank resumed at the same epoch")
+    if len(set(starts)) != 1:
+        raise DistributedError(
+            f"ranks resumed from different epochs {starts}: the checkpoint {path} changed while being read; "
+            "restart all ranks"
+        )
+    logger.info("rank %d resumed from %s at epoch %d", rank, path, start)
+    return start
+
+
+# --------------------------------------------------------------------------- scores
+def distributed_scores(score_fn: Callable[[Any], Any], dataset: Any, *, what: str = "per-sample scores") -> np.ndarray:
+    """Per-sample scores of the whole ``dataset``, computed shard by shard across ranks.
+
+    ``score_fn(subset)`` must return one score (or one row) per sample of the map-style ``subset``
+    it is given, in order; each rank calls it on its contiguous shard (:func:`shard_indices`) and the
+    results are all-gathered once. Every rank returns the full array. Without a process group this
+    is ``score_fn(dataset)``.
+    """
+    n = len(dataset)
+    idx = shard_indices(n)
+    part = dataset if get_world_size() == 1 else Subset(dataset, idx.tolist())
+    err = None
+    try:
+        vals = np.asarray(score_fn(part), dtype=np.float64)
+        if vals.shape[:1] != (len(idx),):
+            raise PruneDataError(
+                f"score_fn returned shape {vals.shape} for a shard of {len(idx)} samples; it must return one "
+                "score per sample of the dataset it is given, in order"
+            )
+    except Exception as e:  # noqa: BLE001 - tell the other ranks before re-raising
+        err = e
+    failed = all_gather_object(None if err is None else f"{type(err).__name__}: {err}", what=f"{what}: status")
+    if err is not None:
+        raise err
+    bad = [(r, m) for r, m in enumerate(failed) if m]
+    if bad:
+        raise DistributedError(f"{what} failed on rank {bad[0][0]}: {bad[0][1]}")
+    return gather_per_sample(idx, vals, n, what=f"gathering {what}")
+
+
+def distributed_influence_scores(*args: Any, **kw: Any) -> Any:  # pragma: no cover - filled in below
+    raise NotImplementedError

@@ -1,0 +1,223 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import BatchSampler, DataLoader, TensorDataset
+
+from prunedata import (AdaPruner, AdaPrunerSampler, IndexedDataset, LossShapeError, NonFiniteLossError,
+                       PruneDataError, Selection)
+from prunedata.training import per_sample_losses, train_adapruner
+
+
+def toy(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.randn(n, 5, generator=g), torch.randint(0, 3, (n,), generator=g))
+
+
+# ------------------------------------------------------------------ parameters
+@pytest.mark.parametrize("ratio,msg", [(70, "0.7"), (0, "strictly between 0 and 1"), (1.0, "keeps everything"),
+                                       (-0.2, "strictly between"), (float("nan"), "strictly between"),
+                                       ("abc", "must be a number")])
+def test_bad_keep_ratio(ratio, msg):
+    with pytest.raises(PruneDataError, match=msg):
+        AdaPruner(10, ratio)
+
+
+def test_bad_schedule():
+    with pytest.raises(PruneDataError, match="warmup_epochs"):
+        AdaPruner(10, 0.5, epochs=2, warmup_epochs=2)
+    with pytest.raises(PruneDataError, match="alpha_init"):
+        AdaPruner(10, 0.5, alpha_init=5, alpha_final=1)
+
+
+def test_alpha_ramp_and_warmup():
+    p = AdaPruner(10, 0.5, epochs=6, warmup_epochs=2, alpha_init=0.1, alpha_final=5.0)
+    alphas, warm = [], []
+    for e in range(6):
+        p.set_epoch(e)
+        alphas.append(p.alpha)
+        warm.append(p.in_warmup)
+    assert warm == [True, True, False, False, False, False]
+    assert alphas[2] == pytest.approx(0.1) and alphas[5] == pytest.approx(5.0)
+    assert np.all(np.diff(alphas[2:]) > 0)
+    np.testing.assert_allclose(np.diff(alphas[2:]), (5.0 - 0.1) / 3)
+
+
+# ------------------------------------------------------------------ per-step inputs
+def test_loss_input_errors():
+    p = AdaPruner(10, 0.5, epochs=3, warmup_epochs=1)
+    p.set_epoch(1)
+    idx = torch.tensor([0, 1, 2])
+    with pytest.raises(LossShapeError, match="reduction='none'"):
+        p.loss(idx, torch.tensor(1.0, requires_grad=True))
+    with pytest.raises(LossShapeError, match="3 sample ids"):
+        p.loss(idx, torch.ones(4))
+    with pytest.raises(NonFiniteLossError, match="NaN"):
+        p.loss(idx, torch.tensor([1.0, float("nan"), 1.0]))
+    with pytest.raises(PruneDataError, match="outside the dataset"):
+        p.loss(torch.tensor([0, 10, 2]), torch.ones(3))
+    with pytest.raises(PruneDataError, match="outside the dataset"):
+        p.loss(torch.tensor([-1, 0, 2]), torch.ones(3))
+    with pytest.raises(PruneDataError, match="integer"):
+        p.loss(torch.tensor([0.0, 1.0, 2.0]), torch.ones(3))
+    with pytest.raises(PruneDataError, match="IndexedDataset"):
+        p.loss("0,1,2", torch.ones(3))
+    with pytest.raises(LossShapeError, match="1-D"):
+        p.loss(idx, torch.ones(3, 4))
+
+
+def test_weights_follow_dataset_indices_not_batch_positions():
+    p = AdaPruner(6, 0.5, epochs=3, warmup_epochs=1, alpha_init=5.0, alpha_final=5.0)
+    p.set_epoch(1)
+    with torch.no_grad():
+        p.mask.copy_(torch.tensor([3.0, -3.0, 3.0, -3.0, 3.0, -3.0]))
+    w = p.weights(torch.tensor([5, 0, 3, 2]))
+    assert w[0] < 1e-6 and w[1] > 1 - 1e-6 and w[2] < 1e-6 and w[3] > 1 - 1e-6
+
+
+def test_pruned_samples_get_no_model_gradient():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3)
+    x, y = toy(4).tensors
+    p = AdaPruner(4, 0.5, epochs=3, warmup_epochs=1, alpha_init=5.0, alpha_final=5.0)
+    p.set_epoch(1)
+    with torch.no_grad():
+        p.mask.copy_(torch.tensor([4.0, -4.0, 4.0, -4.0]))  # weights ~1, ~0, ~1, ~0
+    idx = torch.arange(4)
+    loss = p.loss(idx, F.cross_entropy(model(x), y, reduction="none"))
+    loss.backward()
+    g_all = model.weight.grad.clone()
+    model.zero_grad()
+    kept = torch.tensor([0, 2])
+    (F.cross_entropy(model(x[kept]), y[kept], reduction="sum") / 4).backward()
+    torch.testing.assert_close(g_all, model.weight.grad, atol=1e-6, rtol=1e-3)
+
+
+def test_warmup_is_plain_mean_and_mask_does_not_move():
+    p = AdaPruner(8, 0.5, epochs=3, warmup_epochs=1)
+    losses = torch.rand(4, requires_grad=True)
+    out = p.loss(torch.arange(4), losses)
+    assert torch.allclose(out, losses.mean())
+    before = p.mask.detach().clone()
+    out.backward()
+    p.step()
+    assert torch.equal(before, p.mask.detach())
+
+
+def test_mask_moves_easy_samples_down():
+    """The selection term prunes low-loss samples first (Eq. 5)."""
+    p = AdaPruner(4, 0.5, epochs=3, warmup_epochs=1)
+    p.set_epoch(1)
+    losses = torch.tensor([1e-4, 0.5, 0.5, 0.5])
+    p.loss(torch.arange(4), losses).backward()
+    p.step()
+    m = p.mask.detach()
+    assert m[0] < m[1] and m[1] == m[2] == m[3]
+
+
+# ------------------------------------------------------------------ sampler
+def test_sampler_with_dataloader_batch_size_and_batch_sampler():
+    ds = IndexedDataset(toy(50))
+    s = AdaPrunerSampler(AdaPruner(50, 0.5, epochs=3, warmup_epochs=1), seed=3)
+    loader = DataLoader(ds, batch_size=8, sampler=s)
+    seen = torch.cat([idx for idx, _ in loader])
+    assert sorted(seen.tolist()) == list(range(50))  # the epoch ends, each sample once
+    assert len(loader) == 7
+    again = torch.cat([idx for idx, _ in loader])
+    assert torch.equal(seen, again)  # same epoch, same order
+    s.set_epoch(1)
+    other = torch.cat([idx for idx, _ in loader])
+    assert not torch.equal(seen, other) and sorted(other.tolist()) == list(range(50))
+    bl = DataLoader(ds, batch_sampler=BatchSampler(s, 8, drop_last=False))
+    assert sorted(torch.cat([i for i, _ in bl]).tolist()) == list(range(50))
+
+
+def test_sampler_with_workers_keeps_ids_with_data():
+    base = toy(40)
+    ds = IndexedDataset(base)
+    s = AdaPrunerSampler(AdaPruner(40, 0.5, epochs=2, warmup_epochs=1), seed=0)
+    loader = DataLoader(ds, batch_size=7, sampler=s, num_workers=2)
+    n = 0
+    for idx, (x, y) in loader:
+        for i, xi in zip(idx.tolist(), x):
+            assert torch.equal(xi, base[i][0])
+            n += 1
+    assert n == 40
+
+
+def test_rank_sharding_partitions_the_epoch():
+    p = AdaPruner(23, 0.5, epochs=2, warmup_epochs=1)
+    shards = [list(AdaPrunerSampler(p, seed=1, num_replicas=3, rank=r)) for r in range(3)]
+    assert all(len(sh) == 8 for sh in shards)
+    flat = sum(shards, [])
+    assert set(flat) == set(range(23)) and len(flat) == 24  # one padded repeat, like DistributedSampler
+    with pytest.raises(PruneDataError, match="rank"):
+        AdaPrunerSampler(p, num_replicas=2, rank=2)
+
+
+# ------------------------------------------------------------------ end to end
+def _tiny_run(tmp_path, stop=None, resume=False, ckpt_name="ck.pt"):
+    ds = toy(96, seed=1)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.ReLU(), torch.nn.Dropout(0.2),
+                                torch.nn.Linear(16, 3))
+    p = AdaPruner(len(ds), 0.6, epochs=5, warmup_epochs=1)
+    train_adapruner(model, ds, p, batch_size=16, seed=7, checkpoint=tmp_path / ckpt_name, resume=resume,
+                    stop_after_epoch=stop, show_progress=False)
+    return p, model
+
+
+def test_resume_gives_the_same_selection(tmp_path):
+    full, m_full = _tiny_run(tmp_path, ckpt_name="a.pt")
+    part, _ = _tiny_run(tmp_path, stop=2, ckpt_name="b.pt")
+    assert part.epoch == 2
+    resumed, m_res = _tiny_run(tmp_path, resume=True, ckpt_name="b.pt")
+    assert resumed.epoch == 5
+    torch.testing.assert_close(full.mask.detach(), resumed.mask.detach(), rtol=0, atol=0)
+    for a, b in zip(m_full.parameters(), m_res.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert np.array_equal(full.selection().kept, resumed.selection().kept)
+
+
+def test_checkpoint_with_other_params_is_refused(tmp_path):
+    p, _ = _tiny_run(tmp_path, stop=1)
+    q = AdaPruner(96, 0.5, epochs=5, warmup_epochs=1)
+    with pytest.raises(PruneDataError, match="other AdaPruner parameters"):
+        q.load_state_dict(p.state_dict())
+    with pytest.raises(PruneDataError, match="96 samples"):
+        AdaPruner(10, 0.6, epochs=5, warmup_epochs=1).load_state_dict(p.state_dict())
+
+
+def test_corrupt_checkpoint_gives_clear_error(tmp_path):
+    from prunedata.checkpoint import load_checkpoint
+
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(PruneDataError, match="cannot read checkpoint"):
+        load_checkpoint(bad)
+
+
+@pytest.mark.slow
+def test_real_fashion_mnist_prunes_easy_samples_within_tolerance(fmnist_small, tmp_path):
+    """On real data: requested keep ratio is met (±2%) and the pruned samples are the easy ones."""
+    from prunedata.models import make_model
+
+    ds = fmnist_small
+    torch.manual_seed(0)
+    model = make_model("cnn")
+    p = AdaPruner(len(ds), 0.7, epochs=6, warmup_epochs=1)
+    train_adapruner(model, ds, p, batch_size=64, lr=0.05, seed=0, show_progress=False)
+    sel = p.selection(ds)
+    assert abs(sel.keep_ratio - 0.7) <= 0.02 + 1e-9
+    assert sel.num_kept == int(sel.mask.sum())
+    assert len(p.history) == 6 and p.history[-1]["alpha"] == pytest.approx(5.0)
+    # easy (low-loss) samples are pruned first: compare with random selections of equal size
+    losses = per_sample_losses(model, ds)
+    pruned_median = np.median(losses[~sel.mask])
+    rng = np.random.default_rng(0)
+    rand_medians = [np.median(losses[rng.choice(len(ds), sel.num_pruned, replace=False)]) for _ in range(20)]
+    assert pruned_median < 0.5 * min(rand_medians)
+    assert np.median(losses[sel.mask]) > np.median(losses[~sel.mask])
+    back = Selection.load(sel.save(tmp_path / "s.json"), ds)
+    assert back.method == "adapruner" and back.params["keep_ratio"] == 0.7
+    assert back.score_name == "mask_logit" and back.scores.shape == (len(ds),)
