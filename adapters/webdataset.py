@@ -40,16 +40,16 @@ dropped (it may lack files).
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
 import re
 import tarfile
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -142,7 +142,8 @@ def _ids_of(keys: Sequence[str], urls: Optional[Sequence[str]], id_scheme: str) 
 
 
 def expand_shards(urls: UrlsLike) -> List[str]:
-    """Shard URLs from a brace pattern (``"d/train-{000..009}.tar"``), a list, or a manifest."""
+    """Shard URLs from a brace pattern (``"d/train-{000..009}.tar"``), a list, a manifest (object or
+    ``.json`` path) or a folder holding a ``manifest.json`` (e.g. the output of :func:`write_pruned_shards`)."""
     if isinstance(urls, ShardManifest):
         return urls.urls
     if isinstance(urls, Path):
@@ -150,6 +151,13 @@ def expand_shards(urls: UrlsLike) -> List[str]:
     if isinstance(urls, str):
         if urls.endswith(".json") and os.path.isfile(urls):
             return ShardManifest.load(urls).urls
+        if os.path.isdir(urls):
+            if not os.path.isfile(os.path.join(urls, MANIFEST_NAME)):
+                raise PruneDataError(
+                    f"{urls} is a folder without a {MANIFEST_NAME}; pass the shard URLs (e.g. "
+                    f"'{urls}/train-{{000000..000099}}.tar') or write a manifest with scan_shards(urls).save(...)"
+                )
+            return ShardManifest.load(os.path.join(urls, MANIFEST_NAME)).urls
         out = expand_urls(urls)
     else:
         out = [str(u) for u in urls]
@@ -172,10 +180,31 @@ def _annotate(exn: BaseException, url: str) -> BaseException:
     return exn
 
 
+class _StrictTarInfo(tarfile.TarInfo):
+    """TarInfo that treats a shard ending without its end-of-archive blocks as broken.
+
+    ``tarfile`` in stream mode takes a missing, cut or garbled header after the first member for
+    the end of the archive, so a shard truncated at a file boundary would look whole (webdataset
+    inherits this). Here it raises ``tarfile.ReadError`` instead.
+    """
+
+    @classmethod
+    def fromtarfile(cls, tf):  # noqa: D102 - see class docstring
+        try:
+            return super().fromtarfile(tf)
+        except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError, tarfile.InvalidHeaderError) as e:
+            if tf.offset == 0:
+                raise
+            raise tarfile.ReadError(
+                f"tar data ends or breaks at byte {tf.offset} without the end-of-archive marker ({e}): "
+                "the shard is truncated or corrupt"
+            ) from None
+
+
 def iter_raw_samples(urls: UrlsLike, *, keep: Optional[Callable[[str, str], bool]] = None,
                      read_data: bool = True, handler: Handler = reraise_exception,
                      errors: Optional[List[Dict[str, str]]] = None,
-                     done: Optional[List[str]] = None) -> Iterator[Dict[str, Any]]:
+                     done: Optional[List[str]] = None, strict: bool = True) -> Iterator[Dict[str, Any]]:
     """Yield complete raw samples ``{"__key__", "__url__", ext: bytes, ...}`` in stream order.
 
     File names and contents are kept exactly as stored (no lower-casing, no decoding). ``keep(key,
@@ -183,7 +212,9 @@ def iter_raw_samples(urls: UrlsLike, *, keep: Optional[Callable[[str, str], bool
     ``read_data=False`` only keys are read (values are None). A sample is yielded once the next one
     starts or its shard ends cleanly, so a sample cut off by a broken shard is never yielded.
     Errors go to ``handler`` (webdataset convention); ``errors`` collects ``{"url", "error"}`` and
-    ``done`` the URLs read to their end.
+    ``done`` the URLs read to their end. With ``strict`` (default) a shard that ends without the
+    tar end-of-archive marker counts as broken (plain ``tarfile``/webdataset reading takes a shard
+    cut at a file boundary for a whole one).
     """
     for url in expand_shards(urls):
         pending: Optional[Dict[str, Any]] = None
@@ -191,7 +222,7 @@ def iter_raw_samples(urls: UrlsLike, *, keep: Optional[Callable[[str, str], bool
         try:
             stream = gopen(url, "rb")
             try:
-                tf = tarfile.open(fileobj=stream, mode="r|*")
+                tf = tarfile.open(fileobj=stream, mode="r|*", tarinfo=_StrictTarInfo if strict else None)
                 for ti in tf:
                     fname = ti.name
                     if not ti.isreg() or fname is None or _meta(fname):
@@ -341,7 +372,7 @@ class ShardManifest:
         """Write atomically; local shard paths inside the manifest's folder are stored relative to it."""
         path = Path(path)
         atomic_write_text(path, self.to_json(path.parent.resolve()))
-        logger.info("wrote manifest %s (%d shards, %d samples)", path, len(self.shards), self.num_samples)
+        logger.debug("wrote manifest %s (%d shards, %d samples)", path, len(self.shards), self.num_samples)
         return path
 
     @classmethod
@@ -473,6 +504,7 @@ def to_keyed(selection: Selection, manifest: Union[ShardManifest, str, Path]) ->
         order = np.argsort(np.asarray(ids, dtype=object), kind="stable")
         scores = selection.scores[order]
     extra = {k: v for k, v in selection.extra.items() if k not in ("id_scheme", "shards")}
+    extra["converted_from"] = {"id_kind": "index", "fingerprint": selection.fingerprint, "order": "manifest"}
     sel = Selection.from_keys(kept, ids, method=selection.method, params=dict(selection.params),
                               scores=scores, score_name=selection.score_name, metrics=dict(selection.metrics),
                               extra=extra)
@@ -662,15 +694,16 @@ def write_pruned_shards(source: UrlsLike, selection: Union[Selection, str, Path]
                         manifest: Union[ShardManifest, str, Path, None] = None, maxcount: Optional[int] = None,
                         maxsize: Optional[float] = None, pattern: str = "pruned-%06d.tar",
                         handler: Handler = reraise_exception, overwrite: bool = False,
-                        show_progress: bool = True) -> ShardManifest:
+                        manifest_every: float = 10.0, show_progress: bool = True) -> ShardManifest:
     """Write the kept samples of ``source`` to new shards in ``out_dir`` plus ``manifest.json``.
 
     Samples keep their keys, file names, bytes and stream order. Without ``maxcount``/``maxsize``
     each source shard gives one pruned shard of the same file name (shards left empty are not
     written), so ``shard/key`` ids stay valid; with them, samples are repacked into ``pattern``
     shards of at most ``maxcount`` samples / ``maxsize`` bytes. Each shard is written to a temporary
-    name and renamed when complete; the manifest is rewritten (atomically) after every shard with
-    ``complete: false`` until the end. On an error the shard in progress is closed with the whole
+    name and renamed when complete; the manifest is rewritten (atomically) with ``complete: false``
+    after a finished shard at most every ``manifest_every`` seconds (0: after every shard), and always
+    on an error and at the end. On an error the shard in progress is closed with the whole
     samples written so far, recorded, and the error re-raised (default handler) -- or, with a
     continuing handler, the rest of the broken source shard is skipped and listed under
     ``extra["errors"]``. Returns the manifest of the written shards.
@@ -720,7 +753,8 @@ def write_pruned_shards(source: UrlsLike, selection: Union[Selection, str, Path]
     written: List[ShardInfo] = []
     errors: List[Dict[str, str]] = []
     done: List[str] = []
-    state = {"fh": None, "tw": None, "tmp": None, "final": None, "keys": [], "size": 0, "src": None, "n": 0}
+    state = {"fh": None, "tw": None, "tmp": None, "final": None, "keys": [], "size": 0, "src": None, "n": 0,
+             "saved": time.monotonic()}
 
     def save_manifest(complete: bool, error: Optional[str] = None) -> ShardManifest:
         extra: Dict[str, Any] = {"selection": sel_info, "source": {"urls": urls, "read_to_end": list(done)}}
@@ -752,7 +786,9 @@ def write_pruned_shards(source: UrlsLike, selection: Union[Selection, str, Path]
             os.replace(state["tmp"], state["final"])
             written.append(ShardInfo(url=str(state["final"]), keys=list(state["keys"]),
                                      extra={"source": state["src"]} if not repack else {}))
-            save_manifest(False)
+            if time.monotonic() - state["saved"] >= float(manifest_every):
+                save_manifest(False)
+                state["saved"] = time.monotonic()
         else:
             os.unlink(state["tmp"])
         state.update(fh=None, tw=None, tmp=None, final=None, keys=[], size=0)

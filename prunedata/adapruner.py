@@ -297,7 +297,7 @@ class AdaPruner(nn.Module):
             "epoch": self.epoch,
             "warmup": self.in_warmup,
             "alpha": self.alpha,
-            "keep_ratio_threshold": float(self._binary_ratio()),
+            "keep_ratio_threshold": 1.0 if self.in_warmup else float(self._binary_ratio()),
             "mean_weight": float(soft.mean()),
             "weight_histogram": hist.tolist(),
             **self._epoch_stats.summary(),

@@ -31,8 +31,8 @@ rank that hangs makes them fail after the timeout. Either way the survivors rais
 :class:`DistributedError`, which says which rank, what was being done, and how to resume.
 
 Scores. :func:`distributed_scores` computes per-sample scores on each rank's shard and gathers them
-once; :func:`distributed_influence_scores` does the same for influence scoring, with the Hessian
-summed across ranks.
+once (:func:`distributed_el2n`, :func:`distributed_grand` for the baselines);
+:func:`distributed_influence` does the same for influence scoring, with the Hessian summed across ranks.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -64,8 +64,9 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "DistributedError", "init_distributed", "cleanup", "is_distributed", "get_rank", "get_world_size",
     "is_main_process", "collective_guard", "barrier", "broadcast_object", "all_gather_object",
-    "all_reduce", "run_on_main", "save_selection", "shard_indices", "gather_per_sample",
-    "DistributedAdaPruner", "train_adapruner_ddp", "distributed_scores", "distributed_influence_scores",
+    "all_reduce", "run_on_main", "save_selection", "shard_indices", "gather_rows", "gather_per_sample",
+    "DistributedAdaPruner", "train_adapruner_ddp", "distributed_scores", "distributed_el2n",
+    "distributed_grand", "distributed_influence",
 ]
 
 #: default process-group timeout (seconds); ``PRUNEDATA_DIST_TIMEOUT`` overrides it
@@ -159,8 +160,17 @@ def init_distributed(backend: Optional[str] = None, *, init_method: Optional[str
         local = _env_int("LOCAL_RANK")
         torch.cuda.set_device(local if local is not None else rank % max(1, torch.cuda.device_count()))
     secs = _timeout_seconds()
-    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
-                            timeout=datetime.timedelta(seconds=secs))
+    td = datetime.timedelta(seconds=secs)
+    restart = _env_int("TORCHELASTIC_RESTART_COUNT") or 0
+    if restart > 0 and init_method == "env://":
+        # torchrun --max-restarts reuses its agent's store: without a fresh key prefix per restart the
+        # new workers read the dead workers' gloo addresses and fail to connect (seen with torch 2.14)
+        store, rank, world_size = next(dist.rendezvous(init_method, rank, world_size, timeout=td))
+        store.set_timeout(td)
+        store = dist.PrefixStore(f"prunedata_restart_{restart}", store)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=td)
+    else:
+        dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size, timeout=td)
     logger.info("joined process group: rank %d of %d, backend %s, timeout %.0fs", rank, world_size, backend, secs)
     return True
 
@@ -284,16 +294,20 @@ def shard_indices(n: int, rank: Optional[int] = None, world_size: Optional[int] 
     return np.arange(bounds[rank], bounds[rank + 1], dtype=np.int64)
 
 
-def gather_per_sample(indices: Any, values: Any, num_samples: int, what: str = "gather per-sample values") -> np.ndarray:
-    """Assemble per-sample ``values`` computed on each rank's ``indices`` into one full array on every rank.
+def gather_rows(indices: Any, rows: Any, num_samples: int, what: str = "gather per-sample rows") -> torch.Tensor:
+    """Assemble per-sample ``rows`` (a tensor whose first dimension matches ``indices``) from every rank.
 
-    One all-gather of the (padded) shards. Every index in ``range(num_samples)`` must be covered by
-    some rank; an index covered twice must have the same value on both.
+    Each rank passes the dataset indices it computed and their rows; every rank returns one tensor
+    of shape ``(num_samples, ...)`` in dataset order (dtype kept), made with one all-gather. Every
+    index must be covered by some rank (an index covered twice takes the later rank's row).
     """
     idx = torch.as_tensor(np.asarray(indices), dtype=torch.long).reshape(-1)
-    val = torch.as_tensor(np.asarray(values)).to(torch.float64)
-    if val.shape[0] != idx.shape[0]:
-        raise PruneDataError(f"got {val.shape[0]} values for {idx.shape[0]} indices on rank {get_rank()}")
+    val = rows.detach().cpu() if isinstance(rows, torch.Tensor) else torch.as_tensor(np.asarray(rows))
+    if val.dim() == 0 or val.shape[0] != idx.shape[0]:
+        raise PruneDataError(
+            f"got {tuple(val.shape)} values for {idx.shape[0]} indices on rank {get_rank()}: {what} needs one "
+            "row per index"
+        )
     tail = tuple(val.shape[1:])
     world = get_world_size()
     if world > 1:
@@ -303,7 +317,7 @@ def gather_per_sample(indices: Any, values: Any, num_samples: int, what: str = "
         m = int(counts.max())
         pad_i = torch.full((m,), -1, dtype=torch.long)
         pad_i[: idx.numel()] = idx
-        pad_v = torch.zeros((m,) + tail, dtype=torch.float64)
+        pad_v = torch.zeros((m,) + tail, dtype=val.dtype)
         pad_v[: idx.numel()] = val
         gi = [torch.empty_like(pad_i) for _ in range(world)]
         gv = [torch.empty_like(pad_v) for _ in range(world)]
@@ -313,18 +327,24 @@ def gather_per_sample(indices: Any, values: Any, num_samples: int, what: str = "
         idx = torch.cat([g[: int(c)] for g, c in zip(gi, counts)])
         val = torch.cat([g[: int(c)] for g, c in zip(gv, counts)])
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= num_samples):
-        raise PruneDataError(f"per-sample index outside [0, {num_samples}) in {what}")
-    out = np.full((num_samples,) + tail, np.nan)
-    covered = np.zeros(num_samples, dtype=bool)
-    out[idx.numpy()] = val.numpy()
-    covered[idx.numpy()] = True
-    if not covered.all():
-        miss = np.flatnonzero(~covered)
+        raise PruneDataError(f"{what}: a per-sample index lies outside [0, {num_samples})")
+    covered = torch.zeros(num_samples, dtype=torch.bool)
+    covered[idx] = True
+    if not bool(covered.all()):
+        miss = (~covered).nonzero().flatten()
         raise PruneDataError(
-            f"{what}: {miss.size} samples were scored on no rank (e.g. {miss[:5].tolist()}); every rank "
-            "must score its shard (shard_indices(n)) of the same dataset"
+            f"{what}: {miss.numel()} samples were computed on no rank (e.g. {miss[:5].tolist()}); every rank "
+            "must process its shard (shard_indices(n)) of the same dataset"
         )
+    out = torch.empty((num_samples,) + tail, dtype=val.dtype)
+    out[idx] = val
     return out
+
+
+def gather_per_sample(indices: Any, values: Any, num_samples: int, what: str = "gather per-sample values") -> np.ndarray:
+    """:func:`gather_rows` for per-sample scores: a float64 array of length ``num_samples`` on every rank."""
+    vals = torch.as_tensor(np.asarray(values, dtype=np.float64))
+    return gather_rows(indices, vals, num_samples, what=what).numpy()
 
 
 # --------------------------------------------------------------------------- AdaPruner
@@ -396,7 +416,7 @@ class DistributedAdaPruner(AdaPruner):
     def end_epoch(self) -> Dict[str, Any]:
         if self.world_size > 1:
             st = self._epoch_stats
-            t = torch.tensor([st.n, st.loss_sum, st.w_sum, st.w_n], dtype=torch.float64)
+            t = torch.tensor([float(st.n), float(st.loss_sum), float(st.w_sum), float(st.w_n)], dtype=torch.float64)
             all_reduce(t, group=self._process_group, what=f"sum of epoch statistics (epoch {self.epoch})")
             st.n, st.loss_sum, st.w_sum, st.w_n = int(t[0]), float(t[1]), float(t[2]), int(t[3])
             seen = self._seen.to(torch.int32)
@@ -538,35 +558,137 @@ def _load_ddp_checkpoint(path: PathLike, model: torch.nn.Module, optimizer: torc
 
 
 # --------------------------------------------------------------------------- scores
+def _agree(fn: Callable[[], Any], what: str) -> Any:
+    """Run ``fn`` on every rank; if it raises on any rank, raise on every rank (no one waits for it)."""
+    err: Optional[BaseException] = None
+    out = None
+    try:
+        out = fn()
+    except Exception as e:  # noqa: BLE001 - re-raised below after telling the others
+        err = e
+    status = all_gather_object(None if err is None else f"{type(err).__name__}: {err}", what=f"{what} (status)")
+    if err is not None:
+        raise err
+    bad = [(r, m) for r, m in enumerate(status) if m]
+    if bad:
+        raise DistributedError(f"{what} failed on rank {bad[0][0]}: {bad[0][1]}")
+    return out
+
+
+def _check_shardable(n: int) -> None:
+    if n < get_world_size():
+        raise PruneDataError(f"the dataset has {n} samples, fewer than the {get_world_size()} ranks: every rank needs "
+                             "at least one sample; use fewer processes")
+
+
 def distributed_scores(score_fn: Callable[[Any], Any], dataset: Any, *, what: str = "per-sample scores") -> np.ndarray:
     """Per-sample scores of the whole ``dataset``, computed shard by shard across ranks.
 
-    ``score_fn(subset)`` must return one score (or one row) per sample of the map-style ``subset``
-    it is given, in order; each rank calls it on its contiguous shard (:func:`shard_indices`) and the
-    results are all-gathered once. Every rank returns the full array. Without a process group this
-    is ``score_fn(dataset)``.
+    ``score_fn(subset)`` must return one score per sample of the map-style ``subset`` it is given,
+    in order; each rank calls it on its contiguous shard (:func:`shard_indices`) and the results are
+    all-gathered once. Every rank returns the full float64 array in dataset order. Without a process
+    group this is ``score_fn(dataset)``. E.g. EL2N of a trained model::
+
+        scores = distributed_scores(lambda part: el2n_scores(model, part), dataset)
     """
     n = len(dataset)
+    _check_shardable(n)
     idx = shard_indices(n)
     part = dataset if get_world_size() == 1 else Subset(dataset, idx.tolist())
-    err = None
-    try:
+
+    def local() -> np.ndarray:
         vals = np.asarray(score_fn(part), dtype=np.float64)
-        if vals.shape[:1] != (len(idx),):
+        if vals.shape != (len(idx),):
             raise PruneDataError(
                 f"score_fn returned shape {vals.shape} for a shard of {len(idx)} samples; it must return one "
                 "score per sample of the dataset it is given, in order"
             )
-    except Exception as e:  # noqa: BLE001 - tell the other ranks before re-raising
-        err = e
-    failed = all_gather_object(None if err is None else f"{type(err).__name__}: {err}", what=f"{what}: status")
-    if err is not None:
-        raise err
-    bad = [(r, m) for r, m in enumerate(failed) if m]
-    if bad:
-        raise DistributedError(f"{what} failed on rank {bad[0][0]}: {bad[0][1]}")
+        return vals
+
+    vals = _agree(local, what)
     return gather_per_sample(idx, vals, n, what=f"gathering {what}")
 
 
-def distributed_influence_scores(*args: Any, **kw: Any) -> Any:  # pragma: no cover - filled in below
-    raise NotImplementedError
+def distributed_el2n(model: torch.nn.Module, dataset: Any, **kw: Any) -> np.ndarray:
+    """EL2N scores (:func:`prunedata.methods.scoring.el2n_scores`) of ``model``, sharded across ranks."""
+    from .methods.scoring import el2n_scores
+
+    return distributed_scores(lambda part: el2n_scores(model, part, **kw), dataset, what="EL2N scores")
+
+
+def distributed_grand(model: torch.nn.Module, dataset: Any, **kw: Any) -> np.ndarray:
+    """GraNd scores (:func:`prunedata.methods.scoring.grand_scores`) of ``model``, sharded across ranks."""
+    from .methods.scoring import grand_scores
+
+    return distributed_scores(lambda part: grand_scores(model, part, **kw), dataset, what="GraNd scores")
+
+
+def distributed_influence(model: torch.nn.Module, dataset: Any, *, layer: Any = None, damping: float = 5e-4,
+                          solver: str = "auto", batch_size: int = 512, device: Any = None,
+                          dtype: torch.dtype = torch.float64, out_dtype: torch.dtype = torch.float32,
+                          gather: bool = True, show_progress: bool = True):
+    """:func:`prunedata.methods.influence.compute_influence` with the work split across ranks.
+
+    Each rank collects the head features of its shard (:func:`shard_indices`) and accumulates its
+    part of the Hessian (or of the K-FAC factors); the sums are all-reduced, so every rank solves
+    with the Hessian of the whole dataset; each rank then computes its rows of ``S`` (with the
+    ``1/n`` of the whole dataset). With ``gather=True`` (default) ``S``, the features and labels are
+    all-gathered once and every rank returns the same :class:`InfluenceResult` as one process would
+    (rows in dataset order); with ``gather=False`` each rank returns its shard's rows
+    (``result.features.indices`` says which). Call on every rank with the same model.
+    """
+    from .methods.influence import (Features, InfluenceResult, KFACSolver, ExactSolver, accumulate_hessian,
+                                    accumulate_kfac, choose_solver, collect_features, find_linear_layer,
+                                    finalize_hessian, head_params, influence_matrix)
+
+    n = len(dataset)
+    _check_shardable(n)
+    name, head = find_linear_layer(model, layer)
+    idx = shard_indices(n)
+    show = show_progress and is_main_process()
+    t: Dict[str, float] = {}
+    t0 = time.perf_counter()
+    feats = _agree(lambda: collect_features(model, dataset, head, indices=idx, batch_size=batch_size, device=device,
+                                            show_progress=show), "collecting the head features")
+    t["features"] = time.perf_counter() - t0
+    dev = feats.h.device
+    W, b = head_params(head, dtype)
+    W, b = W.to(dev), None if b is None else b.to(dev)
+    d = W.shape[0] * (W.shape[1] + (0 if b is None else 1))
+    kind = choose_solver(d, solver)
+    t0 = time.perf_counter()
+    hb = 4096
+    count = torch.tensor([len(feats)], dtype=torch.long)
+    all_reduce(count, what="sum of the sample counts")
+    if kind == "exact":
+        hs = None
+        for s in range(0, len(feats), hb):
+            hs = accumulate_hessian(feats.h[s:s + hb], W, b, hs)
+        all_reduce(hs.sum, what="all-reduce of the Hessian sum")
+        hs.count = int(count[0])
+        slv: Any = _agree(lambda: ExactSolver(finalize_hessian(hs, damping)), "factoring the Hessian")
+    else:
+        ks = None
+        for s in range(0, len(feats), hb):
+            ks = accumulate_kfac(feats.h[s:s + hb], W, b, ks)
+        all_reduce(ks.A, what="all-reduce of the K-FAC factor A")
+        all_reduce(ks.B, what="all-reduce of the K-FAC factor B")
+        ks.count = int(count[0])
+        # the eigenvalue correction sums over this rank's samples / n (all samples): add the ranks' parts
+        slv = _agree(lambda: KFACSolver(ks, damping, h=feats.h, W=W, b=b), "building the K-FAC solver")
+        all_reduce(slv.lam, what="all-reduce of the K-FAC eigenvalue correction")
+    t["hessian"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    S = influence_matrix(feats.h, feats.y, W, b, slv, n_total=n, out_dtype=out_dtype, show_progress=show)
+    t["solve"] = time.perf_counter() - t0
+    if gather:
+        t0 = time.perf_counter()
+        S = gather_rows(idx, S, n, what="gathering the influence rows S").to(dev)
+        h = gather_rows(idx, feats.h, n, what="gathering the head features").to(dev)
+        y = gather_rows(idx, feats.y, n, what="gathering the labels").to(dev)
+        feats = Features(h, y, np.arange(n, dtype=np.int64))
+        t["gather"] = time.perf_counter() - t0
+    logger.info("distributed influence: rank %d of %d scored %d of %d samples, d=%d, %s Hessian", get_rank(),
+                get_world_size(), len(idx), n, d, kind)
+    return InfluenceResult(S=S, features=feats, W=W, b=b, damping=float(damping), solver_name=kind, layer_name=name,
+                           timings=t, solver=slv)

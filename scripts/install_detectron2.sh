@@ -5,7 +5,8 @@
 # Python sources (identical to upstream tag v0.6) but not its C++/CUDA sources, so `pip install` of it
 # fails to build. This script:
 #   1. installs Detectron2's runtime dependencies with the pins v0.6 needs (pillow<10 for
-#      Image.LINEAR, setuptools<81 for pkg_resources, fvcore 0.1.5.x, iopath<0.1.10), while holding
+#      Image.LINEAR, setuptools>=70.1,<81 for pkg_resources and a built-in bdist_wheel -- a Python 3.11
+#      venv ships setuptools 65 without it --, fvcore 0.1.5.x, iopath<0.1.10), while holding
 #      the already installed torch / torchvision / numpy at their current versions;
 #   2. downloads the sdist, copies its `detectron2/` package into site-packages, and writes
 #      `detectron2/_C.py`, a stub whose attribute access raises a clear ImportError (the compiled ops
@@ -45,14 +46,15 @@ import detectron2
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: F401
-from detectron2.engine import SimpleTrainer  # noqa: F401
+from detectron2.engine import SimpleTrainer, DefaultTrainer  # noqa: F401
+from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (DefaultTrainer's writers)
 cfg = get_cfg()
 print("detectron2", detectron2.__version__, "torch", torch.__version__, "torchvision", torchvision.__version__)
 EOF
 }
 
-if [[ "$FORCE" == 0 ]] && check_d2 >/dev/null 2>&1; then
-  log "Detectron2 already works in this environment: $(check_d2 2>/dev/null | tail -1). Nothing to do (--force reinstalls)."
+if [[ "$FORCE" == 0 ]] && HAVE="$(check_d2 2>/dev/null)"; then
+  log "Detectron2 already works in this environment: $(echo "$HAVE" | tail -1). Nothing to do (--force reinstalls)."
   exit 0
 fi
 
@@ -81,8 +83,8 @@ fi
 
 log "installing Detectron2 v0.6 runtime dependencies"
 "$PY" -m pip install -q -c "$WORK/hold.txt" \
-  "pillow<10" "setuptools<81" "fvcore>=0.1.5,<0.1.6" "iopath>=0.1.7,<0.1.10" \
-  pycocotools omegaconf hydra-core yacs termcolor tabulate cloudpickle matplotlib \
+  "pillow<10" "setuptools>=70.1,<81" wheel "fvcore>=0.1.5,<0.1.6" "iopath>=0.1.7,<0.1.10" \
+  pycocotools omegaconf hydra-core yacs termcolor tabulate cloudpickle matplotlib tensorboard \
   || die "pip could not install Detectron2's dependencies (see above)"
 
 log "downloading the pb1-detectron2==0.6 sdist (Detectron2 v0.6 Python sources)"

@@ -99,7 +99,6 @@ def test_el2n_scores_are_the_proxy_error_norm(ds, cfg):
 
 def test_grand_closed_form_matches_autograd(ds):
     torch.manual_seed(0)
-    model = scoring.__dict__["last_linear"]  # noqa: F841  (import check)
     from prunedata.models import make_model
 
     net = make_model("cnn").eval()
@@ -245,3 +244,15 @@ def test_bad_inputs(ds, cfg, capsys, tmp_path):
     rc = main(["prune", "fashion-mnist", "--method", "random", "--keep-ratio", "70", "--max-samples", "200",
                "-o", str(tmp_path / "y.json")])
     assert rc == 2 and "Did you mean 0.7" in capsys.readouterr().err
+
+
+def test_score_once_select_many(ds, cfg):
+    """Scores do not depend on the ratio: one scoring serves every keep ratio, balanced or not."""
+    sc = score_samples("random", ds, config=cfg)
+    a = select_by_scores(sc, ds, 0.3, config=cfg)
+    b = select_by_scores(sc, ds, 0.6, config=cfg)
+    assert a.num_kept == 300 and b.num_kept == 600 and np.all(np.isin(a.kept, b.kept))
+    bal = select_by_scores(sc, ds, 0.3, config=cfg, class_balanced=True)
+    assert np.bincount(ds.targets.numpy()[bal.kept]).tolist() == [30] * 10
+    with pytest.raises(PruneDataError, match="not a score-based baseline"):
+        score_samples("adapruner", ds, config=cfg)

@@ -61,7 +61,7 @@ class SampleScores:
     method: str
     scores: np.ndarray
     score_name: Optional[str]
-    labels: np.ndarray
+    labels: Optional[np.ndarray]  #: label of every sample (read from the dataset when None and needed)
     params: Dict[str, Any] = field(default_factory=dict)
     metrics: Dict[str, Any] = field(default_factory=dict)
     store_scores: bool = True     #: write the scores into the selection file
@@ -132,7 +132,7 @@ def _make_proxy(config: MethodConfig, seed: int) -> torch.nn.Module:
 def _score_random(dataset: Any, *, config: MethodConfig, **unknown) -> SampleScores:
     _reject_unknown("random", unknown, [])
     n = len(dataset)
-    labels = dataset_labels(dataset) if config.class_balanced else np.zeros(n, dtype=np.int64)
+    labels = dataset_labels(dataset) if config.class_balanced else None
     prio = np.random.default_rng(config.seed).random(n)
     return SampleScores("random", prio, "random_priority", labels, params={"seed": config.seed}, store_scores=False)
 
@@ -259,7 +259,10 @@ def select_by_scores(scores: SampleScores, dataset: Any, keep_ratio: float, *, c
     if scores.per_class and not balanced:
         raise PruneDataError(f"{scores.method} scores were computed per class; select with class_balanced=True "
                              "or re-score with config.class_balanced=False")
-    kept = keep_top_k(scores.scores, keep_ratio, labels=scores.labels if balanced else None,
+    labels = None
+    if balanced:
+        labels = scores.labels if scores.labels is not None else dataset_labels(dataset)
+    kept = keep_top_k(scores.scores, keep_ratio, labels=labels,
                       class_balanced=balanced, largest=True, seed=config.seed)
     params = {"keep_ratio": keep_ratio, "class_balanced": balanced, **scores.params, "proxy": config.as_params()}
     if scores.method == "random":

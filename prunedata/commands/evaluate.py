@@ -1,0 +1,258 @@
+"""``prunedata evaluate SELECTION...``: judge selections the way the papers do.
+
+Modes (combine freely; with none given, ``--architectures-eval`` runs):
+
+* architectures (default): each architecture on the selection, on class-balanced random subsets of the
+  same size and on the full data, several seeds; mean ± std, difference to random, seconds per run.
+* ``--proxy-search``: a ConvNet search space trained on each selection used as a proxy set (and on a
+  random one of the same size, and on proxies made with ``--proxy-methods``) and on the full data;
+  Spearman's rho, the picked net's full-data accuracy and the time ratio (Yang et al. 2023, Table 1).
+* ``--time-curves``: accuracy versus training wall time, full data against each selection (Fig. 4).
+* ``--transfer digits|fmnist-split``: pre-train on the selection / random / full, fine-tune on
+  scikit-learn's digits or on the other five Fashion-MNIST classes (AdaPruner, Table 2).
+* ``--plots``: 2-D feature embedding with kept and pruned samples, kept per class, AdaPruner's
+  mask-weight histogram over epochs.
+
+Writes one JSON report (``-o``) and PNGs next to it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("evaluate", help="judge selections: unseen architectures vs random, proxy-set "
+                              "architecture search, training time, transfer, pictures",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("selections", nargs="*", metavar="SELECTION", help="selection file(s) made by `prunedata prune`")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=None, help="dataset the selections were made on (default: the one named in "
+                   "the selection file)")
+    g.add_argument("--max-samples", type=int, default=None, help="training subset size (default: the selection's)")
+    g.add_argument("--max-test-samples", type=int, default=None, help="use only this many test samples (stratified)")
+    g = p.add_argument_group("modes")
+    g.add_argument("--architectures-eval", dest="arch_eval", action="store_true",
+                   help="architectures vs random vs full (the default when no mode is given)")
+    g.add_argument("--proxy-search", action="store_true", help="proxy-set architecture search (Spearman's rho)")
+    g.add_argument("--time-curves", action="store_true", help="accuracy vs training wall time, full vs selection")
+    g.add_argument("--transfer", choices=("digits", "fmnist-split"), default=None,
+                   help="pre-train on the selection, fine-tune on sklearn digits or the other 5 Fashion-MNIST classes")
+    g.add_argument("--plots", action="store_true", help="embedding with kept/pruned, per-class counts, mask histogram")
+    g = p.add_argument_group("training recipe")
+    g.add_argument("--architectures", default="cnn,cnn_bn,mlp",
+                   help="comma-separated architecture names (prunedata.models or convnet-d2-w16-relu-batch-max)")
+    g.add_argument("--model", default="cnn", help="architecture for --time-curves, --transfer and --plots")
+    g.add_argument("--seeds", type=int, default=3, help="seeds per configuration")
+    g.add_argument("--epochs", type=int, default=3)
+    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--lr", type=float, default=0.05)
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--no-full", action="store_true", help="skip the full-data runs")
+    g = p.add_argument_group("proxy search")
+    g.add_argument("--space", default="cpu", help="search space: cpu (32 nets), paper (720), tiny (4)")
+    g.add_argument("--proxy-epochs", type=int, default=10)
+    g.add_argument("--full-epochs", type=int, default=3)
+    g.add_argument("--proxy-methods", default="", help="also make proxies with these methods, e.g. "
+                   "random,herding,forgetting,influence,adapruner")
+    g.add_argument("--per-class", type=int, default=100, help="samples per class of --proxy-methods proxies")
+    g.add_argument("--top-k", type=int, default=10)
+    g = p.add_argument_group("transfer")
+    g.add_argument("--pretrain-epochs", type=int, default=None, help="default: --epochs")
+    g.add_argument("--finetune-epochs", type=int, default=10)
+    g.add_argument("--finetune-per-class", type=int, default=50,
+                   help="fmnist-split: target training samples per class")
+    g = p.add_argument_group("pictures")
+    g.add_argument("--embedding", choices=("pca", "tsne"), default="pca")
+    g.add_argument("--max-points", type=int, default=3000)
+    p.add_argument("-o", "--output", default=None, help="JSON report (default: <first selection>.eval.json); PNGs "
+                   "are written next to it")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def _dataset_args(sels, args) -> Dict[str, Any]:
+    from ..errors import PruneDataError
+
+    names = {s.params.get("dataset") for s in sels}
+    sizes = {s.params.get("max_samples") for s in sels}
+    dataset = args.dataset
+    if dataset is None:
+        if len(names) != 1 or None in names:
+            raise PruneDataError("the selection files do not say which dataset they were made on (or disagree); "
+                                 "give --dataset NAME")
+        dataset = names.pop()
+    max_samples = args.max_samples
+    if max_samples is None and len(sizes) == 1:
+        max_samples = sizes.pop()
+    return {"name": dataset, "max_samples": max_samples}
+
+
+def _unique_name(name: str, taken: Dict[str, Any]) -> str:
+    out, k = name, 2
+    while out in taken:
+        out, k = f"{name}-{k}", k + 1
+    return out
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from .. import evaluate as ev
+    from ..cli import load_dataset
+    from ..datasets import PrunedDataset, labels_of
+    from ..errors import PruneDataError
+    from ..search_space import check_architectures, search_space
+    from ..selection import Selection
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    show = not args.no_progress
+    archs = check_architectures(args.architectures.split(","))
+    check_architectures([args.model])
+    proxy_methods = [m.strip() for m in args.proxy_methods.split(",") if m.strip()]
+    if args.proxy_search:
+        search_space(args.space)  # unknown space name: fail before any training
+    if not args.selections and not (args.proxy_search and proxy_methods):
+        raise PruneDataError("give at least one SELECTION file (or --proxy-search with --proxy-methods and --dataset)")
+    do_eval = args.arch_eval or not (args.proxy_search or args.time_curves or args.transfer or args.plots)
+    sels = [Selection.load(p) for p in args.selections]
+    if sels:
+        data_args = _dataset_args(sels, args)
+    else:
+        if not args.dataset:
+            raise PruneDataError("--proxy-methods without a selection file needs --dataset")
+        data_args = {"name": args.dataset, "max_samples": args.max_samples}
+    train = load_dataset(data_args["name"], train=True, max_samples=data_args["max_samples"])
+    test = load_dataset(data_args["name"], train=False, max_samples=args.max_test_samples)
+    for path, s in zip(args.selections, sels):
+        try:
+            s.check(train)
+        except PruneDataError as e:
+            raise type(e)(f"{path}: {e} (evaluated against {data_args['name']!r} with "
+                          f"max_samples={data_args['max_samples']})") from None
+    out = Path(args.output) if args.output else Path(args.selections[0] if args.selections else "proxy").with_suffix(
+        ".eval.json")
+    stem = str(out.with_suffix("")) if out.suffix == ".json" else str(out)
+    report: Dict[str, Any] = {"command": "prunedata evaluate", "dataset": data_args, "selections": args.selections,
+                              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    pngs: List[str] = []
+    lines: List[str] = []
+
+    if do_eval:
+        cache: Dict[Any, Any] = {}
+        results = []
+        for s in sels:
+            r = ev.evaluate_selection(s, train, test, architectures=archs, seeds=args.seeds, epochs=args.epochs,
+                                      batch_size=args.batch_size, lr=args.lr, device=args.device,
+                                      include_full=not args.no_full, cache=cache, show_progress=show,
+                                      dataset_name=data_args["name"])
+            results.append(r)
+            lines += [r.table(), ""]
+        report["evaluations"] = [r.to_dict() for r in results]
+        from ..plots import plot_evaluation
+
+        pngs.append(str(plot_evaluation(results, stem + ".eval.png")))
+
+    if args.proxy_search:
+        proxies: Dict[str, Any] = {}
+        for s in sels:
+            proxies[_unique_name(s.method, proxies)] = s
+        skipped: Dict[str, str] = {}
+        if proxy_methods:
+            from ..methods.registry import MethodConfig
+
+            n_classes = int(labels_of(train).max()) + 1
+            made, skipped = ev.make_proxies(proxy_methods, train, per_class=args.per_class,
+                                            config=MethodConfig(model=args.model, num_classes=n_classes,
+                                                                epochs=args.epochs, seed=0, device=args.device,
+                                                                class_balanced=True, show_progress=show))
+            for m, s in made.items():
+                proxies[_unique_name(m, proxies)] = s
+            for m, why in skipped.items():
+                lines.append(f"proxy method {m} skipped: {why}")
+        ps = ev.proxy_search(proxies, train, test, space=args.space, proxy_epochs=args.proxy_epochs,
+                             full_epochs=args.full_epochs, lr=args.lr, device=args.device, top_k=args.top_k,
+                             show_progress=show)
+        report["proxy_search"] = dict(ps.to_dict(), skipped=skipped)
+        lines += [ps.table(), ""]
+        pngs.append(str(ps.plot(stem + ".proxy.png")))
+
+    if args.time_curves:
+        sets = {"full": train}
+        for s in sels:
+            sets[_unique_name(f"{s.method} {100 * s.keep_ratio:.0f}%", sets)] = PrunedDataset(train, s, check=False)
+        tc = ev.time_to_accuracy(sets, test, architecture=args.model, epochs=args.epochs, seeds=args.seeds,
+                                 batch_size=args.batch_size, lr=args.lr, device=args.device, show_progress=show)
+        report["time_curves"] = tc.to_dict()
+        lines += [tc.table(), ""]
+        pngs.append(str(tc.plot(stem + ".time.png")))
+
+    if args.transfer:
+        report["transfer"] = []
+        for s in sels:
+            if args.transfer == "digits":
+                pre = ev.transfer_sets(s, train)
+                tgt_train, tgt_test = ev.digits_task()
+                src_test, target_name = test, "sklearn digits"
+            else:
+                lab = labels_of(train)
+                classes = np.unique(lab)
+                if classes.size < 4:
+                    raise PruneDataError("fmnist-split transfer needs a dataset with at least 4 classes")
+                src_c, tgt_c = classes[: classes.size // 2].tolist(), classes[classes.size // 2:].tolist()
+                pre = ev.transfer_sets(s, train, source_classes=src_c)
+                tgt_train = ev.class_split(train, tgt_c, per_class=min(args.finetune_per_class,
+                                                                       int(np.bincount(lab)[tgt_c].min())))
+                tgt_test, src_test = ev.class_split(test, tgt_c), ev.class_split(test, src_c)
+                target_name = f"classes {tgt_c}"
+            tr = ev.transfer(pre, tgt_train, tgt_test, architecture=args.model, source_test=src_test,
+                             pretrain_epochs=args.pretrain_epochs or args.epochs,
+                             finetune_epochs=args.finetune_epochs, seeds=args.seeds, batch_size=64, lr=args.lr,
+                             device=args.device, target_name=target_name, show_progress=show)
+            report["transfer"].append(tr.to_dict())
+            lines += [tr.table(), ""]
+            pngs.append(str(tr.plot(stem + f".transfer-{s.method}.png")))
+
+    if args.plots:
+        from .. import plots
+
+        lab = labels_of(train)
+        torch.manual_seed(0)
+        from ..search_space import build_architecture
+
+        model = build_architecture(args.model, num_classes=int(lab.max()) + 1)
+        ev.train_and_test(model, train, test, ev.Recipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                                        device=args.device), seed=0, show_progress=show,
+                          desc="embedding model (full data)")
+        feats = plots.penultimate_features(model, train, device=args.device)
+        names = getattr(train, "classes", None)
+        for s in sels:
+            pngs.append(str(plots.plot_embedding(stem + f".embedding-{s.method}.png", feats, lab, s.mask,
+                                                 method=args.embedding, max_points=args.max_points, class_names=names,
+                                                 title=f"{s.method}: {s.num_kept} of {s.dataset_size} kept; features "
+                                                       f"of a {args.model} trained on the full data")))
+            pngs.append(str(plots.plot_class_counts(stem + f".class-counts-{s.method}.png", s, lab, class_names=names)))
+            if s.extra.get("history"):
+                pngs.append(str(plots.plot_mask_histogram(stem + f".mask-hist-{s.method}.png", s)))
+
+    report["pngs"] = pngs
+    from .._io import atomic_write_text
+
+    def _default(o):
+        return o.item() if hasattr(o, "item") else str(o)
+
+    atomic_write_text(out, json.dumps(report, indent=2, default=_default) + "\n")
+    print("\n".join(lines).rstrip())
+    print(f"report: {out}")
+    for p in pngs:
+        print(f"figure: {p}")
+    return 0

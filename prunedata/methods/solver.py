@@ -1,0 +1,985 @@
+"""The selection problems of influence pruning (Yang et al., 2023, Eq. 3 and 4) and their solvers.
+
+Given the influence matrix ``S`` (n, d) -- row ``S_i`` is the parameter change from removing sample
+``i`` -- choose the set ``W`` of samples to REMOVE:
+
+* cardinality-guaranteed: remove exactly ``m`` samples minimising ``||sum_{i in W} S_i||_2``;
+* generalisation-guaranteed: remove as many samples as possible with ``||sum_{i in W} S_i||_2 <= eps``.
+
+Two paths behind :func:`solve_pruning`:
+
+* ``method="exact"``: the mixed-integer program through cvxpy (SCIP by default, or another installed
+  mixed-integer SOCP solver) with a time limit, on ``||R w||`` where ``S^T = Q R`` (same objective,
+  at most ``min(n, d)`` rows). Practical for n up to a few hundred; use it as an oracle.
+* ``method="fast"``: block greedy, then swap local search on candidate pools with exact pair deltas
+  (a Gram matrix of the pool), then iterated local search (random perturbation + local search, keep
+  if better) until the time limit or no progress. One ``S v`` product per round, O(n d).
+
+Every result carries a certificate. For any unit vector ``u`` and any removal set of size ``m``
+(binary or fractional), ``||S^T w|| >= u . S^T w >= sum of the m smallest entries of S u``, so the
+best such sum over a few ``u`` (the direction of the found solution, of the total sum, and of
+iterates of a projected-gradient solve of the continuous relaxation) is a lower bound on the optimum:
+the result reports ``objective``, ``lower_bound`` and the gap between them. The same inequality
+bounds the largest eps-redundant set from above. The bound is 0 (useless) when 0 lies in the
+relaxed feasible set -- e.g. when ``sum_i S_i ~ 0`` because the gradients include the regulariser or
+there is none; the result's ``degenerate`` flags say so instead of reporting a meaningless gap.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from ..errors import PruneDataError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PruningSolution", "solve_pruning", "solve_cardinality_fast", "solve_generalization_fast",
+           "solve_exact", "cardinality_lower_bound", "max_removed_upper_bound"]
+
+ArrayLike = Union[np.ndarray, torch.Tensor]
+
+#: method="auto" uses the exact MIP up to this many rows, the fast solver beyond
+EXACT_AUTO_MAX_N = 120
+#: up to this many rows the fast solver works on the full Gram matrix (n x n) in numpy
+SMALL_N = 2000
+
+
+@dataclass
+class PruningSolution:
+    """The removed set and what is known about its quality.
+
+    ``objective`` is the achieved ``||sum_{removed} S_i||``. ``lower_bound`` is a certified lower
+    bound on the smallest achievable norm for removing ``len(removed)`` samples (under the same
+    class quotas), ``gap = objective - lower_bound`` and ``rel_gap = gap / objective``. For the
+    generalisation problem, ``max_removed_bound`` is a certified upper bound on the size of the
+    largest eps-redundant set (``size_gap`` samples more than found at most).
+
+    ``gen_gap_estimate`` is the paper's generalisation-gap estimate ``eps/n`` of Theorem 1, where the
+    theorem's eps is ``||sum I_param(z_i)|| = n * objective`` (S already carries the 1/n), i.e. the
+    first-order parameter change; the test-loss change is at most this times ``||grad L_test||``.
+    """
+
+    removed: np.ndarray
+    n: int
+    problem: str
+    objective: float
+    lower_bound: float
+    status: str
+    time: float
+    solver: str
+    eps: Optional[float] = None
+    max_removed_bound: Optional[int] = None
+    degenerate: Dict[str, Any] = field(default_factory=dict)
+    info: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kept(self) -> np.ndarray:
+        mask = np.ones(self.n, dtype=bool)
+        mask[self.removed] = False
+        return np.flatnonzero(mask)
+
+    @property
+    def num_removed(self) -> int:
+        return int(self.removed.size)
+
+    @property
+    def gap(self) -> float:
+        return max(0.0, self.objective - self.lower_bound)
+
+    @property
+    def rel_gap(self) -> float:
+        return self.gap / self.objective if self.objective > 0 else 0.0
+
+    @property
+    def size_gap(self) -> Optional[int]:
+        return None if self.max_removed_bound is None else max(0, self.max_removed_bound - self.num_removed)
+
+    @property
+    def gen_gap_estimate(self) -> float:
+        return self.objective
+
+    def metrics(self) -> Dict[str, Any]:
+        d = {
+            "problem": self.problem, "solver": self.solver, "status": self.status,
+            "achieved_norm": self.objective, "lower_bound": self.lower_bound, "gap": self.gap,
+            "rel_gap": self.rel_gap, "eps_over_n": self.gen_gap_estimate, "num_removed": self.num_removed,
+            "solve_seconds": self.time,
+        }
+        if self.eps is not None:
+            d["eps"] = self.eps
+        if self.max_removed_bound is not None:
+            d["max_removed_bound"] = self.max_removed_bound
+            d["size_gap"] = self.size_gap
+        if self.degenerate:
+            d["degenerate"] = self.degenerate
+        return d
+
+    def __repr__(self) -> str:
+        s = (f"PruningSolution({self.problem}, removed {self.num_removed}/{self.n}, norm {self.objective:.4g}, "
+             f"bound {self.lower_bound:.4g}, gap {100 * self.rel_gap:.1f}%, {self.status}, {self.solver}, "
+             f"{self.time:.2f}s")
+        if self.max_removed_bound is not None:
+            s += f", max removable <= {self.max_removed_bound}"
+        return s + ")"
+
+
+# --------------------------------------------------------------------------- input checks
+def _as_matrix(S: ArrayLike) -> torch.Tensor:
+    if isinstance(S, np.ndarray):
+        S = torch.from_numpy(S)
+    if not isinstance(S, torch.Tensor):
+        raise PruneDataError(f"S must be a numpy array or torch tensor, got {type(S).__name__}")
+    if S.ndim != 2 or S.shape[0] < 2 or S.shape[1] < 1:
+        raise PruneDataError(f"S must be a 2-D matrix (n samples x d parameters) with n >= 2; got shape {tuple(S.shape)}")
+    if not S.is_floating_point():
+        S = S.double()
+    finite = bool(np.isfinite(S.detach().numpy()).all()) if S.device.type == "cpu" else bool(torch.isfinite(S).all())
+    if not finite:
+        raise PruneDataError("S contains NaN or infinite values; check the model and the damping of the Hessian")
+    return S
+
+
+def _check_m(m: Any, n: int, groups: Optional[np.ndarray] = None) -> int:
+    if isinstance(m, bool) or not isinstance(m, (int, np.integer)):
+        raise PruneDataError(f"the number of samples to remove must be an integer, got {m!r}")
+    m = int(m)
+    if not 1 <= m <= n - 1:
+        raise PruneDataError(
+            f"the number of samples to remove must lie in [1, {n - 1}] for n={n} samples; got {m}. "
+            "(keep = n - remove: keeping all or none is not a pruning problem)"
+        )
+    return m
+
+
+def _check_eps(eps: Any) -> float:
+    try:
+        e = float(eps)
+    except (TypeError, ValueError):
+        raise PruneDataError(f"eps must be a non-negative number, got {eps!r}") from None
+    if not math.isfinite(e) or e < 0:
+        raise PruneDataError(
+            f"eps bounds the norm of the parameter change and must be a finite number >= 0; got {eps!r}"
+        )
+    return e
+
+
+def _groups(groups: Optional[Sequence[int]], n: int) -> Optional[np.ndarray]:
+    if groups is None:
+        return None
+    g = np.asarray(groups).reshape(-1)
+    if g.size != n:
+        raise PruneDataError(f"groups must give one label per row of S ({n}), got {g.size}")
+    return g
+
+
+def _group_quota(groups: np.ndarray, m: int) -> Dict[Any, int]:
+    """Per-group removal counts proportional to group size (largest remainder), summing to m."""
+    labels, counts = np.unique(groups, return_counts=True)
+    n = counts.sum()
+    exact = counts * m / n
+    q = np.floor(exact).astype(int)
+    rest = m - q.sum()
+    order = np.argsort(-(exact - q), kind="stable")
+    for k in order[:rest]:
+        q[k] += 1
+    q = np.minimum(q, counts - 1 if m < n else counts)
+    # re-distribute if a cap was hit
+    short = m - q.sum()
+    for k in order:
+        if short <= 0:
+            break
+        room = counts[k] - 1 - q[k]
+        add = min(room, short)
+        q[k] += add
+        short -= add
+    return {lab: int(c) for lab, c in zip(labels.tolist(), q.tolist())}
+
+
+# --------------------------------------------------------------------------- bounds
+def _m_smallest_sum(x: torch.Tensor, m: int) -> float:
+    if m <= 0:
+        return 0.0
+    return float(torch.topk(x, m, largest=False, sorted=False).values.double().sum())
+
+
+def _phi(Su: torch.Tensor, m: int, group_idx: Optional[List[torch.Tensor]], quota: Optional[List[int]]) -> float:
+    if group_idx is None:
+        return _m_smallest_sum(Su, m)
+    return sum(_m_smallest_sum(Su[ix], q) for ix, q in zip(group_idx, quota))
+
+
+def _directions_matvec64(S: torch.Tensor, directions: Sequence[ArrayLike], chunk: int = 8192) -> List[torch.Tensor]:
+    """``S u / ||u||`` in float64 for every non-zero finite direction, in one pass over ``S``."""
+    us = []
+    for u in directions:
+        u = torch.as_tensor(u, device=S.device).to(torch.float64).reshape(-1)
+        nu = float(u.norm())
+        if nu > 0 and math.isfinite(nu):
+            us.append(u / nu)
+    if not us:
+        return []
+    U = torch.stack(us, 1)
+    out = torch.empty(S.shape[0], U.shape[1], dtype=torch.float64, device=S.device)
+    for s in range(0, S.shape[0], chunk):
+        out[s:s + chunk] = S[s:s + chunk].to(torch.float64) @ U
+    return list(out.T)
+
+
+def cardinality_lower_bound(S: ArrayLike, m: int, directions: Sequence[ArrayLike], *,
+                            groups: Optional[Sequence[int]] = None, _trusted: bool = False) -> float:
+    """``max_u sum of the m smallest entries of S u / ||u||`` over ``directions`` (and 0): a certified
+    lower bound on ``min_{|W|=m} ||sum_{i in W} S_i||`` (with per-group quotas when ``groups`` given)."""
+    S = S if _trusted else _as_matrix(S)
+    n = S.shape[0]
+    m = _check_m(m, n)
+    gi, quota = _group_index(_groups(groups, n), m, S.device)
+    best = 0.0
+    for Su in _directions_matvec64(S, directions):
+        best = max(best, _phi(Su, m, gi, quota))
+    return best
+
+
+def max_removed_upper_bound(S: ArrayLike, eps: float, directions: Sequence[ArrayLike], *, _trusted: bool = False) -> int:
+    """Certified upper bound on the size of the largest set with ``||sum S_i|| <= eps``: for each unit
+    ``u`` the cumulative sums of sorted ``S u`` rise above ``eps`` at some size no set can reach."""
+    S = S if _trusted else _as_matrix(S)
+    eps = _check_eps(eps)
+    n = S.shape[0]
+    ub = n
+    for Su in _directions_matvec64(S, directions):
+        c = torch.cumsum(torch.sort(Su).values, 0)
+        over = torch.nonzero(c > eps * (1 + 1e-12) + 1e-300)
+        if over.numel():
+            ub = min(ub, int(over[0]))  # sizes >= first index+1 are infeasible
+    return ub
+
+
+def _group_index(groups: Optional[np.ndarray], m: int, device) -> tuple:
+    if groups is None:
+        return None, None
+    q = _group_quota(groups, m)
+    gi = [torch.as_tensor(np.flatnonzero(groups == lab), device=device) for lab in q]
+    return gi, [q[lab] for lab in q]
+
+
+# --------------------------------------------------------------------------- relaxation (for the bound)
+def _proj_capped_simplex(z: torch.Tensor, m: int, iters: int = 60) -> torch.Tensor:
+    """Euclidean projection onto {0 <= w <= 1, sum w = m} by bisection on the shift."""
+    lo = float(z.min()) - 1.0
+    hi = float(z.max())
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        s = float((z - mid).clamp(0, 1).sum())
+        if s > m:
+            lo = mid
+        else:
+            hi = mid
+    return (z - 0.5 * (lo + hi)).clamp(0, 1)
+
+
+def _relaxation_directions(S: torch.Tensor, m: int, gi, quota, *, iters: int, deadline: float,
+                           x0: Optional[torch.Tensor] = None) -> tuple:
+    """Accelerated projected gradient on min 1/2||S^T w||^2 over the (grouped) capped simplex.
+
+    Returns (best direction u found, its bound, number of iterations). Each gradient ``S S^T y``
+    gives a bound for free: ``u = S^T y / ||S^T y||``.
+    """
+    n = S.shape[0]
+    dt = S.dtype
+
+    def proj(z):
+        if gi is None:
+            return _proj_capped_simplex(z, m)
+        out = torch.empty_like(z)
+        for ix, q in zip(gi, quota):
+            out[ix] = _proj_capped_simplex(z[ix], q)
+        return out
+
+    if x0 is None:
+        if gi is None:
+            w = torch.full((n,), m / n, dtype=dt, device=S.device)
+        else:
+            w = torch.empty(n, dtype=dt, device=S.device)
+            for ix, q in zip(gi, quota):
+                w[ix] = q / ix.numel()
+    else:
+        w = proj(x0.to(dt))
+    # Lipschitz constant ||S||_2^2 by power iteration
+    x = torch.randn(S.shape[1], dtype=dt, device=S.device, generator=torch.Generator(device=S.device).manual_seed(0))
+    lip = 1.0
+    for _ in range(3):
+        x = S.T @ (S @ x)
+        lip = float(x.norm())
+        x = x / max(lip, 1e-300)
+    lip *= 1.5  # 3 power steps underestimate ||S||^2; a margin keeps the projected gradient stable
+    y, w_prev, t = w.clone(), w.clone(), 1.0
+    best_u, best_b, it = None, 0.0, 0
+    while it < iters and time.perf_counter() < deadline:
+        v = S.T @ y
+        nv = float(v.norm())
+        if nv <= 0:
+            break
+        grad = S @ v
+        b = _phi(grad / nv, m, gi, quota)
+        if b > best_b:
+            best_b, best_u = b, v / nv
+        w = proj(y - grad / lip)
+        t_new = 0.5 * (1 + math.sqrt(1 + 4 * t * t))
+        y = w + ((t - 1) / t_new) * (w - w_prev)
+        w_prev, t = w, t_new
+        it += 1
+    return best_u, best_b, it, w_prev
+
+
+# --------------------------------------------------------------------------- fast solver
+class _State:
+    """Current removal set, ``v = sum_{removed} S_i`` and squared row norms."""
+
+    def __init__(self, S: torch.Tensor, sel: torch.Tensor):
+        self.S = S
+        self.sel = sel
+        self.r = torch.linalg.vector_norm(S, dim=1).to(torch.float64) ** 2
+        self.v = S[sel].to(torch.float64).sum(0) if bool(sel.any()) else torch.zeros(S.shape[1], dtype=torch.float64, device=S.device)
+
+    def g(self) -> torch.Tensor:
+        return (self.S @ self.v.to(self.S.dtype)).to(torch.float64)
+
+    def norm2(self) -> float:
+        return float(self.v @ self.v)
+
+    def refresh(self) -> None:
+        self.v = self.S[self.sel].to(torch.float64).sum(0)
+
+
+def _greedy(st: _State, m: int, gi, quota, rounds: int) -> None:
+    """Block greedy: each round adds the rows that most reduce (least increase) ``||v||^2`` alone."""
+    groups = gi if gi is not None else [None]
+    quotas = quota if quota is not None else [m]
+    remaining = [q - (int(st.sel[ix].sum()) if ix is not None else int(st.sel.sum())) for ix, q in zip(groups, quotas)]
+    for t in range(rounds):
+        if sum(remaining) <= 0:
+            break
+        score = 2 * st.g() + st.r
+        score[st.sel] = float("inf")
+        left = rounds - t
+        add_all = []
+        for k, ix in enumerate(groups):
+            if remaining[k] <= 0:
+                continue
+            b = max(1, math.ceil(remaining[k] / left))
+            sc = score if ix is None else score[ix]
+            pick = torch.topk(sc, b, largest=False).indices
+            if ix is not None:
+                pick = ix[pick]
+            add_all.append(pick)
+            remaining[k] -= b
+        pick = torch.cat(add_all)
+        st.sel[pick] = True
+        st.v += st.S[pick].to(torch.float64).sum(0)
+
+
+def _swap_round(st: _State, pool: int, gid: Optional[torch.Tensor], gi, tol: float = 1e-12,
+                max_steps: int = 128) -> int:
+    """One pool round of best-improvement swaps (removed row out, kept row in); returns #swaps."""
+    g = st.g()
+    dout = -2 * g + st.r          # change of ||v||^2 when un-removing i
+    din = 2 * g + st.r            # change when removing j
+    dout[~st.sel] = float("inf")
+    din[st.sel] = float("inf")
+    if gi is None:
+        k_out = min(pool, int(st.sel.sum()))
+        k_in = min(pool, int((~st.sel).sum()))
+        out_c = torch.topk(dout, k_out, largest=False).indices
+        in_c = torch.topk(din, k_in, largest=False).indices
+    else:
+        per = max(2, pool // len(gi))
+        oc, ic = [], []
+        for ix in gi:
+            so, si = dout[ix], din[ix]
+            ko = min(per, int(torch.isfinite(so).sum()))
+            ki = min(per, int(torch.isfinite(si).sum()))
+            if ko and ki:
+                oc.append(ix[torch.topk(so, ko, largest=False).indices])
+                ic.append(ix[torch.topk(si, ki, largest=False).indices])
+        if not oc:
+            return 0
+        out_c, in_c = torch.cat(oc), torch.cat(ic)
+    P = torch.cat([out_c, in_c])
+    SP = st.S[P].to(torch.float64)
+    Gm = SP @ SP.T
+    gP = g[P].clone()
+    rP = st.r[P]
+    ko = out_c.numel()
+    selP = torch.zeros(P.numel(), dtype=torch.bool, device=P.device)
+    selP[:ko] = True
+    same = None
+    if gid is not None:
+        gp = gid[P]
+        same = gp[:, None] == gp[None, :]
+    swaps = 0
+    v2 = v2_start = st.norm2()
+    if st.S.dtype != torch.float64:
+        tol = max(tol, 1e-6)
+    thresh = -tol * max(v2, 1e-300)
+    moved_out, moved_in = [], []
+    for _ in range(min(P.numel(), max_steps)):
+        a = -2 * gP + rP                 # un-remove
+        c = 2 * gP + rP                  # remove
+        delta = a[:, None] + c[None, :] - 2 * Gm
+        mask = selP[:, None] & (~selP)[None, :]
+        if same is not None:
+            mask = mask & same
+        delta = torch.where(mask, delta, torch.full_like(delta, float("inf")))
+        flat = int(torch.argmin(delta))
+        i, j = divmod(flat, delta.shape[1])
+        if not float(delta[i, j]) < thresh:
+            break
+        selP[i], selP[j] = False, True
+        gP += Gm[:, j] - Gm[:, i]
+        v2 += float(delta[i, j])
+        moved_out.append(int(P[i]))
+        moved_in.append(int(P[j]))
+        swaps += 1
+    if swaps:
+        # apply the net change (a row may have moved twice)
+        net = {}
+        for i in moved_out:
+            net[i] = net.get(i, 0) - 1
+        for j in moved_in:
+            net[j] = net.get(j, 0) + 1
+        outs = [i for i, k in net.items() if k < 0]
+        ins = [j for j, k in net.items() if k > 0]
+        if outs:
+            oi = torch.as_tensor(outs, device=st.S.device)
+            st.sel[oi] = False
+            st.v -= st.S[oi].to(torch.float64).sum(0)
+        if ins:
+            ii = torch.as_tensor(ins, device=st.S.device)
+            st.sel[ii] = True
+            st.v += st.S[ii].to(torch.float64).sum(0)
+        # the pool deltas use g = S v in S's precision: keep the round only if the true norm fell
+        if st.norm2() > v2_start * (1 - 1e-9):
+            if outs:
+                st.sel[oi] = True
+                st.v += st.S[oi].to(torch.float64).sum(0)
+            if ins:
+                st.sel[ii] = False
+                st.v -= st.S[ii].to(torch.float64).sum(0)
+            return 0
+    return swaps
+
+
+def _local_search(st: _State, pool: int, gid, gi, deadline: float, max_rounds: int = 10_000) -> int:
+    total = 0
+    for _ in range(max_rounds):
+        if time.perf_counter() > deadline:
+            break
+        k = _swap_round(st, pool, gid, gi)
+        total += k
+        if k == 0:
+            break
+    return total
+
+
+def _small_search(G: np.ndarray, m: int, gid: Optional[np.ndarray], deadline: float, patience: int,
+                  rng: np.random.Generator, start: np.ndarray) -> tuple:
+    """Small n (full Gram matrix in memory): best-improvement swap search + iterated local search."""
+    dg = np.diag(G).copy()
+    n = G.shape[0]
+    same = None if gid is None else (gid[:, None] == gid[None, :])
+
+    def local(sel, g, v2):
+        tol = 1e-12
+        while True:
+            si, ui = np.flatnonzero(sel), np.flatnonzero(~sel)
+            delta = (-2 * g[si] + dg[si])[:, None] + (2 * g[ui] + dg[ui])[None, :] - 2 * G[np.ix_(si, ui)]
+            if same is not None:
+                delta = np.where(same[np.ix_(si, ui)], delta, np.inf)
+            k = int(np.argmin(delta))
+            a, b = divmod(k, ui.size)
+            dv = float(delta[a, b])
+            if not dv < -tol * max(v2, 1e-300):
+                return sel, g, v2
+            i, j = si[a], ui[b]
+            sel[i], sel[j] = False, True
+            g += G[:, j] - G[:, i]
+            v2 += dv
+
+    sel = start.copy()
+    g = G[:, sel].sum(1)
+    v2 = float(g[sel].sum())
+    sel, g, v2 = local(sel, g, v2)
+    swap_obj = math.sqrt(max(v2, 0.0))
+    best_sel, best_g, best2 = sel.copy(), g.copy(), v2
+    fails = iters = improved = 0
+    kmax = max(2, min(10, int(math.sqrt(min(m, n - m))) + 1))
+    while fails < patience and time.perf_counter() < deadline and best2 > 1e-300:
+        sel, g = best_sel.copy(), best_g.copy()
+        k = int(rng.integers(1, kmax + 1))
+        si, ui = np.flatnonzero(sel), np.flatnonzero(~sel)
+        outs = rng.choice(si, size=min(k, si.size), replace=False)
+        for i in outs:
+            cand = ui if gid is None else ui[gid[ui] == gid[i]]
+            cand = cand[~sel[cand]]
+            if cand.size == 0:
+                continue
+            j = int(rng.choice(cand))
+            sel[i], sel[j] = False, True
+            g += G[:, j] - G[:, i]
+        v2 = float(g[sel].sum())
+        sel, g, v2 = local(sel, g, v2)
+        iters += 1
+        if v2 < best2 * (1 - 1e-12):
+            best_sel, best_g, best2 = sel.copy(), g.copy(), v2
+            fails, improved = 0, improved + 1
+        else:
+            fails += 1
+    return best_sel, swap_obj, iters, improved
+
+
+def _ils_large(st: _State, best_sel: torch.Tensor, best2: float, pool: int, gid, gi, deadline: float,
+               patience: int, gen: torch.Generator) -> tuple:
+    """Iterated local search with pool swaps (large n): perturb k rows, local search, keep if better."""
+    fails = iters = improved = 0
+    while time.perf_counter() < deadline and fails < patience and best2 > 0:
+        st.sel = best_sel.clone()
+        sel_idx = torch.nonzero(st.sel).flatten().cpu()
+        uns_idx = torch.nonzero(~st.sel).flatten().cpu()
+        kmax = max(2, min(32, int(math.sqrt(min(sel_idx.numel(), uns_idx.numel()))) + 1))
+        k = int(torch.randint(1, kmax + 1, (1,), generator=gen))
+        o = sel_idx[torch.randperm(sel_idx.numel(), generator=gen)[:k]]
+        if gid is None:
+            i_ = uns_idx[torch.randperm(uns_idx.numel(), generator=gen)[:k]]
+        else:  # swap within a group to keep the quotas
+            gcpu = gid.cpu()
+            ins = []
+            for j in o.tolist():
+                cand = uns_idx[gcpu[uns_idx] == gcpu[j]]
+                ins.append(int(cand[int(torch.randint(cand.numel(), (1,), generator=gen))]))
+            i_ = torch.as_tensor(ins)
+        st.sel[o.to(st.S.device)] = False
+        st.sel[i_.to(st.S.device)] = True
+        st.refresh()
+        _local_search(st, pool, gid, gi, deadline)
+        iters += 1
+        if st.norm2() < best2 * (1 - 1e-12):
+            best_sel, best2 = st.sel.clone(), st.norm2()
+            fails, improved = 0, improved + 1
+        else:
+            fails += 1
+    return best_sel, iters, improved
+
+
+def _proj_capped_np(z: np.ndarray, m: float) -> np.ndarray:
+    """Exact projection onto {0 <= w <= 1, sum w = m}: w = clip(z - tau, 0, 1), tau from the sorted
+    breakpoints of the piecewise-linear, decreasing f(tau) = sum clip(z - tau, 0, 1)."""
+    n = z.size
+    zs = np.sort(z)
+    cs = np.concatenate([[0.0], np.cumsum(zs)])
+    taus = np.sort(np.concatenate([zs, zs - 1.0]))
+    hi_i = np.searchsorted(zs, taus + 1.0, side="left")       # z_i >= tau + 1 from here: value 1
+    lo_i = np.searchsorted(zs, taus, side="right")            # z_i > tau from here
+    mid_cnt = hi_i - lo_i
+    f = (n - hi_i) + (cs[hi_i] - cs[lo_i]) - mid_cnt * taus
+    # f is non-increasing in tau; find f[k] >= m >= f[k+1]
+    k = int(np.searchsorted(-f, -m, side="right")) - 1
+    k = min(max(k, 0), taus.size - 2)
+    f0, f1 = f[k], f[k + 1]
+    tau = taus[k] if f0 == f1 else taus[k] + (f0 - m) / (f0 - f1) * (taus[k + 1] - taus[k])
+    return np.clip(z - tau, 0.0, 1.0)
+
+
+def _small_bound(G: np.ndarray, m: int, groups_idx: Optional[List[np.ndarray]], quota: Optional[List[int]],
+                 w_found: np.ndarray, iters: int) -> tuple:
+    """Dual bound in the n-space of the Gram matrix: for w with v = S^T w, S u = G w / ||v||."""
+    n = G.shape[0]
+    gl = groups_idx if groups_idx is not None else [np.arange(n)]
+    ql = quota if quota is not None else [m]
+
+    def phi(x):
+        return sum(float(np.partition(x[ix], q - 1)[:q].sum()) if q > 0 else 0.0 for ix, q in zip(gl, ql))
+
+    def proj(z):
+        out = np.empty_like(z)
+        for ix, q in zip(gl, ql):
+            out[ix] = _proj_capped_np(z[ix], q)
+        return out
+
+    best = 0.0
+    for w in (w_found, np.ones(n)):
+        gw = G @ w
+        nv = math.sqrt(max(float(w @ gw), 0.0))
+        if nv > 0:
+            best = max(best, phi(gw / nv))
+    x = np.random.default_rng(0).standard_normal(n)
+    for _ in range(12):
+        x = G @ x
+        x /= max(np.linalg.norm(x), 1e-300)
+    lip = float(x @ G @ x) * 1.05
+    w = proj(np.full(n, m / n))
+    y, w_prev, t = w.copy(), w.copy(), 1.0
+    for _ in range(iters):
+        grad = G @ y
+        nv = math.sqrt(max(float(y @ grad), 0.0))
+        if nv <= 0:
+            break
+        best = max(best, phi(grad / nv))
+        w = proj(y - grad / lip)
+        t_new = 0.5 * (1 + math.sqrt(1 + 4 * t * t))
+        y = w + ((t - 1) / t_new) * (w - w_prev)
+        w_prev, t = w, t_new
+    return best
+
+
+def _cardinality_small(S: torch.Tensor, m: int, g_arr: Optional[np.ndarray], *, time_limit: float, seed: int,
+                       patience: int, certify: bool, bound_iters: int) -> PruningSolution:
+    t0 = time.perf_counter()
+    A = S.detach().cpu().to(torch.float64).numpy()
+    n = A.shape[0]
+    G = A @ A.T
+    dg = np.diag(G)
+    if g_arr is None:
+        gid, groups_idx, quota = None, None, None
+        quotas = {0: m}
+        gidx = np.zeros(n, dtype=np.int64)
+    else:
+        labs, gidx = np.unique(g_arr, return_inverse=True)
+        qd = _group_quota(g_arr, m)
+        quota = [qd[lab] for lab in labs.tolist()]
+        groups_idx = [np.flatnonzero(gidx == k) for k in range(labs.size)]
+        gid = gidx
+        quotas = dict(enumerate(quota))
+    # one-at-a-time greedy (exact for the Gram matrix)
+    sel = np.zeros(n, dtype=bool)
+    g = np.zeros(n)
+    left = dict(quotas)
+    for _ in range(m):
+        score = 2 * g + dg
+        score[sel] = np.inf
+        for k, q in left.items():
+            if q <= 0:
+                score[gidx == k] = np.inf
+        j = int(np.argmin(score))
+        sel[j] = True
+        left[int(gidx[j])] -= 1
+        g += G[:, j]
+    obj_greedy = math.sqrt(max(float(g[sel].sum()), 0.0))
+    t_greedy = time.perf_counter() - t0
+    best_sel, obj_swap, iters, improved = _small_search(G, m, gid, t0 + time_limit, patience,
+                                                        np.random.default_rng(seed), sel)
+    removed = np.flatnonzero(best_sel)
+    objective = float(np.linalg.norm(A[removed].sum(0)))
+    t_search = time.perf_counter() - t0
+    lb, degenerate = 0.0, {}
+    if certify:
+        lb = min(objective, _small_bound(G, m, groups_idx, quota, best_sel.astype(np.float64), bound_iters))
+        degenerate = _degeneracy(None, A.sum(0), dg, lb, objective)
+    status = "optimal" if certify and objective - lb <= 1e-9 * max(objective, 1e-300) else "feasible"
+    sol = PruningSolution(removed=removed, n=n, problem="cardinality", objective=objective, lower_bound=lb,
+                          status=status, time=time.perf_counter() - t0, solver="fast", degenerate=degenerate,
+                          info={"greedy_objective": obj_greedy, "swap_objective": obj_swap, "ils_iterations": iters,
+                                "ils_improvements": improved, "seconds_greedy": t_greedy, "seconds_search": t_search,
+                                "seconds_bound": time.perf_counter() - t0 - t_search, "path": "gram"})
+    logger.info("%r", sol)
+    return sol
+
+
+def _default_time_limit(n: int, d: int) -> float:
+    # about 20 matrix-vector products' worth of iterated local search beyond greedy + swaps
+    return float(min(30.0, max(0.5, 4e-9 * n * d * 20)))
+
+
+def solve_cardinality_fast(S: ArrayLike, m: int, *, groups: Optional[Sequence[int]] = None,
+                           time_limit: Optional[float] = None, seed: int = 0, pool: int = 256,
+                           greedy_rounds: int = 48, ils_patience: int = 30, bound_iters: int = 60,
+                           bound_time: Optional[float] = None, certify: bool = True,
+                           small_patience: int = 40, gram_max_n: int = SMALL_N) -> PruningSolution:
+    """Remove exactly ``m`` rows minimising ``||sum S_i||`` (per-group quotas when ``groups`` is given).
+
+    Greedy (``greedy_rounds`` blocks) -> swap local search on pools of ``pool`` candidates ->
+    iterated local search (perturb a few rows, local search, keep if better) until ``time_limit``
+    seconds (default scales with n*d, at most 30 s) or ``ils_patience`` perturbations without
+    improvement. Then a lower bound from the relaxation (at most ``bound_iters`` gradient steps;
+    ``certify=False`` skips it and reports a bound of 0). Up to ``gram_max_n`` rows the search runs on
+    the full Gram matrix (exact best-improvement swaps) instead of candidate pools.
+    """
+    t0 = time.perf_counter()
+    S = _as_matrix(S)
+    n, d = S.shape
+    m = _check_m(m, n)
+    g_arr = _groups(groups, n)
+    gi, quota = _group_index(g_arr, m, S.device)
+    gid = None if g_arr is None else torch.as_tensor(np.unique(g_arr, return_inverse=True)[1], device=S.device)
+    if time_limit is None:
+        time_limit = _default_time_limit(n, d)
+    if time_limit <= 0:
+        raise PruneDataError(f"time_limit must be positive seconds, got {time_limit}")
+    deadline = t0 + time_limit
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    if n <= gram_max_n:
+        return _cardinality_small(S, m, g_arr, time_limit=time_limit, seed=seed, patience=small_patience,
+                                  certify=certify, bound_iters=max(bound_iters, 100))
+
+    st = _State(S, torch.zeros(n, dtype=torch.bool, device=S.device))
+    _greedy(st, m, gi, quota, min(greedy_rounds, m))
+    t_greedy = time.perf_counter() - t0
+    obj_greedy = math.sqrt(st.norm2())
+    _local_search(st, pool, gid, gi, deadline)
+    t_swap = time.perf_counter() - t0 - t_greedy
+    best_sel, best2 = st.sel.clone(), st.norm2()
+    obj_swap = math.sqrt(best2)
+    best_sel, ils_iters, improved = _ils_large(st, best_sel, best2, pool, gid, gi, deadline, ils_patience, gen)
+    st.sel = best_sel
+    st.refresh()
+    v = st.v
+    objective = float(v.norm())
+    t_search = time.perf_counter() - t0
+    # certificate
+    tb = time.perf_counter()
+    lb, rel_iters, degenerate, relax_value = 0.0, 0, {}, None
+    if certify:
+        total = _chunked_sum64(S)
+        dirs = [v, total]
+        bdeadline = tb + (bound_time if bound_time is not None else max(2.0, 0.5 * time_limit))
+        u_rel, b_rel, rel_iters, w_rel = _relaxation_directions(S, m, gi, quota, iters=bound_iters, deadline=bdeadline)
+        if u_rel is not None:
+            dirs.append(u_rel)
+        relax_value = float((S.T @ w_rel.to(S.dtype)).norm())
+        lb = cardinality_lower_bound(S, m, dirs, groups=g_arr, _trusted=True)
+        degenerate = _degeneracy(S, total, st.r, lb, objective)
+    t_bound = time.perf_counter() - tb
+    removed = torch.nonzero(best_sel).flatten().cpu().numpy()
+    status = "optimal" if objective - lb <= 1e-9 * max(objective, 1e-300) else "feasible"
+    sol = PruningSolution(removed=removed, n=n, problem="cardinality", objective=objective, lower_bound=lb,
+                          status=status, time=time.perf_counter() - t0, solver="fast", degenerate=degenerate,
+                          info={"greedy_objective": obj_greedy, "swap_objective": obj_swap, "ils_iterations": ils_iters,
+                                "ils_improvements": improved, "seconds_greedy": t_greedy, "seconds_swap": t_swap,
+                                "seconds_search": t_search, "seconds_bound": t_bound, "relaxation_iterations": rel_iters,
+                                "relaxation_value": relax_value,
+                                "group_quota": None if quota is None else dict(zip(np.unique(g_arr).tolist(), quota))})
+    logger.info("%r", sol)
+    return sol
+
+
+def _chunked_sum64(S: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    out = torch.zeros(S.shape[1], dtype=torch.float64, device=S.device)
+    for s in range(0, S.shape[0], chunk):
+        out += S[s:s + chunk].to(torch.float64).sum(0)
+    return out
+
+
+def _degeneracy(S: torch.Tensor, total: torch.Tensor, r: torch.Tensor, lb: float, objective: float,
+                eps: Optional[float] = None) -> Dict[str, Any]:
+    """Flags for the cases where the certificate says nothing (see the module docstring)."""
+    flags: Dict[str, Any] = {}
+    scale = math.sqrt(float(r.sum()))  # norm of a sum of the rows with random signs
+    tn = float(np.linalg.norm(total)) if isinstance(total, np.ndarray) else float(total.norm())
+    ratio = tn / scale if scale > 0 else 0.0
+    flags_out = {"total_norm": tn, "total_to_random_ratio": ratio}
+    if ratio < 1e-3:
+        flags["total_sum_near_zero"] = (
+            "sum_i S_i is ~0 (the per-sample gradients sum to zero: they include the regulariser, or there "
+            "is none): removing everything looks harmless to first order and no useful bound exists"
+        )
+    if lb <= 0 and objective > 0:
+        flags["trivial_bound"] = ("the lower bound is 0: 0 lies in the relaxed feasible set, so the gap to "
+                                  "the optimum is unknown (not necessarily large)")
+    if eps is not None and tn <= eps:
+        flags["all_feasible"] = (f"||sum_i S_i|| = {tn:.4g} <= eps = {eps:.4g}: removing every sample is "
+                                 "eps-redundant; eps is too large to constrain anything")
+    if flags:
+        flags.update(flags_out)
+    return flags
+
+
+def solve_generalization_fast(S: ArrayLike, eps: float, *, time_limit: Optional[float] = None, seed: int = 0,
+                              max_removed: Optional[int] = None, **card_kw) -> PruningSolution:
+    """Remove as many rows as possible with ``||sum S_i|| <= eps`` (at most ``max_removed``, default n-1).
+
+    Binary search on the number removed between 0 and a certified upper bound, each step a
+    (non-certified) run of :func:`solve_cardinality_fast`; the best feasible set is returned with a
+    certified upper bound on the largest feasible size (sorted projections ``S u``, see module doc).
+    """
+    t0 = time.perf_counter()
+    S = _as_matrix(S)
+    n, d = S.shape
+    eps = _check_eps(eps)
+    cap = n - 1 if max_removed is None else _check_m(max_removed, n)
+    if time_limit is None:
+        time_limit = _default_time_limit(n, d) * 4
+    if time_limit <= 0:
+        raise PruneDataError(f"time_limit must be positive seconds, got {time_limit}")
+    total = _chunked_sum64(S)
+    dirs: List[torch.Tensor] = [total]
+    hi = min(cap, max_removed_upper_bound(S, eps, dirs, _trusted=True))
+    lo = 0
+    best: Optional[PruningSolution] = None
+    steps = 0
+    while lo < hi:
+        left = t0 + time_limit - time.perf_counter()
+        if left <= 0:
+            break
+        mid = (lo + hi + 1) // 2
+        per = left / max(1.0, math.log2(hi - lo + 1))
+        sol = solve_cardinality_fast(S, mid, time_limit=max(per, 1e-3), seed=seed + steps, certify=False, **card_kw)
+        steps += 1
+        if sol.objective <= eps:
+            lo, best = mid, sol
+        else:
+            hi = mid - 1
+    removed = best.removed if best is not None else np.zeros(0, dtype=np.int64)
+    v = S[torch.as_tensor(removed, dtype=torch.long, device=S.device)].to(torch.float64).sum(0)
+    objective = float(v.norm())
+    if objective > 0:
+        dirs.append(v)
+    if removed.size + 1 <= n - 1:
+        u_rel, _, _, _ = _relaxation_directions(S, removed.size + 1, None, None, iters=40,
+                                                deadline=time.perf_counter() + max(1.0, 0.25 * time_limit))
+        if u_rel is not None:
+            dirs.append(u_rel)
+    ub = min(cap, max_removed_upper_bound(S, eps, dirs, _trusted=True))
+    lb = cardinality_lower_bound(S, int(removed.size), dirs, _trusted=True) if 1 <= removed.size <= n - 1 else 0.0
+    status = "optimal" if removed.size >= ub else "feasible"
+    r = torch.linalg.vector_norm(S, dim=1).to(torch.float64) ** 2
+    degenerate = _degeneracy(S, total, r, lb, objective, eps=eps)
+    sol = PruningSolution(removed=removed, n=n, problem="generalization", objective=objective, lower_bound=lb,
+                          status=status, time=time.perf_counter() - t0, solver="fast", eps=eps,
+                          max_removed_bound=int(ub), degenerate=degenerate, info={"search_steps": steps})
+    logger.info("%r", sol)
+    return sol
+
+
+# --------------------------------------------------------------------------- exact MIP (cvxpy)
+_TIME_PARAMS = {
+    "SCIP": lambda t: {"scip_params": {"limits/time": float(t)}},
+    "CPLEX": lambda t: {"cplex_params": {"timelimit": float(t)}},
+    "GUROBI": lambda t: {"TimeLimit": float(t)},
+    "MOSEK": lambda t: {"mosek_params": {"MSK_DPAR_OPTIMIZER_MAX_TIME": float(t)}},
+    "XPRESS": lambda t: {"maxtime": int(math.ceil(t))},
+}
+
+
+def solve_exact(S: ArrayLike, *, m: Optional[int] = None, eps: Optional[float] = None, solver: str = "SCIP",
+                time_limit: float = 60.0, verbose: bool = False) -> PruningSolution:
+    """The mixed-integer program of the paper through cvxpy (one of ``m`` / ``eps``).
+
+    Uses ``||R w||`` with ``S^T = Q R`` (``min(n, d)`` rows, same values). ``status`` is
+    ``"optimal"`` when the solver proved optimality, ``"time_limit"`` when it stopped with an
+    incumbent, and a :class:`PruneDataError` is raised when it found no solution at all.
+    ``lower_bound`` is the solver's dual bound where it reports one (SCIP), else the objective if
+    optimal, else 0.
+    """
+    import cvxpy as cp
+
+    t0 = time.perf_counter()
+    S = _as_matrix(S)
+    n, d = S.shape
+    if (m is None) == (eps is None):
+        raise PruneDataError("give exactly one of m (remove m samples) or eps (largest eps-redundant set)")
+    if m is not None:
+        m = _check_m(m, n)
+    else:
+        eps = _check_eps(eps)
+    if solver not in cp.installed_solvers():
+        raise PruneDataError(
+            f"cvxpy solver {solver!r} is not installed (installed: {', '.join(cp.installed_solvers())}); "
+            "pip install pyscipopt for SCIP"
+        )
+    if not (time_limit > 0):
+        raise PruneDataError(f"time_limit must be positive seconds, got {time_limit}")
+    A = S.detach().cpu().to(torch.float64).numpy()
+    R = np.linalg.qr(A.T, mode="r")  # (min(n,d), n), ||A^T w|| = ||R w||
+    w = cp.Variable(n, boolean=True)
+    if m is not None:
+        prob = cp.Problem(cp.Minimize(cp.norm(R @ w, 2)), [cp.sum(w) == m])
+    else:
+        prob = cp.Problem(cp.Maximize(cp.sum(w)), [cp.norm(R @ w, 2) <= eps])
+    kw = _TIME_PARAMS.get(solver, lambda t: {})(time_limit)
+    if solver not in _TIME_PARAMS:
+        logger.warning("no time limit known for cvxpy solver %s; it may run long", solver)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            prob.solve(solver=solver, verbose=verbose, **kw)
+        except cp.error.SolverError as e:
+            raise PruneDataError(f"{solver} failed on the pruning MIP ({e}); try the fast solver (method='fast')") from e
+    wv = w.value
+    if wv is None or prob.status in ("infeasible", "unbounded", "infeasible_inaccurate"):
+        raise PruneDataError(
+            f"{solver} found no solution within {time_limit:g}s (status {prob.status}); raise time_limit or "
+            "use method='fast'"
+        )
+    removed = np.flatnonzero(wv > 0.5)
+    v = A[removed].sum(0) if removed.size else np.zeros(d)
+    objective = float(np.linalg.norm(v))
+    stats = prob.solver_stats
+    extra = getattr(stats, "extra_stats", None) or {}
+    raw = extra.get("scip_status") if isinstance(extra, dict) else None
+    proven = (raw == "optimal") if raw is not None else (prob.status == "optimal")
+    status = "optimal" if proven else "time_limit"
+    lb = objective if (proven and m is not None) else 0.0
+    ub_count = None
+    model = extra.get("model") if isinstance(extra, dict) else None
+    if model is not None and not proven:
+        try:
+            db = float(model.getDualbound())
+            if m is not None and math.isfinite(db):
+                lb = max(0.0, min(objective, db))
+            elif m is None and math.isfinite(db):
+                ub_count = int(math.floor(abs(db) + 1e-6))
+        except Exception:  # pragma: no cover - solver specific
+            pass
+    if m is None:
+        ub_count = removed.size if proven else ub_count
+        if removed.size and removed.size <= n - 1:
+            lb = objective if proven else 0.0
+    sol = PruningSolution(removed=removed, n=n, problem="cardinality" if m is not None else "generalization",
+                          objective=objective, lower_bound=lb, status=status, time=time.perf_counter() - t0,
+                          solver=f"exact:{solver}", eps=eps, max_removed_bound=ub_count,
+                          info={"cvxpy_status": prob.status, "solver_status": raw, "reduced_rows": int(R.shape[0])})
+    logger.info("%r", sol)
+    return sol
+
+
+# --------------------------------------------------------------------------- one call
+def solve_pruning(S: ArrayLike, *, remove: Optional[int] = None, keep: Optional[int] = None,
+                  eps: Optional[float] = None, method: str = "fast", groups: Optional[Sequence[int]] = None,
+                  time_limit: Optional[float] = None, exact_solver: str = "SCIP", seed: int = 0,
+                  **fast_kw) -> PruningSolution:
+    """Solve either problem with either path.
+
+    Give ``remove`` (or ``keep = n - remove``) for the cardinality problem, or ``eps`` for the
+    generalisation problem. ``method``: ``"fast"`` (any n), ``"exact"`` (cvxpy MIP; small n only)
+    or ``"auto"`` (exact up to :data:`EXACT_AUTO_MAX_N` rows, fast beyond). ``groups`` (cardinality,
+    fast path only) removes from each group in proportion to its size and swaps within groups.
+    """
+    S = _as_matrix(S)
+    n = S.shape[0]
+    given = [x is not None for x in (remove, keep, eps)]
+    if sum(given) != 1:
+        raise PruneDataError("give exactly one of remove=, keep= (cardinality problem) or eps= (generalisation problem)")
+    if keep is not None:
+        if isinstance(keep, bool) or not isinstance(keep, (int, np.integer)) or not 1 <= int(keep) <= n - 1:
+            raise PruneDataError(f"keep must be an integer in [1, {n - 1}] for n={n} samples; got {keep!r}")
+        remove = n - int(keep)
+    if method not in ("fast", "exact", "auto"):
+        raise PruneDataError(f"method must be 'fast', 'exact' or 'auto', got {method!r}")
+    if method == "auto":
+        method = "exact" if n <= EXACT_AUTO_MAX_N and groups is None else "fast"
+    if method == "exact":
+        if groups is not None:
+            raise PruneDataError("groups (class-balanced quotas) are supported by the fast solver only; use method='fast'")
+        return solve_exact(S, m=remove, eps=eps, solver=exact_solver, time_limit=time_limit or 60.0)
+    if eps is not None:
+        if groups is not None:
+            raise PruneDataError("groups apply to the cardinality problem (remove=/keep=), not to eps=")
+        return solve_generalization_fast(S, eps, time_limit=time_limit, seed=seed, **fast_kw)
+    return solve_cardinality_fast(S, remove, groups=groups, time_limit=time_limit, seed=seed, **fast_kw)

@@ -1,0 +1,146 @@
+"""The selection problems: fast solver against brute force and the exact cvxpy MIP (SCIP) as oracles."""
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from prunedata.errors import PruneDataError
+from prunedata.methods.solver import (cardinality_lower_bound, max_removed_upper_bound, solve_exact,
+                                      solve_pruning)
+
+
+def _instance(n, d, seed=0, shift=0.3):
+    rng = np.random.default_rng(seed)
+    # heavy-tailed rows with a common drift, like influence rows (most small, a few large)
+    scale = np.exp(rng.normal(size=(n, 1)))
+    return (rng.normal(size=(n, d)) + shift) * scale
+
+
+def _brute_force(S, m):
+    best, arg = math.inf, None
+    for c in itertools.combinations(range(S.shape[0]), m):
+        v = np.linalg.norm(S[list(c)].sum(0))
+        if v < best:
+            best, arg = v, c
+    return best, arg
+
+
+def test_fast_matches_brute_force_and_bound_is_below_optimum():
+    S = _instance(14, 4, seed=1)
+    for m in (3, 7, 11):
+        opt, _ = _brute_force(S, m)
+        sol = solve_pruning(S, remove=m)
+        assert sol.num_removed == m and sol.kept.size == 14 - m
+        assert set(sol.removed).isdisjoint(sol.kept)
+        assert sol.objective == pytest.approx(np.linalg.norm(S[sol.removed].sum(0)))
+        assert sol.objective <= opt * 1.0001
+        assert 0 <= sol.lower_bound <= opt + 1e-12
+        assert sol.gap == pytest.approx(sol.objective - sol.lower_bound)
+
+
+def test_any_direction_gives_a_valid_bound():
+    S = _instance(12, 3, seed=2, shift=2.0)
+    opt, _ = _brute_force(S, 6)
+    rng = np.random.default_rng(0)
+    dirs = [rng.normal(size=3) for _ in range(20)] + [S.sum(0)]
+    lb = cardinality_lower_bound(S, 6, dirs)
+    assert 0 < lb <= opt + 1e-12
+
+
+def test_fast_against_scip_oracle_cardinality():
+    S = _instance(20, 5, seed=3)
+    ex = solve_exact(S, m=10, time_limit=60)
+    assert ex.status == "optimal"
+    assert ex.lower_bound == pytest.approx(ex.objective)
+    fast = solve_pruning(S, keep=10)
+    assert fast.objective <= ex.objective * 1.01
+    assert fast.lower_bound <= ex.objective + 1e-9
+
+
+def test_generalization_problem_against_scip_oracle():
+    S = _instance(30, 5, seed=4)
+    eps = 0.5 * np.linalg.norm(S.sum(0)) / 2
+    ex = solve_pruning(S, eps=eps, method="exact", time_limit=60)
+    fast = solve_pruning(S, eps=eps)
+    assert ex.status == "optimal" and ex.objective <= eps + 1e-9
+    assert fast.objective <= eps + 1e-9
+    assert fast.num_removed >= ex.num_removed - 1
+    assert fast.max_removed_bound >= ex.num_removed
+    assert fast.metrics()["eps"] == eps
+
+
+def test_upper_bound_on_removable_count():
+    S = _instance(60, 4, seed=5)
+    eps = 1.0
+    ub = max_removed_upper_bound(S, eps, [S.sum(0)])
+    sol = solve_pruning(S, eps=eps)
+    assert sol.num_removed <= ub
+    assert sol.max_removed_bound <= ub
+    assert np.linalg.norm(S[sol.removed].sum(0)) <= eps + 1e-9
+
+
+def test_large_path_pool_search_and_certificate():
+    # gram_max_n=0 forces the large-n path: pool-based local search and the relaxation bound
+    n = 600
+    S = torch.from_numpy(_instance(n, 12, seed=6)).float()
+    m = n // 2
+    sol = solve_pruning(S, remove=m, time_limit=1, bound_time=1, gram_max_n=0, pool=64)
+    rnd = np.random.default_rng(0).choice(n, m, replace=False)
+    assert sol.num_removed == m
+    assert sol.objective == pytest.approx(float(S[sol.removed].double().sum(0).norm()), rel=1e-5)
+    assert sol.objective < 0.05 * float(S[rnd].double().sum(0).norm())
+    assert sol.info["swap_objective"] <= sol.info["greedy_objective"]
+    assert 0 < sol.lower_bound <= sol.objective
+
+
+def test_class_quotas_are_respected():
+    S = _instance(90, 5, seed=7)
+    groups = np.repeat([0, 1, 2], [30, 20, 40])
+    sol = solve_pruning(S, remove=45, groups=groups)
+    counts = np.bincount(groups[sol.removed], minlength=3)
+    assert counts.tolist() == [15, 10, 20]
+    assert sol.lower_bound <= sol.objective
+    rnd = np.concatenate([np.flatnonzero(groups == g)[:q] for g, q in enumerate([15, 10, 20])])
+    assert sol.objective < np.linalg.norm(S[rnd].sum(0))
+
+
+def test_degenerate_zero_sum_is_flagged():
+    S = _instance(40, 3, seed=8)
+    S = S - S.mean(0)                      # rows sum to 0: gradients that include the regulariser
+    sol = solve_pruning(S, remove=20)
+    assert "total_sum_near_zero" in sol.degenerate
+    gen = solve_pruning(S, eps=1e-6)
+    assert "all_feasible" in gen.degenerate
+    assert gen.num_removed <= 39           # never removes everything
+
+
+def test_bad_inputs_have_clear_errors():
+    S = _instance(10, 3)
+    with pytest.raises(PruneDataError, match="eps"):
+        solve_pruning(S, eps=-1.0)
+    with pytest.raises(PruneDataError, match=r"\[1, 9\]"):
+        solve_pruning(S, remove=10)
+    with pytest.raises(PruneDataError, match=r"\[1, 9\]"):
+        solve_pruning(S, remove=0)
+    with pytest.raises(PruneDataError, match="keep"):
+        solve_pruning(S, keep=10)
+    with pytest.raises(PruneDataError, match="integer"):
+        solve_pruning(S, remove=2.5)
+    with pytest.raises(PruneDataError, match="exactly one"):
+        solve_pruning(S, remove=3, eps=1.0)
+    with pytest.raises(PruneDataError, match="2-D"):
+        solve_pruning(S[0], remove=1)
+    bad = S.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(PruneDataError, match="NaN"):
+        solve_pruning(bad, remove=3)
+    with pytest.raises(PruneDataError, match="method"):
+        solve_pruning(S, remove=3, method="magic")
+    with pytest.raises(PruneDataError, match="not installed"):
+        solve_exact(S, m=3, solver="NO_SUCH_SOLVER")
+    with pytest.raises(PruneDataError, match="groups"):
+        solve_pruning(S, eps=1.0, groups=np.zeros(10))
+    with pytest.raises(PruneDataError, match="one label per row"):
+        solve_pruning(S, remove=3, groups=np.zeros(4))
