@@ -16,6 +16,6 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
-python -m pip install -q --upgrade pip >/dev/null
+# pip is left as the venv ships it: newer pips refuse to prepare the pb1-detectron2 sdist (direct URL deps)
 # torch/torchvision pinned here (a local wheel on these machines); pyproject declares a range.
 TORCH_PINS="torch==${PRUNEDATA_TORCH:-2.14.1} torchvision==${PRUNEDATA_TORCHVISION:-0.29.1}"
