@@ -9,8 +9,9 @@ The mask is one tensor of logits ``m`` with an entry per dataset sample (index),
 * ``lambda * (mean(sigmoid(alpha*m)) - keep_ratio)^2`` with ``lambda = s * |r - keep_ratio|``, ``r``
   the current binarised keep ratio -- drives the mask towards the requested size.
 
-Warm-up epochs train the model on all samples before the mask moves; ``alpha`` then rises linearly
-per epoch from ``alpha_init`` to ``alpha_final``; at the end the mask is binarised and must land within
+Warm-up epochs train the model on all samples before the mask moves; ``alpha`` then rises linearly,
+step by step, from ``alpha_init`` to ``alpha_final``; once alpha is final and the binarised keep ratio
+is within ``tolerance`` the mask is held; at the end it is binarised and must land within
 ``tolerance`` of ``keep_ratio``.
 
 Scaling. The paper divides the per-sample terms by ``N``, the dataset size (Eq. 4-6). We follow it
@@ -101,18 +102,26 @@ class AdaPruner(nn.Module):
     keep_ratio: fraction of samples to keep (the paper's "compression ratio" ``c_r``), in (0, 1).
     epochs: total epochs of joint training, warm-up included.
     warmup_epochs: epochs on the full data before the mask starts to move.
-    alpha_init, alpha_final: sigmoid sharpness, ramped linearly per pruning epoch (0.1 -> 5).
+    alpha_init, alpha_final: sigmoid sharpness, ramped linearly over the pruning epochs (0.1 -> 5),
+        advanced every step; final from the start of the last pruning epoch.
     scale: ``s`` in ``lambda = s * |r - keep_ratio|`` (100).
     tolerance: allowed deviation of the final keep ratio (0.02).
     mask_lr, mask_optimizer: the mask's own optimiser. With "sgd" (default) the step is taken in
         the sigmoid's input space: the learning rate is ``mask_lr * N / alpha**2``, which cancels the
         1/N of the loss and the alpha**2 by which a rising alpha would otherwise amplify each step
-        (without it the keep ratio oscillates as soon as alpha jumps). "adam" uses ``mask_lr`` as is.
+        (without it the keep ratio oscillates as soon as alpha jumps); it is capped so that the
+        compression feedback gain ``lr * 2*lambda * mean((w(1-w))^2)`` stays <= 0.5 (no overshoot).
+        "adam" uses ``mask_lr`` as is.
     mask_init: initial logit of every entry (0: weight 0.5 when pruning starts; warm-up uses weight 1).
     logit_clip: after each step ``|alpha*m|`` is clipped to this, so the sigmoid never saturates so
         far that the compression term can no longer correct the ratio late in training.
+    hold_in_band: the paper's stopping check ("after each pruning step ... checks the gap between the
+        practical and expected pruning ratios until it is below a predefined tolerance"): once alpha
+        has reached ``alpha_final`` and the binarised keep ratio is within ``tolerance``, the mask
+        stops moving (the model keeps training). Without it the per-sample terms, which push every
+        weight down, keep drifting the ratio below ``keep_ratio`` as ``lambda -> 0``.
     loss_eps: floor of ``L_i`` inside ``-log L_i``.
-    binarize: "threshold" (keep ``m > 0``, then clip to the tolerance band by rank if needed) or
+    binarize: "threshold" (keep ``m >= 0``, then clip to the tolerance band by rank if needed) or
         "topk" (keep exactly ``round(keep_ratio*N)`` samples with the largest logits).
     """
 
@@ -120,7 +129,7 @@ class AdaPruner(nn.Module):
                  alpha_init: float = 0.1, alpha_final: float = 5.0, scale: float = 100.0,
                  tolerance: float = 0.02, mask_lr: float = 0.3, mask_optimizer: str = "sgd",
                  mask_init: float = 0.0, loss_eps: float = 1e-6, binarize: str = "threshold",
-                 logit_clip: float = 6.0, device: Any = None):
+                 logit_clip: float = 6.0, hold_in_band: bool = True, device: Any = None):
         super().__init__()
         if not isinstance(num_samples, (int, np.integer)) or num_samples <= 0:
             raise PruneDataError(f"num_samples must be a positive int, got {num_samples!r}")
@@ -155,6 +164,7 @@ class AdaPruner(nn.Module):
         self.loss_eps = float(loss_eps)
         self.binarize_mode = binarize
         self.logit_clip = float(logit_clip)
+        self.hold_in_band = bool(hold_in_band)
         self.mask = nn.Parameter(torch.full((self.num_samples,), self.mask_init, device=device))
         if mask_optimizer == "adam":
             self.optimizer = torch.optim.Adam([self.mask], lr=self.mask_lr)
@@ -168,6 +178,10 @@ class AdaPruner(nn.Module):
         self._epoch_stats = _EpochStats()
         self._seen = torch.zeros(self.num_samples, dtype=torch.bool, device=self.mask.device)
         self._process_group = None
+        self._epoch_samples = 0  # samples passed through loss() this epoch (paces alpha)
+        self._step_alpha: Optional[float] = None  # alpha of the last loss(), used by step()
+        self._comp_gain: Optional[torch.Tensor] = None  # compression feedback gain of the last loss()
+        self._frozen = torch.zeros((), dtype=torch.bool, device=self.mask.device)  # see hold_in_band
 
     # ------------------------------------------------------------------ schedule
     @property
@@ -175,14 +189,28 @@ class AdaPruner(nn.Module):
         return self.epoch < self.warmup_epochs
 
     @property
+    def _samples_per_epoch(self) -> int:
+        """Samples this process sees per epoch (a rank's shard under DDP); paces the alpha ramp."""
+        return self.num_samples
+
+    @property
     def alpha(self) -> float:
-        """Sigmoid sharpness for the current epoch (linear ramp over the pruning epochs)."""
-        p_epochs = self.epochs - self.warmup_epochs
-        p = self.epoch - self.warmup_epochs
-        if p <= 0 or p_epochs <= 1:
-            return self.alpha_init if p_epochs > 1 or p < 0 else self.alpha_final
-        p = min(p, p_epochs - 1)
-        return self.alpha_init + (self.alpha_final - self.alpha_init) * p / (p_epochs - 1)
+        """Sigmoid sharpness now: a linear ramp over the pruning epochs, advanced every step.
+
+        ``alpha_init`` when pruning starts, ``alpha_final`` from the start of the last pruning epoch
+        on (with a single pruning epoch: at its end). The ramp moves with the fraction of the epoch's
+        samples already seen, so alpha never jumps between epochs: a jump multiplies every logit
+        ``alpha*m`` at once and can saturate the whole mask before the compression term reacts.
+        """
+        return self._alpha_at(self.epoch, min(1.0, self._epoch_samples / max(1, self._samples_per_epoch)))
+
+    def _alpha_at(self, epoch: int, frac: float) -> float:
+        p = epoch - self.warmup_epochs
+        if p < 0:
+            return self.alpha_init
+        span = max(1, self.epochs - self.warmup_epochs - 1)
+        t = min(1.0, (p + frac) / span)
+        return self.alpha_init + (self.alpha_final - self.alpha_init) * t
 
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch`` (0-based). Called by :meth:`AdaPrunerSampler.set_epoch`."""
@@ -190,6 +218,7 @@ class AdaPruner(nn.Module):
         if epoch < 0:
             raise PruneDataError(f"epoch must be >= 0, got {epoch}")
         self.epoch = epoch
+        self._epoch_samples = 0
         self._epoch_stats = _EpochStats()
 
     # ------------------------------------------------------------------ per-step API
@@ -234,12 +263,14 @@ class AdaPruner(nn.Module):
         losses = check_per_sample_losses(losses, idx.shape[0])
         dev = losses.device
         self._seen[idx] = True
+        alpha = self.alpha
+        self._step_alpha = alpha
+        self._epoch_samples += int(idx.shape[0])
         if self.in_warmup:
             out = losses.mean()
-            self._last_terms = {"classification": out.detach(), "alpha": self.alpha}
+            self._last_terms = {"classification": out.detach(), "alpha": alpha}
             self._epoch_stats.add(losses.detach(), None)
             return out
-        alpha = self.alpha
         w = torch.sigmoid(alpha * self.mask[idx])
         ld = losses.detach().to(w.device)
         neg_log = -torch.log(ld.clamp_min(self.loss_eps))
@@ -248,10 +279,14 @@ class AdaPruner(nn.Module):
         # mask: the paper's per-sample terms (classification + selection), divided by N
         mask_cls = (w * ld).sum() / self.num_samples
         mask_sel = (w * neg_log).sum() / self.num_samples
-        mean_soft = self._global_mask_stats(torch.sigmoid(alpha * self.mask))
+        soft_all = torch.sigmoid(alpha * self.mask)
+        mean_soft = self._global_mask_stats(soft_all)
         r = self._binary_ratio()  # current binarised keep ratio (tensor, no host sync)
         lam = self.scale * (r - self.keep_ratio).abs()
         comp = (mean_soft - self.keep_ratio) ** 2
+        # step-size guard for the compression feedback (see step()): q = mean((w(1-w))^2)
+        sd = soft_all.detach()
+        self._comp_gain = 2.0 * lam * ((sd * (1.0 - sd)) ** 2).mean()
         total = cls_model + (mask_cls + mask_sel + lam * comp).to(dev)
         # tensors, converted to floats only when read (no per-step device sync)
         self._last_terms = {"classification": cls_model.detach(), "selection": mask_sel.detach(),
@@ -261,22 +296,46 @@ class AdaPruner(nn.Module):
         return total
 
     def _binary_ratio(self) -> torch.Tensor:
-        return (self.mask.detach() > 0).float().mean()
+        """Keep ratio of the binarised mask, ``sigmoid(alpha*m) >= 0.5`` (all kept at ``m = 0``)."""
+        return (self.mask.detach() >= 0).float().mean()
 
     def step(self) -> None:
         """Update the mask (no-op during warm-up); call after ``loss.backward()``."""
         if not self.in_warmup and self.mask.grad is not None:
+            alpha = self._step_alpha if self._step_alpha is not None else self.alpha
             self._reduce_mask_grad()
+            active = (~self._frozen).to(self.mask.dtype)  # 0 once the mask is held (no host sync)
             if self.mask_optimizer_name == "sgd":
-                for g in self.optimizer.param_groups:
-                    g["lr"] = self.mask_lr * self.num_samples / (self.alpha ** 2)
-            self.optimizer.step()
+                # SGD in the sigmoid's input space z = alpha*m: lr * N / alpha^2. The compression term
+                # moves the mean weight by about -lr*gain*(mean - keep_ratio) per step; capping
+                # lr*gain at 0.5 keeps that feedback from overshooting (no host sync: tensor lr).
+                if self._comp_gain is not None:
+                    lr = torch.clamp(0.5 / (self._comp_gain + 1e-12), max=self.mask_lr)
+                else:
+                    lr = torch.tensor(self.mask_lr)
+                scale = lr.to(self.mask.device) * (active * (self.num_samples / alpha ** 2))
+                with torch.no_grad():
+                    self.mask.add_(self.mask.grad * (-scale))
+            else:
+                before = self.mask.detach().clone()
+                self.optimizer.step()
+                with torch.no_grad():
+                    self.mask.copy_(torch.where(self._frozen, before, self.mask))
             if self.logit_clip:
                 with torch.no_grad():
-                    b = self.logit_clip / self.alpha
+                    b = self.logit_clip / alpha
                     self.mask.clamp_(-b, b)
+            if self.hold_in_band and alpha >= self.alpha_final:
+                # the paper's check after each pruning step: stop pruning once the gap is within tolerance
+                in_band = (self._binary_ratio() - self.keep_ratio).abs() <= self.tolerance
+                self._frozen |= in_band.to(self._frozen.device)
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
+
+    @property
+    def held(self) -> bool:
+        """True once the mask has stopped moving because its keep ratio is within tolerance."""
+        return bool(self._frozen)
 
     def _reduce_mask_grad(self) -> None:
         """Hook for distributed training (all-reduce of the mask gradient)."""
@@ -296,8 +355,10 @@ class AdaPruner(nn.Module):
         rec = {
             "epoch": self.epoch,
             "warmup": self.in_warmup,
-            "alpha": self.alpha,
+            "alpha": self._alpha_at(self.epoch, 0.0),  # at the epoch's start; it rises every step
+            "alpha_end": self.alpha,
             "keep_ratio_threshold": 1.0 if self.in_warmup else float(self._binary_ratio()),
+            "held": bool(self._frozen),
             "mean_weight": float(soft.mean()),
             "weight_histogram": hist.tolist(),
             **self._epoch_stats.summary(),
@@ -321,7 +382,7 @@ class AdaPruner(nn.Module):
     def binarize(self) -> np.ndarray:
         """Final boolean keep-mask within ``tolerance`` of ``keep_ratio``.
 
-        "threshold" keeps ``m > 0`` (``sigmoid(alpha*m) > 0.5``); if that ratio falls outside the
+        "threshold" keeps ``m >= 0`` (``sigmoid(alpha*m) >= 0.5``); if that ratio falls outside the
         tolerance band, the nearest band edge is reached by ranking the logits (and a warning says
         so). "topk" keeps exactly ``round(keep_ratio * N)`` samples.
         """
@@ -331,7 +392,7 @@ class AdaPruner(nn.Module):
         if self.binarize_mode == "topk":
             k = int(round(self.keep_ratio * n))
         else:
-            k_thr = int((m > 0).sum())
+            k_thr = int((m >= 0).sum())
             lo = int(math.ceil((self.keep_ratio - self.tolerance) * n - 1e-9))
             hi = int(math.floor((self.keep_ratio + self.tolerance) * n + 1e-9))
             k = min(max(k_thr, lo), hi)
@@ -350,7 +411,7 @@ class AdaPruner(nn.Module):
         return {
             "keep_ratio": self.keep_ratio, "epochs": self.epochs, "warmup_epochs": self.warmup_epochs,
             "alpha_init": self.alpha_init, "alpha_final": self.alpha_final, "scale": self.scale,
-            "tolerance": self.tolerance, "logit_clip": self.logit_clip, "mask_lr": self.mask_lr, "mask_optimizer": self.mask_optimizer_name,
+            "tolerance": self.tolerance, "logit_clip": self.logit_clip, "hold_in_band": self.hold_in_band, "mask_lr": self.mask_lr, "mask_optimizer": self.mask_optimizer_name,
             "mask_init": self.mask_init, "loss_eps": self.loss_eps, "binarize": self.binarize_mode,
         }
 
@@ -365,7 +426,7 @@ class AdaPruner(nn.Module):
             logger.warning("AdaPruner.selection() called after %d of %d epochs", self.epoch, self.epochs)
         keep = self.binarize()
         m = self.mask.detach().cpu().double().numpy()
-        thr = float((m > 0).mean())
+        thr = float((m >= 0).mean())
         if fingerprint is None and dataset is not None:
             fingerprint = dataset_fingerprint(dataset)
         params = self.params()
@@ -391,6 +452,8 @@ class AdaPruner(nn.Module):
             "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch,
             "global_step": self.global_step,
+            "epoch_samples": self._epoch_samples,
+            "held": bool(self._frozen),
             "history": list(self.history),
             "seen": self._seen.cpu().clone(),
             "params": self.params(),
@@ -410,6 +473,8 @@ class AdaPruner(nn.Module):
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])
+        self._epoch_samples = int(state.get("epoch_samples", 0))
+        self._frozen = torch.tensor(bool(state.get("held", False)), device=self.mask.device)
         self.history = list(state["history"])
         self._seen = state["seen"].to(self.mask.device).clone()
         self._epoch_stats = _EpochStats()

@@ -376,6 +376,11 @@ class DistributedAdaPruner(AdaPruner):
     def world_size(self) -> int:
         return get_world_size(self._process_group)
 
+    @property
+    def _samples_per_epoch(self) -> int:
+        # AdaPrunerSampler pads each rank's shard to ceil(N / world_size)
+        return -(-self.num_samples // max(1, self.world_size))
+
     def _global_mask_stats(self, soft: torch.Tensor) -> torch.Tensor:
         m = soft.mean()
         k = self.world_size

@@ -43,6 +43,56 @@ def test_alpha_ramp_and_warmup():
     np.testing.assert_allclose(np.diff(alphas[2:]), (5.0 - 0.1) / 3)
 
 
+def test_alpha_rises_every_step_not_in_jumps():
+    """Within an epoch alpha moves with the fraction of samples seen, so it never jumps at epoch ends."""
+    p = AdaPruner(40, 0.5, epochs=4, warmup_epochs=1, alpha_init=0.1, alpha_final=2.1)
+    p.set_epoch(1)
+    seen = []
+    for b in range(4):  # 4 batches of 10 = one epoch
+        seen.append(p.alpha)
+        p.loss(torch.arange(b * 10, b * 10 + 10), torch.rand(10) + 0.1).backward()
+        p.step()
+    end_of_epoch = p.alpha
+    p.end_epoch()
+    np.testing.assert_allclose(seen, [0.1, 0.35, 0.6, 0.85])
+    assert end_of_epoch == pytest.approx(1.1) and p.alpha == pytest.approx(1.1)  # continuous across epochs
+    assert p.history[-1]["alpha"] == pytest.approx(0.1) and p.history[-1]["alpha_end"] == pytest.approx(1.1)
+
+
+def _prune_fixed_losses(p, losses, batch, seed=0):
+    """Mini-batch pruning epochs with fixed per-sample losses (random order each epoch)."""
+    g = torch.Generator().manual_seed(seed)
+    for e in range(p.epoch, p.epochs):
+        p.set_epoch(e)
+        order = torch.randperm(p.num_samples, generator=g)
+        for b in range(0, p.num_samples, batch):
+            idx = order[b:b + batch]
+            p.loss(idx, losses[idx]).backward()
+            p.step()
+        p.end_epoch()
+
+
+@pytest.mark.parametrize("hold", [True, False])
+def test_mask_is_held_once_within_tolerance(hold):
+    """The paper's check: once alpha is final and the binarised ratio is within tolerance, pruning stops."""
+    n = 2000
+    losses = torch.linspace(0.01, 1.0, n)  # L - log L falls on (0, 1]: low losses are pushed out hardest
+    p = AdaPruner(n, 0.5, epochs=4, warmup_epochs=0, hold_in_band=hold)
+    _prune_fixed_losses(p, losses, batch=50)
+    ratios = [h["keep_ratio_threshold"] for h in p.history]
+    assert [h["held"] for h in p.history][:2] == [False, False]  # never before alpha is final
+    assert p.held == hold
+    if hold:
+        assert abs(ratios[-1] - 0.5) <= 0.02 and p.selection().metrics["within_tolerance_by_threshold"]
+        before = p.mask.detach().clone()
+        p.epochs += 1
+        _prune_fixed_losses(p, losses, batch=50)
+        assert torch.equal(before, p.mask.detach())  # held: the mask no longer moves
+    keep = p.binarize()
+    # the low-loss half is pruned far more than the high-loss half
+    assert keep[n // 2:].mean() > 0.7 and keep[: n // 2].mean() < 0.3
+
+
 # ------------------------------------------------------------------ per-step inputs
 def test_loss_input_errors():
     p = AdaPruner(10, 0.5, epochs=3, warmup_epochs=1)
@@ -209,6 +259,8 @@ def test_real_fashion_mnist_prunes_easy_samples_within_tolerance(fmnist_small, t
     train_adapruner(model, ds, p, batch_size=64, lr=0.05, seed=0, show_progress=False)
     sel = p.selection(ds)
     assert abs(sel.keep_ratio - 0.7) <= 0.02 + 1e-9
+    # ... by the learned mask itself, not by the rank fallback
+    assert sel.metrics["within_tolerance_by_threshold"], [h["keep_ratio_threshold"] for h in p.history]
     assert sel.num_kept == int(sel.mask.sum())
     assert len(p.history) == 6 and p.history[-1]["alpha"] == pytest.approx(5.0)
     # easy (low-loss) samples are pruned first: compare with random selections of equal size

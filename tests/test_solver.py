@@ -81,12 +81,88 @@ def test_upper_bound_on_removable_count():
     assert np.linalg.norm(S[sol.removed].sum(0)) <= eps + 1e-9
 
 
+def _real_like(n, d, seed):
+    """Rows like a classifier head's influence rows: a per-class structure (C blocks of a feature
+    vector times a residual), heavy-tailed norms and a common drift."""
+    rng = np.random.default_rng(seed)
+    C, F = 4, d // 4
+    h = rng.normal(size=(n, F)) + 0.5
+    resid = rng.dirichlet(np.ones(C), size=n) - np.eye(C)[rng.integers(0, C, n)]
+    S = (resid[:, :, None] * h[:, None, :]).reshape(n, C * F)
+    return S * np.exp(rng.normal(size=(n, 1))) / n
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_small_path_matches_scip_optimum(seed):
+    # n < d like the benchmark's real rows: the Gram-matrix search must hit the proven optimum
+    S = _real_like(30, 40, seed)
+    ex = solve_exact(S, m=15, time_limit=60)
+    assert ex.status == "optimal"
+    fast = solve_pruning(S, remove=15, seed=seed)
+    assert fast.objective <= ex.objective * 1.01      # the issue's target; seeds 0, 1 hit it exactly,
+    assert fast.objective <= ex.objective * 1.001     # seed 2 is 0.03% above (a local optimum)
+    assert 0 <= fast.lower_bound <= ex.objective + 1e-12
+    assert fast.info["path"] == "gram" and fast.info["ils_patience"] >= 8
+
+
+def test_small_path_is_fast_and_stops_at_a_tight_bound():
+    # rows = +-e_k pairs with a drift: the relaxation is integral, the bound is reached and the ILS stops
+    d = 6
+    base = np.concatenate([np.eye(d), -np.eye(d)]) + 0.01
+    S = np.concatenate([base, base * 2])
+    sol = solve_pruning(S, remove=6)
+    assert sol.objective == pytest.approx(np.linalg.norm(S[sol.removed].sum(0)))
+    assert sol.lower_bound <= sol.objective + 1e-12
+    # a 40 x 1290 instance (the benchmark's smallest size) takes milliseconds, certificate included
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(40, 1290)) * np.exp(rng.normal(size=(40, 1))) + 0.2
+    solve_pruning(A, remove=20)
+    t = min(solve_pruning(A, remove=20).time for _ in range(3))
+    assert t < 0.05
+
+
+def test_large_path_signed_construction_beats_greedy():
+    # n >> d (like n=50k, d=5k): the signed self-balancing construction + flips, with exact counts
+    n, d = 4000, 40
+    S = torch.from_numpy(_real_like(n, d, 5)).float()
+    m = n // 2
+    signed = solve_pruning(S, remove=m, time_limit=2, bound_time=0.5, gram_max_n=0, construct_frac=0.8)
+    greedy = solve_pruning(S, remove=m, time_limit=1.5, bound_time=0.5, gram_max_n=0, construct="greedy")
+    assert signed.num_removed == m and greedy.num_removed == m
+    assert signed.objective == pytest.approx(float(S[signed.removed].double().sum(0).norm()), rel=1e-5)
+    # with a few flip sweeps the construction alone is far better than the block greedy's (measured
+    # 16x after 3 sweeps; one sweep is only on a par here); the time-limited swap search after it is
+    # timing-dependent on a shared machine, so the final comparison is loose
+    assert signed.info["construct_sweeps"] >= 2
+    assert signed.info["greedy_objective"] < 0.5 * greedy.info["greedy_objective"]
+    assert signed.objective <= signed.info["greedy_objective"]
+    assert signed.objective <= greedy.objective * 2
+    rnd = np.random.default_rng(0).choice(n, m, replace=False)
+    assert signed.objective < 0.01 * float(S[rnd].double().sum(0).norm())
+    assert 0 <= signed.lower_bound <= signed.objective
+    # the relaxation (started at the found set) is far below the objective: no useful bound exists
+    assert "trivial_bound" in signed.degenerate or signed.lower_bound > 0
+    gen = solve_pruning(S, eps=2 * signed.objective, time_limit=1, gram_max_n=0)
+    assert gen.objective <= 2 * signed.objective and gen.num_removed <= gen.max_removed_bound
+    with pytest.raises(PruneDataError, match="construct"):
+        solve_pruning(S, remove=m, time_limit=1, gram_max_n=0, construct="magic")
+
+
+def test_large_path_signed_respects_class_quotas():
+    n, d = 3000, 20
+    S = torch.from_numpy(_real_like(n, d, 6))
+    groups = np.repeat([0, 1, 2], [1000, 500, 1500])
+    sol = solve_pruning(S, remove=1200, groups=groups, time_limit=1, bound_time=0.3, gram_max_n=0)
+    assert np.bincount(groups[sol.removed], minlength=3).tolist() == [400, 200, 600]
+    assert sol.lower_bound <= sol.objective
+
+
 def test_large_path_pool_search_and_certificate():
     # gram_max_n=0 forces the large-n path: pool-based local search and the relaxation bound
     n = 600
     S = torch.from_numpy(_instance(n, 12, seed=6)).float()
     m = n // 2
-    sol = solve_pruning(S, remove=m, time_limit=1, bound_time=1, gram_max_n=0, pool=64)
+    sol = solve_pruning(S, remove=m, time_limit=1, bound_time=1, gram_max_n=0, pool=64, construct="greedy")
     rnd = np.random.default_rng(0).choice(n, m, replace=False)
     assert sol.num_removed == m
     assert sol.objective == pytest.approx(float(S[sol.removed].double().sum(0).norm()), rel=1e-5)

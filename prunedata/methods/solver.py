@@ -11,9 +11,14 @@ Two paths behind :func:`solve_pruning`:
 * ``method="exact"``: the mixed-integer program through cvxpy (SCIP by default, or another installed
   mixed-integer SOCP solver) with a time limit, on ``||R w||`` where ``S^T = Q R`` (same objective,
   at most ``min(n, d)`` rows). Practical for n up to a few hundred; use it as an oracle.
-* ``method="fast"``: block greedy, then swap local search on candidate pools with exact pair deltas
-  (a Gram matrix of the pool), then iterated local search (random perturbation + local search, keep
-  if better) until the time limit or no progress. One ``S v`` product per round, O(n d).
+* ``method="fast"``: up to ``SMALL_N`` rows, on the full Gram matrix ``S S^T`` (numpy, tiny ones
+  single-threaded): one-at-a-time greedy, best-improvement swap search with the swap-delta block
+  updated in O(n) per swap, iterated local search (patience ~ sqrt(m (n - m)) / 2, 8..40
+  perturbations without improvement), stopping early if it reaches the certificate. Above: a
+  self-balancing signed construction (``w = m/n + delta``, each row in random order takes the delta
+  that keeps ``||v||`` smallest, then sweeps of single flips; count repaired exactly), then swap
+  local search on candidate pools with exact pair deltas (a Gram matrix of the pool) and iterated
+  local search until the time limit. One ``S v`` product per round, O(n d).
 
 Every result carries a certificate. For any unit vector ``u`` and any removal set of size ``m``
 (binary or fractional), ``||S^T w|| >= u . S^T w >= sum of the m smallest entries of S u``, so the
@@ -23,6 +28,15 @@ the result reports ``objective``, ``lower_bound`` and the gap between them. The 
 bounds the largest eps-redundant set from above. The bound is 0 (useless) when 0 lies in the
 relaxed feasible set -- e.g. when ``sum_i S_i ~ 0`` because the gradients include the regulariser or
 there is none; the result's ``degenerate`` flags say so instead of reporting a meaningless gap.
+
+The best bound of this family equals the optimum of the convex relaxation (``w`` in the capped
+simplex) -- minimax -- so it is also 0 whenever the relaxation reaches 0, which is the normal case
+when n >> d: with n = 50,000 rows in d = 5,130 dimensions, fractional weights have ~45,000 spare
+degrees of freedom to cancel the sum. The integer optimum is then still positive but nothing cheap
+certifies it (it is a lattice / discrepancy question; a MIP dual bound would need branch and bound
+on 50,000 binaries). The large path therefore starts the relaxation at the found set and reports
+its value (``info["relaxation_value"]``): a fractional point that good proves no bound of this kind
+can exceed it, and ``degenerate["trivial_bound"]`` is set -- the bound stays an honest 0.
 """
 from __future__ import annotations
 
@@ -384,6 +398,122 @@ def _greedy(st: _State, m: int, gi, quota, rounds: int) -> None:
         st.v += st.S[pick].to(torch.float64).sum(0)
 
 
+def _signed_construct(st: _State, m: int, gi, quota, deadline: float, gen: np.random.Generator, *,
+                      max_sweeps: int = 8, block: int = 64, lam_scale: float = 0.1,
+                      min_changed: float = 0.002) -> tuple:
+    """Self-balancing signed greedy, then sweeps of single flips (large n).
+
+    Write ``w_i = p + delta_i`` with ``p = m / n`` (per group: its quota over its size), so
+    ``v = S^T w = p * sum_i S_i + sum_i delta_i S_i`` with ``delta_i in {1 - p, -p}``: choosing the
+    deltas is vector balancing against the common drift. Rows are visited in random order and each
+    takes the value that minimises ``||v||^2 + lam2 * (count error)^2`` given all others (unassigned
+    rows count 0) -- the first sweep is the online self-balancing greedy, later sweeps flip rows back
+    while that lowers the penalised objective, until fewer than ``min_changed * n`` rows change or
+    the deadline. Blocks of ``block`` rows share one ``X v`` product and a ``block x block`` Gram
+    matrix, so a sweep costs two passes over ``S``. The count is repaired exactly afterwards.
+    Sets ``st.sel``/``st.v``; returns (sweeps, rows changed in the last sweep).
+    """
+    S = st.S
+    n = S.shape[0]
+    dev = S.device
+    gidx = np.zeros(n, dtype=np.int64)
+    sizes, quotas = [n], [m]
+    if gi is not None:
+        sizes, quotas = [], []
+        for k, (ix, q) in enumerate(zip(gi, quota)):
+            gidx[ix.cpu().numpy()] = k
+            sizes.append(ix.numel())
+            quotas.append(q)
+    p = np.asarray(quotas, dtype=np.float64) / np.asarray(sizes, dtype=np.float64)
+    prow = p[gidx]
+    hi_row, lo_row = 1.0 - prow, -prow
+    rn2 = st.r.cpu().numpy()
+    lam2 = lam_scale * float(np.median(rn2))
+    r = torch.zeros(S.shape[1], dtype=torch.float64, device=dev)
+    pt = torch.as_tensor(prow, device=dev)
+    for s in range(0, n, 8192):
+        r += pt[s:s + 8192] @ S[s:s + 8192].to(torch.float64)
+    c = np.zeros(len(sizes))
+    delta = np.zeros(n)
+    # the per-block products are tiny: run them single-threaded (on a loaded 2-core machine each
+    # 2-thread call otherwise waits for a time slice -- measured 34 s instead of ~1.5 s per sweep)
+    nt = torch.get_num_threads()
+    if S.device.type == "cpu" and nt > 1:
+        torch.set_num_threads(1)
+    try:
+        sweeps, changed = _signed_sweeps(S, r, c, delta, gidx, hi_row, lo_row, lam2, deadline, gen,
+                                         max_sweeps, block, min_changed)
+    finally:
+        if torch.get_num_threads() != nt:
+            torch.set_num_threads(nt)
+    st.sel = torch.as_tensor(delta > 0, device=dev)
+    st.refresh()
+    return sweeps, changed
+
+
+def _signed_sweeps(S, r, c, delta, gidx, hi_row, lo_row, lam2, deadline, gen, max_sweeps, block, min_changed):
+    n = S.shape[0]
+    dev = S.device
+    sweeps = changed = 0
+    while sweeps < max_sweeps and time.perf_counter() < deadline:
+        order = gen.permutation(n)
+        changed = 0
+        for s in range(0, n, block):
+            idx = order[s:s + block]
+            it = torch.as_tensor(idx, device=dev)
+            X = S[it].to(torch.float64)
+            P = (X @ r).cpu().numpy()
+            GB = (X @ X.T).cpu().numpy()
+            old = delta[idx]
+            dB = old.copy()
+            hi, lo, gk = hi_row[idx], lo_row[idx], gidx[idx]
+            for k in range(idx.size):
+                dk0 = dB[k]
+                xk = GB[k, k]
+                pk = P[k] - dk0 * xk                # <v without row k, S_k>
+                c0 = c[gk[k]] - dk0
+                h, l_ = hi[k], lo[k]
+                ch = h * (2 * pk + h * xk + lam2 * (2 * c0 + h))
+                cl = l_ * (2 * pk + l_ * xk + lam2 * (2 * c0 + l_))
+                dk = h if ch < cl else l_
+                if dk != dk0:
+                    P += (dk - dk0) * GB[k]
+                    c[gk[k]] = c0 + dk
+                    dB[k] = dk
+            diff = dB - old
+            nz = np.flatnonzero(diff)
+            if nz.size:
+                r += torch.as_tensor(diff[nz], device=dev) @ X[torch.as_tensor(nz, device=dev)]
+                delta[idx] = dB
+                changed += int(nz.size) if sweeps else 0
+            if time.perf_counter() > deadline and sweeps:
+                break
+        sweeps += 1
+        if sweeps > 1 and changed < min_changed * n:
+            break
+    return sweeps, changed
+
+
+def _repair_count(st: _State, m: int, gi, quota) -> None:
+    """Make the removal counts exact (per group): drop the surplus rows whose un-removal raises
+    ``||v||^2`` least, then add rows by the block greedy."""
+    groups = gi if gi is not None else [torch.arange(st.S.shape[0], device=st.S.device)]
+    quotas = quota if quota is not None else [m]
+    g = st.g()
+    score = -2 * g + st.r
+    drop = []
+    for ix, q in zip(groups, quotas):
+        cur = ix[st.sel[ix]]
+        extra = cur.numel() - q
+        if extra > 0:
+            drop.append(cur[torch.topk(score[cur], extra, largest=False).indices])
+    if drop:
+        d_ = torch.cat(drop)
+        st.sel[d_] = False
+        st.v -= st.S[d_].to(torch.float64).sum(0)
+    if int(st.sel.sum()) < m:
+        _greedy(st, m, gi, quota, 4)
+
 def _swap_round(st: _State, pool: int, gid: Optional[torch.Tensor], gi, tol: float = 1e-12,
                 max_steps: int = 128) -> int:
     """One pool round of best-improvement swaps (removed row out, kept row in); returns #swaps."""
@@ -488,58 +618,79 @@ def _local_search(st: _State, pool: int, gid, gi, deadline: float, max_rounds: i
 
 
 def _small_search(G: np.ndarray, m: int, gid: Optional[np.ndarray], deadline: float, patience: int,
-                  rng: np.random.Generator, start: np.ndarray) -> tuple:
-    """Small n (full Gram matrix in memory): best-improvement swap search + iterated local search."""
-    dg = np.diag(G).copy()
+                  rng: np.random.Generator, start: np.ndarray, target2: float = 0.0) -> tuple:
+    """Small n (full Gram matrix in memory): best-improvement swap search + iterated local search.
+
+    The swap deltas of all (removed i, kept j) pairs are ``(G_ii - 2 g_i) + (G_jj + 2 g_j) - 2 G_ij``
+    with ``g = G w``; the block ``2 G[removed, kept]`` is kept up to date by replacing one row and one
+    column per swap, so a step costs O(m (n - m)) array work and no gathers. Pairs across groups are
+    masked by ``-inf`` in the block. Stops after ``patience`` perturbations without improvement, at the
+    deadline, or once ``||v||^2 <= target2`` (the certified lower bound squared: provably optimal).
+    """
     n = G.shape[0]
-    same = None if gid is None else (gid[:, None] == gid[None, :])
+    dg = np.diag(G).copy()
+    G2 = 2.0 * G
+    if gid is not None:
+        G2 = np.where(gid[:, None] == gid[None, :], G2, -np.inf)
+    tol = 1e-12
 
-    def local(sel, g, v2):
-        tol = 1e-12
+    def local(si, ui, g, v2):
+        B = G2[si][:, ui]
+        steps = 0
         while True:
-            si, ui = np.flatnonzero(sel), np.flatnonzero(~sel)
-            delta = (-2 * g[si] + dg[si])[:, None] + (2 * g[ui] + dg[ui])[None, :] - 2 * G[np.ix_(si, ui)]
-            if same is not None:
-                delta = np.where(same[np.ix_(si, ui)], delta, np.inf)
-            k = int(np.argmin(delta))
+            D = (dg[si] - 2.0 * g[si])[:, None] + (dg[ui] + 2.0 * g[ui])[None, :]
+            D -= B
+            k = int(D.argmin())
             a, b = divmod(k, ui.size)
-            dv = float(delta[a, b])
+            dv = float(D[a, b])
             if not dv < -tol * max(v2, 1e-300):
-                return sel, g, v2
+                return g, v2, steps
             i, j = si[a], ui[b]
-            sel[i], sel[j] = False, True
-            g += G[:, j] - G[:, i]
+            si[a], ui[b] = j, i
+            g += G[j] - G[i]  # G is symmetric: rows instead of strided columns
             v2 += dv
+            B[a, :] = G2[j, ui]
+            B[:, b] = G2[si, i]
+            steps += 1
 
-    sel = start.copy()
-    g = G[:, sel].sum(1)
-    v2 = float(g[sel].sum())
-    sel, g, v2 = local(sel, g, v2)
+    si = np.flatnonzero(start)
+    ui = np.flatnonzero(~start)
+    g = G[si].sum(0)
+    v2 = float(g[si].sum())
+    g, v2, _ = local(si, ui, g, v2)
+    v2 = float(g[si].sum())
     swap_obj = math.sqrt(max(v2, 0.0))
-    best_sel, best_g, best2 = sel.copy(), g.copy(), v2
+    best_si, best_ui, best_g, best2 = si.copy(), ui.copy(), g.copy(), v2
     fails = iters = improved = 0
+    nu = ui.size
     kmax = max(2, min(10, int(math.sqrt(min(m, n - m))) + 1))
-    while fails < patience and time.perf_counter() < deadline and best2 > 1e-300:
-        sel, g = best_sel.copy(), best_g.copy()
+    while (fails < patience and best2 > target2 * (1 + 1e-9) and best2 > 1e-300
+           and time.perf_counter() < deadline):
+        si, ui, g = best_si.copy(), best_ui.copy(), best_g.copy()
         k = int(rng.integers(1, kmax + 1))
-        si, ui = np.flatnonzero(sel), np.flatnonzero(~sel)
-        outs = rng.choice(si, size=min(k, si.size), replace=False)
-        for i in outs:
-            cand = ui if gid is None else ui[gid[ui] == gid[i]]
-            cand = cand[~sel[cand]]
-            if cand.size == 0:
-                continue
-            j = int(rng.choice(cand))
-            sel[i], sel[j] = False, True
-            g += G[:, j] - G[:, i]
-        v2 = float(g[sel].sum())
-        sel, g, v2 = local(sel, g, v2)
+        outs = rng.integers(0, m, size=k)
+        ins = rng.integers(0, nu, size=k)
+        for a, b in zip(outs.tolist(), ins.tolist()):
+            i = si[a]
+            if gid is not None:
+                cand = np.flatnonzero(gid[ui] == gid[i])
+                if cand.size == 0:
+                    continue
+                b = int(cand[b % cand.size])
+            j = ui[b]
+            si[a], ui[b] = j, i
+            g += G[j] - G[i]
+        v2 = float(g[si].sum())
+        g, v2, _ = local(si, ui, g, v2)
+        v2 = float(g[si].sum())
         iters += 1
         if v2 < best2 * (1 - 1e-12):
-            best_sel, best_g, best2 = sel.copy(), g.copy(), v2
+            best_si, best_ui, best_g, best2 = si, ui, g, v2
             fails, improved = 0, improved + 1
         else:
             fails += 1
+    best_sel = np.zeros(n, dtype=bool)
+    best_sel[best_si] = True
     return best_sel, swap_obj, iters, improved
 
 
@@ -596,16 +747,29 @@ def _proj_capped_np(z: np.ndarray, m: float) -> np.ndarray:
 
 
 def _small_bound(G: np.ndarray, m: int, groups_idx: Optional[List[np.ndarray]], quota: Optional[List[int]],
-                 w_found: np.ndarray, iters: int) -> tuple:
-    """Dual bound in the n-space of the Gram matrix: for w with v = S^T w, S u = G w / ||v||."""
+                 w_found: np.ndarray, iters: int, deadline: float = math.inf, stall: int = 25,
+                 stall_tol: float = 1e-3) -> float:
+    """Dual bound in the n-space of the Gram matrix: for w with v = S^T w, S u = G w / ||v||.
+
+    Evaluates the directions of the found set and of the total, then runs accelerated projected
+    gradient on the relaxation ``min ||S^T w||, w in the (grouped) capped simplex`` -- every iterate
+    is a direction, and the best bound over them converges to the relaxation's optimum. Stops after
+    ``iters`` steps, at ``deadline``, or when a positive best bound rose by less than ``stall_tol``
+    (relative) in ``stall`` steps.
+    """
     n = G.shape[0]
     gl = groups_idx if groups_idx is not None else [np.arange(n)]
     ql = quota if quota is not None else [m]
+    single = groups_idx is None
 
     def phi(x):
+        if single:
+            return float(np.partition(x, m - 1)[:m].sum())
         return sum(float(np.partition(x[ix], q - 1)[:q].sum()) if q > 0 else 0.0 for ix, q in zip(gl, ql))
 
     def proj(z):
+        if single:
+            return _proj_capped_np(z, m)
         out = np.empty_like(z)
         for ix, q in zip(gl, ql):
             out[ix] = _proj_capped_np(z[ix], q)
@@ -617,75 +781,149 @@ def _small_bound(G: np.ndarray, m: int, groups_idx: Optional[List[np.ndarray]], 
         nv = math.sqrt(max(float(w @ gw), 0.0))
         if nv > 0:
             best = max(best, phi(gw / nv))
-    x = np.random.default_rng(0).standard_normal(n)
-    for _ in range(12):
-        x = G @ x
-        x /= max(np.linalg.norm(x), 1e-300)
-    lip = float(x @ G @ x) * 1.05
-    w = proj(np.full(n, m / n))
+    if iters <= 0:
+        return best
+    # Lipschitz constant of the gradient on the feasible set's hyperplane(s): the difference of two
+    # feasible w sums to 0 within each group, so ||P G P||_2 (P removes group means) suffices -- much
+    # smaller than ||G||_2 when the rows share a common drift (then G's top eigenvector is ~ all ones)
+    glabels = np.zeros(n, dtype=np.int64)
+    for k, ix in enumerate(gl):
+        glabels[ix] = k
+    gsize = np.maximum(np.bincount(glabels, minlength=len(gl)), 1).astype(np.float64)
+
+    def center(x):
+        return x - (np.bincount(glabels, weights=x, minlength=len(gl)) / gsize)[glabels]
+
+    x = center(np.random.default_rng(0).standard_normal(n))
+    lip = 0.0
+    for _ in range(20):
+        x = center(G @ x)
+        lip = float(np.linalg.norm(x))
+        if not lip > 0:
+            break
+        x /= lip
+    lip *= 1.1  # power iteration approaches ||P G P|| from below
+    if not lip > 0:
+        return best
+    w0 = np.empty(n)
+    for ix, q in zip(gl, ql):
+        w0[ix] = q / max(ix.size, 1)
+    w = proj(w0)
     y, w_prev, t = w.copy(), w.copy(), 1.0
+    ref, since = best, 0
     for _ in range(iters):
+        if time.perf_counter() > deadline:
+            break
         grad = G @ y
         nv = math.sqrt(max(float(y @ grad), 0.0))
         if nv <= 0:
             break
-        best = max(best, phi(grad / nv))
+        b = phi(grad / nv)
+        if b > best:
+            best = b
+        if best > ref * (1 + stall_tol):
+            ref, since = best, 0
+        elif best > 0:
+            since += 1
+            if since >= stall:
+                break
         w = proj(y - grad / lip)
+        if float(grad @ (w - w_prev)) > 0:  # adaptive restart (O'Donoghue & Candes): momentum went uphill
+            t = 1.0
         t_new = 0.5 * (1 + math.sqrt(1 + 4 * t * t))
         y = w + ((t - 1) / t_new) * (w - w_prev)
         w_prev, t = w, t_new
     return best
 
 
+#: a Gram matrix with at most this many multiply-adds is computed single-threaded: tiny BLAS calls
+#: gain nothing from threads and, on a loaded machine, a second thread waits for a time slice
+_TINY_GRAM_FLOPS = 1 << 27
+
+
+def _gram64(S: torch.Tensor) -> tuple:
+    """(S as float64 numpy, S S^T as numpy) -- single-threaded for tiny problems (see above)."""
+    S64 = S.detach().cpu().to(torch.float64)
+    n, d = S64.shape
+    nt = torch.get_num_threads()
+    tiny = n * n * d <= _TINY_GRAM_FLOPS and nt > 1
+    if tiny:
+        torch.set_num_threads(1)
+    try:
+        G = S64 @ S64.T
+    finally:
+        if tiny:
+            torch.set_num_threads(nt)
+    return S64.numpy(), G.numpy()
+
+
+def _small_patience(n: int, m: int) -> int:
+    """Default number of perturbations without improvement for the Gram-matrix search."""
+    return int(min(40, max(8, math.sqrt(m * (n - m)) // 2)))
+
+
 def _cardinality_small(S: torch.Tensor, m: int, g_arr: Optional[np.ndarray], *, time_limit: float, seed: int,
-                       patience: int, certify: bool, bound_iters: int) -> PruningSolution:
+                       patience: Optional[int], certify: bool, bound_iters: int,
+                       bound_time: Optional[float] = None) -> PruningSolution:
     t0 = time.perf_counter()
-    A = S.detach().cpu().to(torch.float64).numpy()
+    A, G = _gram64(S)
     n = A.shape[0]
-    G = A @ A.T
-    dg = np.diag(G)
+    dg = np.diag(G).copy()
+    if patience is None:
+        patience = _small_patience(n, m)
     if g_arr is None:
         gid, groups_idx, quota = None, None, None
-        quotas = {0: m}
-        gidx = np.zeros(n, dtype=np.int64)
     else:
         labs, gidx = np.unique(g_arr, return_inverse=True)
         qd = _group_quota(g_arr, m)
         quota = [qd[lab] for lab in labs.tolist()]
         groups_idx = [np.flatnonzero(gidx == k) for k in range(labs.size)]
         gid = gidx
-        quotas = dict(enumerate(quota))
-    # one-at-a-time greedy (exact for the Gram matrix)
+    # one-at-a-time greedy (exact for the Gram matrix): add the row that least increases ||v||^2
     sel = np.zeros(n, dtype=bool)
     g = np.zeros(n)
-    left = dict(quotas)
-    for _ in range(m):
-        score = 2 * g + dg
-        score[sel] = np.inf
-        for k, q in left.items():
-            if q <= 0:
-                score[gidx == k] = np.inf
-        j = int(np.argmin(score))
-        sel[j] = True
-        left[int(gidx[j])] -= 1
-        g += G[:, j]
+    score = dg.copy()
+    if gid is None:
+        for _ in range(m):
+            j = int(np.argmin(score))
+            sel[j] = True
+            g += G[j]
+            score = 2 * g + dg
+            score[sel] = np.inf
+    else:
+        left = np.asarray(quota, dtype=np.int64)
+        for _ in range(m):
+            sc = np.where(left[gid] > 0, score, np.inf)
+            j = int(np.argmin(sc))
+            sel[j] = True
+            left[gid[j]] -= 1
+            g += G[j]
+            score = 2 * g + dg
+            score[sel] = np.inf
     obj_greedy = math.sqrt(max(float(g[sel].sum()), 0.0))
     t_greedy = time.perf_counter() - t0
+    target2 = 0.0
+    if certify:  # the free part of the certificate first: the ILS stops if it reaches it
+        target2 = _small_bound(G, m, groups_idx, quota, sel.astype(np.float64), 0) ** 2
     best_sel, obj_swap, iters, improved = _small_search(G, m, gid, t0 + time_limit, patience,
-                                                        np.random.default_rng(seed), sel)
+                                                        np.random.default_rng(seed), sel, target2=target2)
     removed = np.flatnonzero(best_sel)
     objective = float(np.linalg.norm(A[removed].sum(0)))
     t_search = time.perf_counter() - t0
     lb, degenerate = 0.0, {}
     if certify:
-        lb = min(objective, _small_bound(G, m, groups_idx, quota, best_sel.astype(np.float64), bound_iters))
+        # the relaxation gets as much time as the search took (at least 1 ms) unless bound_time says
+        budget = bound_time if bound_time is not None else max(1e-3, t_search)
+        lb = _small_bound(G, m, groups_idx, quota, best_sel.astype(np.float64), bound_iters,
+                          deadline=time.perf_counter() + budget)
+        lb = min(objective, max(lb, math.sqrt(target2)))
         degenerate = _degeneracy(None, A.sum(0), dg, lb, objective)
     status = "optimal" if certify and objective - lb <= 1e-9 * max(objective, 1e-300) else "feasible"
     sol = PruningSolution(removed=removed, n=n, problem="cardinality", objective=objective, lower_bound=lb,
                           status=status, time=time.perf_counter() - t0, solver="fast", degenerate=degenerate,
                           info={"greedy_objective": obj_greedy, "swap_objective": obj_swap, "ils_iterations": iters,
-                                "ils_improvements": improved, "seconds_greedy": t_greedy, "seconds_search": t_search,
-                                "seconds_bound": time.perf_counter() - t0 - t_search, "path": "gram"})
+                                "ils_improvements": improved, "ils_patience": patience, "seconds_greedy": t_greedy,
+                                "seconds_search": t_search, "seconds_bound": time.perf_counter() - t0 - t_search, "path": "gram"})
     logger.info("%r", sol)
     return sol
 
@@ -699,15 +937,20 @@ def solve_cardinality_fast(S: ArrayLike, m: int, *, groups: Optional[Sequence[in
                            time_limit: Optional[float] = None, seed: int = 0, pool: int = 256,
                            greedy_rounds: int = 48, ils_patience: int = 30, bound_iters: int = 60,
                            bound_time: Optional[float] = None, certify: bool = True,
-                           small_patience: int = 40, gram_max_n: int = SMALL_N) -> PruningSolution:
+                           small_patience: Optional[int] = None, gram_max_n: int = SMALL_N,
+                           construct: str = "signed", construct_frac: float = 0.4) -> PruningSolution:
     """Remove exactly ``m`` rows minimising ``||sum S_i||`` (per-group quotas when ``groups`` is given).
 
-    Greedy (``greedy_rounds`` blocks) -> swap local search on pools of ``pool`` candidates ->
+    Construction (``construct="signed"``: self-balancing signed greedy + single-flip sweeps for at
+    most ``construct_frac`` of the time, see :func:`_signed_construct`; ``"greedy"``: the older block
+    greedy with ``greedy_rounds`` blocks) -> swap local search on pools of ``pool`` candidates ->
     iterated local search (perturb a few rows, local search, keep if better) until ``time_limit``
     seconds (default scales with n*d, at most 30 s) or ``ils_patience`` perturbations without
-    improvement. Then a lower bound from the relaxation (at most ``bound_iters`` gradient steps;
-    ``certify=False`` skips it and reports a bound of 0). Up to ``gram_max_n`` rows the search runs on
-    the full Gram matrix (exact best-improvement swaps) instead of candidate pools.
+    improvement. Then a lower bound from the relaxation (at most ``bound_iters`` gradient steps or
+    ``bound_time`` seconds; ``certify=False`` skips it and reports a bound of 0). Up to
+    ``gram_max_n`` rows the search runs on the full Gram matrix (exact best-improvement swaps,
+    ``small_patience`` perturbations without improvement, default from :func:`_small_patience`)
+    instead; there the certificate gets as much time as the search unless ``bound_time`` is given.
     """
     t0 = time.perf_counter()
     S = _as_matrix(S)
@@ -724,10 +967,18 @@ def solve_cardinality_fast(S: ArrayLike, m: int, *, groups: Optional[Sequence[in
     gen = torch.Generator(device="cpu").manual_seed(seed)
     if n <= gram_max_n:
         return _cardinality_small(S, m, g_arr, time_limit=time_limit, seed=seed, patience=small_patience,
-                                  certify=certify, bound_iters=max(bound_iters, 100))
+                                  certify=certify, bound_iters=max(bound_iters, 400), bound_time=bound_time)
 
     st = _State(S, torch.zeros(n, dtype=torch.bool, device=S.device))
-    _greedy(st, m, gi, quota, min(greedy_rounds, m))
+    sweeps = 0
+    if construct == "signed":
+        sweeps, _ = _signed_construct(st, m, gi, quota, t0 + construct_frac * time_limit,
+                                      np.random.default_rng(seed))
+        _repair_count(st, m, gi, quota)
+    elif construct == "greedy":
+        _greedy(st, m, gi, quota, min(greedy_rounds, m))
+    else:
+        raise PruneDataError(f"construct must be 'signed' or 'greedy', got {construct!r}")
     t_greedy = time.perf_counter() - t0
     obj_greedy = math.sqrt(st.norm2())
     _local_search(st, pool, gid, gi, deadline)
@@ -747,7 +998,10 @@ def solve_cardinality_fast(S: ArrayLike, m: int, *, groups: Optional[Sequence[in
         total = _chunked_sum64(S)
         dirs = [v, total]
         bdeadline = tb + (bound_time if bound_time is not None else max(2.0, 0.5 * time_limit))
-        u_rel, b_rel, rel_iters, w_rel = _relaxation_directions(S, m, gi, quota, iters=bound_iters, deadline=bdeadline)
+        # start the relaxation at the found set: its value then says at once how far below the
+        # objective the relaxed optimum lies (no bound of this kind can exceed it)
+        u_rel, b_rel, rel_iters, w_rel = _relaxation_directions(S, m, gi, quota, iters=bound_iters, deadline=bdeadline,
+                                                                x0=best_sel.to(S.dtype))
         if u_rel is not None:
             dirs.append(u_rel)
         relax_value = float((S.T @ w_rel.to(S.dtype)).norm())
@@ -759,7 +1013,8 @@ def solve_cardinality_fast(S: ArrayLike, m: int, *, groups: Optional[Sequence[in
     sol = PruningSolution(removed=removed, n=n, problem="cardinality", objective=objective, lower_bound=lb,
                           status=status, time=time.perf_counter() - t0, solver="fast", degenerate=degenerate,
                           info={"greedy_objective": obj_greedy, "swap_objective": obj_swap, "ils_iterations": ils_iters,
-                                "ils_improvements": improved, "seconds_greedy": t_greedy, "seconds_swap": t_swap,
+                                "ils_improvements": improved, "construct": construct, "construct_sweeps": sweeps,
+                                "seconds_greedy": t_greedy, "seconds_swap": t_swap,
                                 "seconds_search": t_search, "seconds_bound": t_bound, "relaxation_iterations": rel_iters,
                                 "relaxation_value": relax_value,
                                 "group_quota": None if quota is None else dict(zip(np.unique(g_arr).tolist(), quota))})
