@@ -74,9 +74,11 @@ def main(argv=None):
     g = torch.Generator().manual_seed(0)
     plain_loader = DataLoader(ds, batch_size=a.batch_size, shuffle=True, generator=g, num_workers=a.num_workers)
     pruned_loader = DataLoader(pruned, batch_size=a.batch_size, shuffle=True, generator=g, num_workers=a.num_workers)
-    pruner = AdaPruner(N, a.keep_ratio, epochs=10 ** 6, warmup_epochs=1, device=dev)
+    pruner = AdaPruner(N, a.keep_ratio, epochs=3, warmup_epochs=1, device=dev)
     sampler = AdaPrunerSampler(pruner, seed=0)
-    sampler.set_epoch(1)  # a pruning epoch: all three loss terms and mask updates are active
+    # the last pruning epoch: all three loss terms, mask updates, the step-size guard and the per-step
+    # hold check are active (the most work AdaPruner does in any step)
+    sampler.set_epoch(2)
     ada_loader = DataLoader(IndexedDataset(ds), batch_size=a.batch_size, sampler=sampler, num_workers=a.num_workers)
 
     def sync():

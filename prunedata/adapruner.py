@@ -10,8 +10,8 @@ The mask is one tensor of logits ``m`` with an entry per dataset sample (index),
   the current binarised keep ratio -- drives the mask towards the requested size.
 
 Warm-up epochs train the model on all samples before the mask moves; ``alpha`` then rises linearly,
-step by step, from ``alpha_init`` to ``alpha_final``; once alpha is final and the binarised keep ratio
-is within ``tolerance`` the mask is held; at the end it is binarised and must land within
+step by step, from ``alpha_init`` to ``alpha_final``; once the binarised keep ratio is within
+``tolerance`` the mask is held; at the end it is binarised and must land within
 ``tolerance`` of ``keep_ratio``.
 
 Scaling. The paper divides the per-sample terms by ``N``, the dataset size (Eq. 4-6). We follow it
@@ -109,16 +109,18 @@ class AdaPruner(nn.Module):
     mask_lr, mask_optimizer: the mask's own optimiser. With "sgd" (default) the step is taken in
         the sigmoid's input space: the learning rate is ``mask_lr * N / alpha**2``, which cancels the
         1/N of the loss and the alpha**2 by which a rising alpha would otherwise amplify each step
-        (without it the keep ratio oscillates as soon as alpha jumps); it is capped so that the
-        compression feedback gain ``lr * 2*lambda * mean((w(1-w))^2)`` stays <= 0.5 (no overshoot).
+        (without it the keep ratio oscillates as soon as alpha jumps). The compression term's
+        (dense) gradient is applied in closed form with its step capped so that the feedback gain
+        ``lr * 2*lambda * mean((w(1-w))^2)`` stays <= 0.5 (no overshoot); the per-sample terms use
+        ``mask_lr`` as is.
         "adam" uses ``mask_lr`` as is.
     mask_init: initial logit of every entry (0: weight 0.5 when pruning starts; warm-up uses weight 1).
     logit_clip: after each step ``|alpha*m|`` is clipped to this, so the sigmoid never saturates so
         far that the compression term can no longer correct the ratio late in training.
     hold_in_band: the paper's stopping check ("after each pruning step ... checks the gap between the
-        practical and expected pruning ratios until it is below a predefined tolerance"): once alpha
-        has reached ``alpha_final`` and the binarised keep ratio is within ``tolerance``, the mask
-        stops moving (the model keeps training). Without it the per-sample terms, which push every
+        practical and expected pruning ratios until it is below a predefined tolerance"): once the
+        binarised keep ratio is within ``tolerance`` after a pruning step, the mask stops moving (the
+        model keeps training and alpha keeps sharpening the weights). Without it the per-sample terms, which push every
         weight down, keep drifting the ratio below ``keep_ratio`` as ``lambda -> 0``.
     loss_eps: floor of ``L_i`` inside ``-log L_i``.
     binarize: "threshold" (keep ``m >= 0``, then clip to the tolerance band by rank if needed) or
@@ -127,7 +129,7 @@ class AdaPruner(nn.Module):
 
     def __init__(self, num_samples: int, keep_ratio: float, *, epochs: int = 10, warmup_epochs: int = 2,
                  alpha_init: float = 0.1, alpha_final: float = 5.0, scale: float = 100.0,
-                 tolerance: float = 0.02, mask_lr: float = 0.3, mask_optimizer: str = "sgd",
+                 tolerance: float = 0.02, mask_lr: float = 1.0, mask_optimizer: str = "sgd",
                  mask_init: float = 0.0, loss_eps: float = 1e-6, binarize: str = "threshold",
                  logit_clip: float = 6.0, hold_in_band: bool = True, device: Any = None):
         super().__init__()
@@ -180,7 +182,7 @@ class AdaPruner(nn.Module):
         self._process_group = None
         self._epoch_samples = 0  # samples passed through loss() this epoch (paces alpha)
         self._step_alpha: Optional[float] = None  # alpha of the last loss(), used by step()
-        self._comp_gain: Optional[torch.Tensor] = None  # compression feedback gain of the last loss()
+        self._comp: Optional[tuple] = None  # (lambda, mean weight - keep_ratio) of the last loss()
         self._frozen = torch.zeros((), dtype=torch.bool, device=self.mask.device)  # see hold_in_band
 
     # ------------------------------------------------------------------ schedule
@@ -279,15 +281,16 @@ class AdaPruner(nn.Module):
         # mask: the paper's per-sample terms (classification + selection), divided by N
         mask_cls = (w * ld).sum() / self.num_samples
         mask_sel = (w * neg_log).sum() / self.num_samples
-        soft_all = torch.sigmoid(alpha * self.mask)
-        mean_soft = self._global_mask_stats(soft_all)
-        r = self._binary_ratio()  # current binarised keep ratio (tensor, no host sync)
-        lam = self.scale * (r - self.keep_ratio).abs()
-        comp = (mean_soft - self.keep_ratio) ** 2
-        # step-size guard for the compression feedback (see step()): q = mean((w(1-w))^2)
-        sd = soft_all.detach()
-        self._comp_gain = 2.0 * lam * ((sd * (1.0 - sd)) ** 2).mean()
-        total = cls_model + (mask_cls + mask_sel + lam * comp).to(dev)
+        # compression term: its gradient is dense (every entry, every step) and is applied in closed
+        # form in step() with its own stability cap, so it is kept out of the autograd graph here
+        with torch.no_grad():
+            soft_all = torch.sigmoid(alpha * self.mask)
+            mean_soft = self._global_mask_stats(soft_all)
+            r = self._binary_ratio()  # current binarised keep ratio (tensor, no host sync)
+            lam = self.scale * (r - self.keep_ratio).abs()
+            comp = (mean_soft - self.keep_ratio) ** 2
+        self._comp = (lam, mean_soft - self.keep_ratio)
+        total = cls_model + (mask_cls + mask_sel).to(dev) + (lam * comp).to(dev)
         # tensors, converted to floats only when read (no per-step device sync)
         self._last_terms = {"classification": cls_model.detach(), "selection": mask_sel.detach(),
                             "compression": comp.detach(), "lambda": lam, "alpha": alpha,
@@ -305,19 +308,25 @@ class AdaPruner(nn.Module):
             alpha = self._step_alpha if self._step_alpha is not None else self.alpha
             self._reduce_mask_grad()
             active = (~self._frozen).to(self.mask.dtype)  # 0 once the mask is held (no host sync)
-            if self.mask_optimizer_name == "sgd":
-                # SGD in the sigmoid's input space z = alpha*m: lr * N / alpha^2. The compression term
-                # moves the mean weight by about -lr*gain*(mean - keep_ratio) per step; capping
-                # lr*gain at 0.5 keeps that feedback from overshooting (no host sync: tensor lr).
-                if self._comp_gain is not None:
-                    lr = torch.clamp(0.5 / (self._comp_gain + 1e-12), max=self.mask_lr)
-                else:
-                    lr = torch.tensor(self.mask_lr)
-                scale = lr.to(self.mask.device) * (active * (self.num_samples / alpha ** 2))
-                with torch.no_grad():
-                    self.mask.add_(self.mask.grad * (-scale))
-            else:
+            with torch.no_grad():
+                # d/dm_i of lambda*(mean(sigmoid(alpha*m)) - c)^2 = 2*lambda*(mean - c)*alpha*w_i(1-w_i)/N
+                w = torch.sigmoid(alpha * self.mask)
+                ww = w * (1.0 - w)
+                lam, err = self._comp if self._comp is not None else (torch.zeros(()), torch.zeros(()))
+                lam, err = lam.to(ww.device), err.to(ww.device)
+                g_comp = (2.0 * lam * err * alpha / self.num_samples) * ww
+                if self.mask_optimizer_name == "sgd":
+                    # SGD in the sigmoid's input space z = alpha*m: lr * N / alpha^2. The compression
+                    # term moves the mean weight by about -lr*gain*(mean - c) per step with
+                    # gain = 2*lambda*mean((w(1-w))^2); its step size is capped so that lr*gain <= 0.5
+                    # (no overshoot, no oscillation). The per-sample terms use mask_lr as is.
+                    gain = 2.0 * lam * (ww * ww).mean()
+                    lr_c = torch.clamp(0.5 / (gain + 1e-12), max=self.mask_lr)
+                    k = active * (self.num_samples / alpha ** 2)
+                    self.mask.add_(self.mask.grad * (-self.mask_lr * k) + g_comp * (-lr_c * k))
+            if self.mask_optimizer_name != "sgd":
                 before = self.mask.detach().clone()
+                self.mask.grad.add_(g_comp)
                 self.optimizer.step()
                 with torch.no_grad():
                     self.mask.copy_(torch.where(self._frozen, before, self.mask))
@@ -325,7 +334,7 @@ class AdaPruner(nn.Module):
                 with torch.no_grad():
                     b = self.logit_clip / alpha
                     self.mask.clamp_(-b, b)
-            if self.hold_in_band and alpha >= self.alpha_final:
+            if self.hold_in_band:
                 # the paper's check after each pruning step: stop pruning once the gap is within tolerance
                 in_band = (self._binary_ratio() - self.keep_ratio).abs() <= self.tolerance
                 self._frozen |= in_band.to(self._frozen.device)
