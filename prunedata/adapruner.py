@@ -182,7 +182,7 @@ class AdaPruner(nn.Module):
         self._process_group = None
         self._epoch_samples = 0  # samples passed through loss() this epoch (paces alpha)
         self._step_alpha: Optional[float] = None  # alpha of the last loss(), used by step()
-        self._comp: Optional[tuple] = None  # (lambda, mean weight - keep_ratio) of the last loss()
+        self._comp: Optional[tuple] = None  # (lambda, mean weight - keep_ratio, weights) of the last loss()
         self._frozen = torch.zeros((), dtype=torch.bool, device=self.mask.device)  # see hold_in_band
 
     # ------------------------------------------------------------------ schedule
@@ -289,7 +289,7 @@ class AdaPruner(nn.Module):
             r = self._binary_ratio()  # current binarised keep ratio (tensor, no host sync)
             lam = self.scale * (r - self.keep_ratio).abs()
             comp = (mean_soft - self.keep_ratio) ** 2
-        self._comp = (lam, mean_soft - self.keep_ratio)
+        self._comp = (lam, mean_soft - self.keep_ratio, soft_all)  # soft_all reused by step()
         total = cls_model + (mask_cls + mask_sel).to(dev) + (lam * comp).to(dev)
         # tensors, converted to floats only when read (no per-step device sync)
         self._last_terms = {"classification": cls_model.detach(), "selection": mask_sel.detach(),
@@ -310,9 +310,11 @@ class AdaPruner(nn.Module):
             active = (~self._frozen).to(self.mask.dtype)  # 0 once the mask is held (no host sync)
             with torch.no_grad():
                 # d/dm_i of lambda*(mean(sigmoid(alpha*m)) - c)^2 = 2*lambda*(mean - c)*alpha*w_i(1-w_i)/N
-                w = torch.sigmoid(alpha * self.mask)
+                if self._comp is not None:  # the mask has not changed since loss(): reuse its weights
+                    lam, err, w = self._comp
+                else:
+                    lam, err, w = torch.zeros(()), torch.zeros(()), torch.sigmoid(alpha * self.mask)
                 ww = w * (1.0 - w)
-                lam, err = self._comp if self._comp is not None else (torch.zeros(()), torch.zeros(()))
                 lam, err = lam.to(ww.device), err.to(ww.device)
                 g_comp = (2.0 * lam * err * alpha / self.num_samples) * ww
                 if self.mask_optimizer_name == "sgd":
