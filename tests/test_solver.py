@@ -105,6 +105,81 @@ def test_small_path_matches_scip_optimum(seed):
     assert fast.info["path"] == "gram" and fast.info["ils_patience"] >= 8
 
 
+@pytest.mark.parametrize("grouped", [False, True])
+def test_small_path_bound_is_the_relaxation_optimum(grouped):
+    # the active-set solve of the relaxation makes the certificate the best bound of its kind: the
+    # relaxation's optimum, here checked against cvxpy's conic solver (Clarabel) on the same problem
+    cp = pytest.importorskip("cvxpy")
+    S = _real_like(60, 80, 7)
+    n, m = S.shape[0], 24
+    groups = np.arange(n) % 3 if grouped else None
+    sol = solve_pruning(S, remove=m, groups=groups, seed=0)
+    w = cp.Variable(n)
+    cons = [w >= 0, w <= 1]
+    if grouped:
+        cons += [cp.sum(w[groups == k]) == m // 3 for k in range(3)]
+    else:
+        cons += [cp.sum(w) == m]
+    relaxed = cp.Problem(cp.Minimize(cp.norm(S.T @ w)), cons)
+    relaxed.solve(solver="CLARABEL")
+    assert sol.info["bound_method"] == "active-set"
+    assert sol.info["relaxation_value"] == pytest.approx(relaxed.value, rel=1e-5)
+    assert sol.lower_bound == pytest.approx(relaxed.value, rel=1e-5)
+    assert sol.lower_bound <= sol.objective
+    if grouped:
+        assert all((groups[sol.removed] == k).sum() == m // 3 for k in range(3))
+
+
+def test_interior_point_relaxation_matches_conic_solver():
+    # the fallback of the Gram path (where the active-set method cycles): checked against Clarabel,
+    # with class quotas, and its last iterate gives a bound equal to the relaxation's optimum
+    cp = pytest.importorskip("cvxpy")
+    from prunedata.methods.solver import _group_quota, _ipm_relaxation
+
+    S = _real_like(90, 60, 9)
+    n = S.shape[0]
+    groups = np.minimum(np.arange(n) // 25, 2)          # classes of 25, 25 and 40 rows
+    gl = [np.flatnonzero(groups == k) for k in range(3)]
+    quota = _group_quota(groups, 30)                    # the quotas the solver uses: proportional
+    ql = [quota[k] for k in range(3)]
+    assert len(set(ql)) > 1
+    G = S @ S.T
+    iterates = list(_ipm_relaxation(G, gl, ql, math.inf))
+    w = iterates[-1]
+    assert 5 <= len(iterates) <= 40
+    assert np.all(w > 0) and np.all(w < 1)
+    assert [w[ix].sum() for ix in gl] == pytest.approx(ql, abs=1e-9)
+    x = cp.Variable(n)
+    prob = cp.Problem(cp.Minimize(cp.norm(S.T @ x)),
+                      [x >= 0, x <= 1] + [cp.sum(x[ix]) == q for ix, q in zip(gl, ql)])
+    prob.solve(solver="CLARABEL")
+    value = math.sqrt(w @ G @ w)
+    assert value == pytest.approx(prob.value, rel=1e-6)
+    u = S.T @ w / value
+    assert cardinality_lower_bound(S, 30, [u], groups=groups) == pytest.approx(prob.value, rel=1e-5)
+
+
+def test_small_generalization_bound_is_the_relaxation_threshold():
+    # the certified largest eps-feasible size is where the relaxation's optimum crosses eps
+    cp = pytest.importorskip("cvxpy")
+    S = _real_like(50, 80, 8)
+    n = S.shape[0]
+    eps = solve_pruning(S, remove=25).objective
+    sol = solve_pruning(S, eps=eps)
+    ub = sol.max_removed_bound
+    assert 25 <= sol.num_removed <= ub < n
+    assert sol.info["relaxation_solves"] >= 1
+
+    def relaxed(k):
+        w = cp.Variable(n)
+        prob = cp.Problem(cp.Minimize(cp.norm(S.T @ w)), [w >= 0, w <= 1, cp.sum(w) == k])
+        prob.solve(solver="CLARABEL")
+        return prob.value
+
+    assert relaxed(ub) <= eps * (1 + 1e-6)       # the bound is valid (sizes up to ub are not excluded)
+    assert relaxed(ub + 1) > eps                 # and as tight as any relaxation bound can be
+
+
 def test_small_path_is_fast_and_stops_at_a_tight_bound():
     # rows = +-e_k pairs with a drift: the relaxation is integral, the bound is reached and the ILS stops
     d = 6

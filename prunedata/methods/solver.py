@@ -23,8 +23,11 @@ Two paths behind :func:`solve_pruning`:
 Every result carries a certificate. For any unit vector ``u`` and any removal set of size ``m``
 (binary or fractional), ``||S^T w|| >= u . S^T w >= sum of the m smallest entries of S u``, so the
 best such sum over a few ``u`` (the direction of the found solution, of the total sum, and of
-iterates of a projected-gradient solve of the continuous relaxation) is a lower bound on the optimum:
-the result reports ``objective``, ``lower_bound`` and the gap between them. The same inequality
+a solve of the continuous relaxation) is a lower bound on the optimum: the result reports
+``objective``, ``lower_bound`` and the gap between them. On the Gram-matrix path the relaxation is
+solved exactly -- primal-dual active set, interior point where that cycles -- so the bound is the
+relaxation's optimum (``info["bound_method"]``, ``info["relaxation_value"]``); above, projected
+gradient in the d-space from the found set. The same inequality
 bounds the largest eps-redundant set from above. The bound is 0 (useless) when 0 lies in the
 relaxed feasible set -- e.g. when ``sum_i S_i ~ 0`` because the gradients include the regulariser or
 there is none; the result's ``degenerate`` flags say so instead of reporting a meaningless gap.
@@ -727,35 +730,102 @@ def _ils_large(st: _State, best_sel: torch.Tensor, best2: float, pool: int, gid,
     return best_sel, iters, improved
 
 
-def _proj_capped_np(z: np.ndarray, m: float) -> np.ndarray:
-    """Exact projection onto {0 <= w <= 1, sum w = m}: w = clip(z - tau, 0, 1), tau from the sorted
-    breakpoints of the piecewise-linear, decreasing f(tau) = sum clip(z - tau, 0, 1)."""
-    n = z.size
-    zs = np.sort(z)
-    cs = np.concatenate([[0.0], np.cumsum(zs)])
-    taus = np.sort(np.concatenate([zs, zs - 1.0]))
-    hi_i = np.searchsorted(zs, taus + 1.0, side="left")       # z_i >= tau + 1 from here: value 1
-    lo_i = np.searchsorted(zs, taus, side="right")            # z_i > tau from here
-    mid_cnt = hi_i - lo_i
-    f = (n - hi_i) + (cs[hi_i] - cs[lo_i]) - mid_cnt * taus
-    # f is non-increasing in tau; find f[k] >= m >= f[k+1]
-    k = int(np.searchsorted(-f, -m, side="right")) - 1
-    k = min(max(k, 0), taus.size - 2)
-    f0, f1 = f[k], f[k + 1]
-    tau = taus[k] if f0 == f1 else taus[k] + (f0 - m) / (f0 - f1) * (taus[k + 1] - taus[k])
-    return np.clip(z - tau, 0.0, 1.0)
+def _pdas_relaxation(G: np.ndarray, gl: List[np.ndarray], ql: List[int], w0: np.ndarray, deadline: float,
+                     max_iter: int = 40) -> tuple:
+    """Exact solve of the relaxation ``min w^T G w, 0 <= w <= 1, sum_{i in g} w_i = q_g`` by the
+    primal-dual active-set method (Hintermueller, Ito & Kunisch 2003), warm-started at ``w0``.
+
+    Each step guesses which weights sit at 0, at 1 or in between from the previous iterate
+    (``z = G w + mu``: at 0 if ``z > c w``, at 1 if ``z < c (w - 1)``), then solves the KKT system of
+    the free weights (one multiplier per group) exactly. A repeated guess is a KKT point, i.e. the
+    relaxation's optimum; the final solve gets one step of iterative refinement (the Gram matrix of
+    tiny, nearly cancelling rows is ill-conditioned). Returns ``(w, converged)``; ``w`` is ``None``
+    if no step could be taken. The method can cycle on large degenerate problems: the caller falls
+    back to projected gradient then, and every iterate is only ever used as a *direction* for the
+    bound, which is valid whatever its accuracy.
+    """
+    n = G.shape[0]
+    c = float(np.mean(np.diag(G)))
+    if not c > 0:
+        return None, False
+    glabels = np.zeros(n, dtype=np.int64)
+    for k, ix in enumerate(gl):
+        glabels[ix] = k
+    ng = len(gl)
+    qv = np.asarray(ql, dtype=np.float64)
+    w = w0.astype(np.float64, copy=True)
+    g = G @ w
+    mu = np.empty(ng)
+    for k, ix in enumerate(gl):
+        inner = (w[ix] > 0) & (w[ix] < 1)
+        # (mean, not np.median: its first call imports numpy.ma, ~7 ms)
+        mu[k] = -float(np.mean(g[ix][inner] if inner.any() else g[ix])) if ix.size else 0.0
+    z = g + mu[glabels]
+    prev, w_out, seen = None, None, set()
+    for _ in range(max_iter):
+        if time.perf_counter() > deadline:
+            break
+        A0 = z > c * w
+        A1 = z < c * (w - 1.0)
+        free = ~(A0 | A1)
+        key = np.packbits(A0).tobytes() + np.packbits(A1).tobytes()
+        converged = key == prev
+        if not converged and key in seen:
+            break                                            # cycling: give up early
+        prev = key
+        seen.add(key)
+        fi = np.flatnonzero(free)
+        w = A1.astype(np.float64)
+        k = fi.size
+        if k:
+            fg = glabels[fi]
+            # groups with free weights get a multiplier (np.unique's first call costs ~6 ms: avoided)
+            used = np.flatnonzero(np.bincount(fg, minlength=ng))
+            col = np.searchsorted(used, fg)
+            K = np.zeros((k + used.size, k + used.size))
+            K[:k, :k] = G[np.ix_(fi, fi)]
+            K[np.arange(k), k + col] = 1.0
+            K[k + col, np.arange(k)] = 1.0
+            r = np.empty(k + used.size)
+            r[:k] = -(G[fi] @ w)
+            r[k:] = qv[used] - np.bincount(glabels, weights=w, minlength=ng)[used]
+            try:
+                sol = np.linalg.solve(K, r)
+                if converged:                                # one step of iterative refinement
+                    sol += np.linalg.solve(K, r - K @ sol)
+            except np.linalg.LinAlgError:
+                sol = np.linalg.lstsq(K, r, rcond=None)[0]
+            if not np.all(np.isfinite(sol)):
+                break
+            w[fi] = sol[:k]
+            mu[used] = sol[k:]
+        w_out = w
+        if converged:
+            # a repeated guess is the optimum only if it is feasible (a group without free weights
+            # may have the wrong count; then the method is stuck, not converged)
+            tol = 1e-9 * max(1.0, float(qv.max()))
+            sums = np.bincount(glabels, weights=w, minlength=ng)
+            ok = bool(np.all(np.abs(sums - qv) <= tol) and w.min() >= -tol and w.max() <= 1 + tol)
+            return w, ok
+        g = G @ w
+        z = g + mu[glabels]
+        z[fi] = 0.0
+    return w_out, False
 
 
 def _small_bound(G: np.ndarray, m: int, groups_idx: Optional[List[np.ndarray]], quota: Optional[List[int]],
-                 w_found: np.ndarray, iters: int, deadline: float = math.inf, stall: int = 25,
-                 stall_tol: float = 1e-3) -> float:
+                 w_found: np.ndarray, iters: int, deadline: float = math.inf,
+                 info: Optional[Dict[str, Any]] = None) -> float:
     """Dual bound in the n-space of the Gram matrix: for w with v = S^T w, S u = G w / ||v||.
 
-    Evaluates the directions of the found set and of the total, then runs accelerated projected
-    gradient on the relaxation ``min ||S^T w||, w in the (grouped) capped simplex`` -- every iterate
-    is a direction, and the best bound over them converges to the relaxation's optimum. Stops after
-    ``iters`` steps, at ``deadline``, or when a positive best bound rose by less than ``stall_tol``
-    (relative) in ``stall`` steps.
+    Evaluates the directions of the found set and of the total; with ``iters > 0`` it then solves
+    the relaxation ``min ||S^T w||, w in the (grouped) capped simplex``: first by the primal-dual
+    active-set method warm-started at the found set (:func:`_pdas_relaxation`; a few small linear
+    solves, exact -- the bound then equals the relaxation's optimum, the best any bound of this kind
+    can give), and if that cycles by the interior-point method (:func:`_ipm_relaxation`, at most
+    ``iters`` iterations), every iterate of which is a direction. Stops at ``deadline`` (the
+    active-set method gets at most half of the time). ``info`` (a dict) receives how the bound was
+    obtained and the relaxation's value at the last fractional point.
     """
     n = G.shape[0]
     gl = groups_idx if groups_idx is not None else [np.arange(n)]
@@ -767,14 +837,6 @@ def _small_bound(G: np.ndarray, m: int, groups_idx: Optional[List[np.ndarray]], 
             return float(np.partition(x, m - 1)[:m].sum())
         return sum(float(np.partition(x[ix], q - 1)[:q].sum()) if q > 0 else 0.0 for ix, q in zip(gl, ql))
 
-    def proj(z):
-        if single:
-            return _proj_capped_np(z, m)
-        out = np.empty_like(z)
-        for ix, q in zip(gl, ql):
-            out[ix] = _proj_capped_np(z[ix], q)
-        return out
-
     best = 0.0
     for w in (w_found, np.ones(n)):
         gw = G @ w
@@ -783,57 +845,110 @@ def _small_bound(G: np.ndarray, m: int, groups_idx: Optional[List[np.ndarray]], 
             best = max(best, phi(gw / nv))
     if iters <= 0:
         return best
-    # Lipschitz constant of the gradient on the feasible set's hyperplane(s): the difference of two
-    # feasible w sums to 0 within each group, so ||P G P||_2 (P removes group means) suffices -- much
-    # smaller than ||G||_2 when the rows share a common drift (then G's top eigenvector is ~ all ones)
-    glabels = np.zeros(n, dtype=np.int64)
-    for k, ix in enumerate(gl):
-        glabels[ix] = k
-    gsize = np.maximum(np.bincount(glabels, minlength=len(gl)), 1).astype(np.float64)
-
-    def center(x):
-        return x - (np.bincount(glabels, weights=x, minlength=len(gl)) / gsize)[glabels]
-
-    x = center(np.random.default_rng(0).standard_normal(n))
-    lip = 0.0
-    for _ in range(20):
-        x = center(G @ x)
-        lip = float(np.linalg.norm(x))
-        if not lip > 0:
-            break
-        x /= lip
-    lip *= 1.1  # power iteration approaches ||P G P|| from below
-    if not lip > 0:
-        return best
-    w0 = np.empty(n)
-    for ix, q in zip(gl, ql):
-        w0[ix] = q / max(ix.size, 1)
-    w = proj(w0)
-    y, w_prev, t = w.copy(), w.copy(), 1.0
-    ref, since = best, 0
-    for _ in range(iters):
-        if time.perf_counter() > deadline:
-            break
-        grad = G @ y
-        nv = math.sqrt(max(float(y @ grad), 0.0))
-        if nv <= 0:
-            break
-        b = phi(grad / nv)
-        if b > best:
-            best = b
-        if best > ref * (1 + stall_tol):
-            ref, since = best, 0
-        elif best > 0:
-            since += 1
-            if since >= stall:
-                break
-        w = proj(y - grad / lip)
-        if float(grad @ (w - w_prev)) > 0:  # adaptive restart (O'Donoghue & Candes): momentum went uphill
-            t = 1.0
-        t_new = 0.5 * (1 + math.sqrt(1 + 4 * t * t))
-        y = w + ((t - 1) / t_new) * (w - w_prev)
-        w_prev, t = w, t_new
+    now = time.perf_counter()
+    # the active-set solve gets at most half of the time left; the interior-point method the rest if needed
+    w_pd, conv = _pdas_relaxation(G, gl, ql, w_found, now + 0.5 * (deadline - now) if math.isfinite(deadline) else deadline)
+    if info is not None:
+        info["bound_method"], info["relaxation_value"] = "active-set", None
+    if w_pd is not None:
+        gw = G @ w_pd
+        nv = math.sqrt(max(float(w_pd @ gw), 0.0))
+        if nv > 0:
+            b = phi(gw / nv)
+            best = max(best, b)
+            if conv and info is not None:
+                info["relaxation_value"] = nv
+            # at the relaxation's optimum the bound equals its value: nothing left to gain
+            if conv and b >= nv * (1 - 1e-9):
+                return best
+    if info is not None:
+        info["bound_method"] = "interior point"
+    for w in _ipm_relaxation(G, gl, ql, deadline, max_iter=iters):
+        gw = G @ w
+        nv = math.sqrt(max(float(w @ gw), 0.0))
+        if nv > 0:
+            best = max(best, phi(gw / nv))
+            if info is not None:
+                info["relaxation_value"] = nv
     return best
+
+
+def _ipm_relaxation(G: np.ndarray, gl: List[np.ndarray], ql: List[int], deadline: float, max_iter: int = 60,
+                    tol: float = 1e-10):
+    """Mehrotra predictor-corrector interior-point method for the relaxation
+    ``min 1/2 w^T G w, sum_{i in g} w_i = q_g, 0 <= w <= 1``; yields every (feasible, interior)
+    iterate, the last one at the optimum to ``tol`` or when ``deadline`` / ``max_iter`` is reached.
+
+    For the problems the active-set method cycles on (hundreds to thousands of rows, nearly
+    cancelling, ill-conditioned): 10-20 iterations, each one Cholesky factorisation of
+    ``G + diag(lam/w + nu/(1-w))`` (n^3/3 flops). The iterates are only used as directions of the
+    bound, which is valid whatever their accuracy."""
+    n = G.shape[0]
+    ng = len(gl)
+    lab = np.zeros(n, dtype=np.int64)
+    for k, ix in enumerate(gl):
+        lab[ix] = k
+    q = np.asarray(ql, dtype=np.float64)
+    sizes = np.maximum(np.bincount(lab, minlength=ng), 1).astype(np.float64)
+    E = np.zeros((n, ng))
+    E[np.arange(n), lab] = 1.0
+    w = (q / sizes)[lab]
+    if np.any(w <= 0) or np.any(w >= 1):        # a quota of 0 or of the whole group: nothing to relax
+        yield w
+        return
+    scale = float(np.mean(np.diag(G)))
+    if not scale > 0:
+        return
+    lam, nu, y = np.full(n, scale), np.full(n, scale), np.zeros(ng)
+    idx = np.arange(n)
+
+    def max_step(x, dx):
+        neg = dx < 0
+        return min(1.0, float(np.min(-x[neg] / dx[neg]))) if neg.any() else 1.0
+
+    for _ in range(max_iter):
+        if time.perf_counter() > deadline:
+            return
+        s, t = w, 1.0 - w
+        rd = G @ w + E @ y - lam + nu                  # dual residual (primal residual is 0: E^T w = q)
+        mu = float(s @ lam + t @ nu) / (2 * n)
+        if mu < tol * scale and float(np.abs(rd).max()) < 1e-9 * scale:
+            return
+        M = G.copy()
+        M[idx, idx] += lam / s + nu / t
+        L, bad = torch.linalg.cholesky_ex(torch.from_numpy(M))
+        if int(bad):
+            return
+
+        def msolve(b):
+            bt = torch.from_numpy(np.ascontiguousarray(b.reshape(n, -1)))
+            return torch.cholesky_solve(bt, L).numpy().reshape(b.shape)
+
+        MiE = msolve(E)
+        ES = E.T @ MiE
+
+        def newton(rc_l, rc_u):
+            # G dw + E dy - dlam + dnu = -rd;  E^T dw = 0;  lam dw + s dlam = rc_l - s lam;
+            # -nu dw + t dnu = rc_u - t nu
+            r = -rd + (rc_l - s * lam) / s - (rc_u - t * nu) / t
+            Mir = msolve(r)
+            dy = np.linalg.solve(ES, E.T @ Mir)
+            dw = Mir - MiE @ dy
+            return dw, dy, (rc_l - s * lam - lam * dw) / s, (rc_u - t * nu + nu * dw) / t
+
+        dw, dy, dl, dn = newton(np.zeros(n), np.zeros(n))             # predictor (affine scaling)
+        ap = min(max_step(s, dw), max_step(t, -dw))
+        ad = min(max_step(lam, dl), max_step(nu, dn))
+        mu_aff = float((s + ap * dw) @ (lam + ad * dl) + (t - ap * dw) @ (nu + ad * dn)) / (2 * n)
+        sigma = (mu_aff / mu) ** 3
+        dw, dy, dl, dn = newton(sigma * mu - dw * dl, sigma * mu + dw * dn)  # corrector
+        ap = 0.995 * min(max_step(s, dw), max_step(t, -dw))
+        ad = 0.995 * min(max_step(lam, dl), max_step(nu, dn))
+        w = w + ap * dw
+        y, lam, nu = y + ad * dy, lam + ad * dl, nu + ad * dn
+        if not np.all(np.isfinite(w)):
+            return
+        yield w
 
 
 #: a Gram matrix with at most this many multiply-adds is computed single-threaded: tiny BLAS calls
@@ -910,12 +1025,14 @@ def _cardinality_small(S: torch.Tensor, m: int, g_arr: Optional[np.ndarray], *, 
     removed = np.flatnonzero(best_sel)
     objective = float(np.linalg.norm(A[removed].sum(0)))
     t_search = time.perf_counter() - t0
-    lb, degenerate = 0.0, {}
+    lb, degenerate, binfo = 0.0, {}, {}
     if certify:
-        # the relaxation gets as much time as the search took (at least 1 ms) unless bound_time says
-        budget = bound_time if bound_time is not None else max(1e-3, t_search)
+        # the relaxation gets as much time as the search took (at least 1 ms), and enough for about
+        # 20 interior-point iterations (n^3/3 flops each; ~2 s at n = 2,000 on 2 cores) in case the
+        # active-set method cycles -- unless bound_time says otherwise
+        budget = bound_time if bound_time is not None else max(1e-3, t_search, 3e-10 * n ** 3)
         lb = _small_bound(G, m, groups_idx, quota, best_sel.astype(np.float64), bound_iters,
-                          deadline=time.perf_counter() + budget)
+                          deadline=time.perf_counter() + budget, info=binfo)
         lb = min(objective, max(lb, math.sqrt(target2)))
         degenerate = _degeneracy(None, A.sum(0), dg, lb, objective)
     status = "optimal" if certify and objective - lb <= 1e-9 * max(objective, 1e-300) else "feasible"
@@ -923,7 +1040,9 @@ def _cardinality_small(S: torch.Tensor, m: int, g_arr: Optional[np.ndarray], *, 
                           status=status, time=time.perf_counter() - t0, solver="fast", degenerate=degenerate,
                           info={"greedy_objective": obj_greedy, "swap_objective": obj_swap, "ils_iterations": iters,
                                 "ils_improvements": improved, "ils_patience": patience, "seconds_greedy": t_greedy,
-                                "seconds_search": t_search, "seconds_bound": time.perf_counter() - t0 - t_search, "path": "gram"})
+                                "seconds_search": t_search, "seconds_bound": time.perf_counter() - t0 - t_search, "path": "gram",
+                                "bound_method": binfo.get("bound_method"),
+                                "relaxation_value": binfo.get("relaxation_value")})
     logger.info("%r", sol)
     return sol
 
@@ -950,7 +1069,8 @@ def solve_cardinality_fast(S: ArrayLike, m: int, *, groups: Optional[Sequence[in
     ``bound_time`` seconds; ``certify=False`` skips it and reports a bound of 0). Up to
     ``gram_max_n`` rows the search runs on the full Gram matrix (exact best-improvement swaps,
     ``small_patience`` perturbations without improvement, default from :func:`_small_patience`)
-    instead; there the certificate gets as much time as the search unless ``bound_time`` is given.
+    instead; there the certificate (the relaxation solved exactly: active set, else interior point) gets as
+    much time as the search, and at least about 20 interior-point iterations, unless ``bound_time`` is given.
     """
     t0 = time.perf_counter()
     S = _as_matrix(S)
@@ -1053,6 +1173,51 @@ def _degeneracy(S: torch.Tensor, total: torch.Tensor, r: torch.Tensor, lb: float
     return flags
 
 
+def _small_max_removed_bound(S: torch.Tensor, eps: float, removed: np.ndarray, ub: int, deadline: float,
+                             dirs: List[torch.Tensor]) -> tuple:
+    """Tighten the certified largest eps-feasible size for a small ``S`` with exact relaxations.
+
+    The relaxation's value ``r(k) = min ||S^T w||`` over fractional sets of size ``k`` is convex in
+    ``k`` and at most ``eps`` at the found size, so ``{k : r(k) <= eps}`` is an interval; a binary
+    search over ``(found, ub]`` solves the relaxation exactly (:func:`_pdas_relaxation`) and keeps
+    every direction whose sorted projections certify some size infeasible (then every larger size
+    is too, see :func:`max_removed_upper_bound`). Returns ``(bound, relaxation solves)``."""
+    A, G = _gram64(S)
+    n = G.shape[0]
+    dg = np.diag(G)
+    found = int(removed.size)
+    idx = [np.arange(n)]
+    ub0 = ub
+    lo, hi, solves = found + 1, min(ub, n - 1), 0
+    while lo <= hi and time.perf_counter() < deadline:
+        k = (lo + hi) // 2
+        # warm start: the found set grown greedily to size k
+        w0 = np.zeros(n)
+        w0[removed] = 1.0
+        score = 2 * (G @ w0) + dg
+        score[removed] = np.inf
+        w0[np.argpartition(score, k - found - 1)[:k - found]] = 1.0
+        w, converged = _pdas_relaxation(G, idx, [k], w0, deadline)
+        solves += 1
+        if w is None or not converged:
+            break        # nothing is known about r(k): stop rather than guess
+        gw = G @ w
+        nv = math.sqrt(max(float(w @ gw), 0.0))
+        if not nv > 0:
+            lo = k + 1
+            continue
+        c = np.cumsum(np.sort(gw / nv))
+        over = np.flatnonzero(c > eps * (1 + 1e-12) + 1e-300)
+        if over.size and int(over[0]) + 1 <= k:
+            dirs.append(torch.from_numpy(A.T @ w))
+            ub = min(ub, int(over[0]))
+            hi = min(k - 1, ub)
+        else:
+            lo = k + 1
+    # recheck the kept directions in float64 on S itself (the certificate is the sorted projections)
+    return min(ub0, max_removed_upper_bound(S, eps, dirs, _trusted=True)), solves
+
+
 def solve_generalization_fast(S: ArrayLike, eps: float, *, time_limit: Optional[float] = None, seed: int = 0,
                               max_removed: Optional[int] = None, **card_kw) -> PruningSolution:
     """Remove as many rows as possible with ``||sum S_i|| <= eps`` (at most ``max_removed``, default n-1).
@@ -1093,19 +1258,25 @@ def solve_generalization_fast(S: ArrayLike, eps: float, *, time_limit: Optional[
     objective = float(v.norm())
     if objective > 0:
         dirs.append(v)
-    if removed.size + 1 <= n - 1:
-        u_rel, _, _, _ = _relaxation_directions(S, removed.size + 1, None, None, iters=40,
-                                                deadline=time.perf_counter() + max(1.0, 0.25 * time_limit))
-        if u_rel is not None:
-            dirs.append(u_rel)
     ub = min(cap, max_removed_upper_bound(S, eps, dirs, _trusted=True))
+    relax_steps = 0
+    if removed.size + 1 <= min(ub, n - 1):
+        bdeadline = time.perf_counter() + max(1.0, 0.25 * time_limit)
+        if n <= card_kw.get("gram_max_n", SMALL_N):
+            ub, relax_steps = _small_max_removed_bound(S, eps, removed, ub, bdeadline, dirs)
+        else:
+            u_rel, _, _, _ = _relaxation_directions(S, removed.size + 1, None, None, iters=40, deadline=bdeadline)
+            if u_rel is not None:
+                dirs.append(u_rel)
+            ub = min(ub, max_removed_upper_bound(S, eps, dirs, _trusted=True))
     lb = cardinality_lower_bound(S, int(removed.size), dirs, _trusted=True) if 1 <= removed.size <= n - 1 else 0.0
     status = "optimal" if removed.size >= ub else "feasible"
     r = torch.linalg.vector_norm(S, dim=1).to(torch.float64) ** 2
     degenerate = _degeneracy(S, total, r, lb, objective, eps=eps)
     sol = PruningSolution(removed=removed, n=n, problem="generalization", objective=objective, lower_bound=lb,
                           status=status, time=time.perf_counter() - t0, solver="fast", eps=eps,
-                          max_removed_bound=int(ub), degenerate=degenerate, info={"search_steps": steps})
+                          max_removed_bound=int(ub), degenerate=degenerate,
+                          info={"search_steps": steps, "relaxation_solves": relax_steps})
     logger.info("%r", sol)
     return sol
 
