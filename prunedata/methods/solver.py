@@ -740,9 +740,9 @@ def _pdas_relaxation(G: np.ndarray, gl: List[np.ndarray], ql: List[int], w0: np.
     the free weights (one multiplier per group) exactly. A repeated guess is a KKT point, i.e. the
     relaxation's optimum; the final solve gets one step of iterative refinement (the Gram matrix of
     tiny, nearly cancelling rows is ill-conditioned). Returns ``(w, converged)``; ``w`` is ``None``
-    if no step could be taken. The method can cycle on large degenerate problems: the caller falls
-    back to projected gradient then, and every iterate is only ever used as a *direction* for the
-    bound, which is valid whatever its accuracy.
+    if no step could be taken. The method can cycle on larger ill-conditioned problems (a repeated
+    earlier guess ends it): the caller falls back to :func:`_ipm_relaxation` then, and every iterate
+    is only ever used as a *direction* for the bound, which is valid whatever its accuracy.
     """
     n = G.shape[0]
     c = float(np.mean(np.diag(G)))
