@@ -135,6 +135,11 @@ class PruningSolution:
             d["size_gap"] = self.size_gap
         if self.degenerate:
             d["degenerate"] = self.degenerate
+        # how the bound was obtained and the relaxation's value at its last fractional point (no bound
+        # of this kind can exceed it)
+        for k in ("bound_method", "relaxation_value"):
+            if self.info.get(k) is not None:
+                d[k] = self.info[k]
         return d
 
     def __repr__(self) -> str:
@@ -1137,6 +1142,7 @@ def solve_cardinality_fast(S: ArrayLike, m: int, *, groups: Optional[Sequence[in
                                 "seconds_greedy": t_greedy, "seconds_swap": t_swap,
                                 "seconds_search": t_search, "seconds_bound": t_bound, "relaxation_iterations": rel_iters,
                                 "relaxation_value": relax_value,
+                                "bound_method": "projected gradient" if certify else None,
                                 "group_quota": None if quota is None else dict(zip(np.unique(g_arr).tolist(), quota))})
     logger.info("%r", sol)
     return sol
