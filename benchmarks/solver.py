@@ -63,9 +63,13 @@ def generalization_instances(S: torch.Tensor, sizes, scip_limit, seed=1):
         A = S[idx].double()
         eps = float(solve_pruning(A, remove=n // 2).objective)
         fast = solve_pruning(A, eps=eps)
+        rows.append(dict(n=n, eps=eps, fast=fast.num_removed, fast_ub=fast.max_removed_bound, fast_s=fast.time))
+        if n > 120:  # beyond the exact solver's reach: the certified bound is the only yardstick
+            print(f"  n={n:5d} eps={eps:.4g}: fast removes {fast.num_removed} (certified <= {fast.max_removed_bound}, "
+                  f"{fast.info['relaxation_solves']} exact relaxations, {fast.time:.2f}s)", flush=True)
+            continue
         ex = solve_exact(A, eps=eps, time_limit=scip_limit)
-        rows.append(dict(n=n, eps=eps, fast=fast.num_removed, fast_ub=fast.max_removed_bound, fast_s=fast.time,
-                         exact=ex.num_removed, exact_status=ex.status, exact_s=ex.time))
+        rows[-1].update(exact=ex.num_removed, exact_status=ex.status, exact_s=ex.time)
         print(f"  n={n:5d} eps={eps:.4g}: exact removes {ex.num_removed} ({ex.status}, {ex.time:.2f}s); fast removes "
               f"{fast.num_removed} (certified <= {fast.max_removed_bound}, {fast.time:.2f}s)", flush=True)
     return rows
@@ -112,7 +116,7 @@ def main(argv=None):
 
     if not args.skip_small:
         print("\n== generalisation problem (eps = fast optimum of remove n/2)")
-        generalization_instances(S, [40, 60] if args.quick else [40, 60, 80], scip_limit)
+        generalization_instances(S, [40, 60] if args.quick else [40, 60, 80, 1000, 2000], scip_limit)
 
     if not args.quick and not args.skip_small:
         print("\n== n=1000 (SCIP does not prove optimality; 60 s limit)")
