@@ -274,3 +274,27 @@ def test_real_fashion_mnist_prunes_easy_samples_within_tolerance(fmnist_small, t
     back = Selection.load(sel.save(tmp_path / "s.json"), ds)
     assert back.method == "adapruner" and back.params["keep_ratio"] == 0.7
     assert back.score_name == "mask_logit" and back.scores.shape == (len(ds),)
+
+
+def test_registry_method_class_balanced_keeps_each_class_share():
+    # the mask alone prunes easy classes harder; class_balanced splits the same kept count over the
+    # classes in proportion and keeps the largest mask logits within each
+    from prunedata.datasets import FashionMNIST
+    from prunedata.methods.registry import MethodConfig, select
+    from prunedata.methods.scoring import apportion
+
+    ds = FashionMNIST(train=True, max_samples=1000)
+    labels = np.asarray(ds.targets)
+    cfg = MethodConfig(model="cnn", epochs=2, batch_size=128, lr=0.05, seed=3, show_progress=False,
+                       class_balanced=True)
+    sel = select("adapruner", ds, 0.5, config=cfg)
+    assert sel.params["class_balanced"] is True
+    assert abs(sel.keep_ratio - 0.5) <= 0.02 + 1e-9
+    counts = np.bincount(labels[sel.kept], minlength=10)
+    want = apportion(np.bincount(labels, minlength=10), sel.num_kept)
+    assert counts.tolist() == list(want)
+    keep = sel.mask
+    for c in range(10):
+        in_c = labels == c
+        assert sel.scores[in_c & keep].min() >= sel.scores[in_c & ~keep].max()
+    assert sel.metrics["kept_by_mask_alone"] <= sel.num_kept
