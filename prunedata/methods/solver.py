@@ -11,7 +11,8 @@ Two paths behind :func:`solve_pruning`:
 * ``method="exact"``: the mixed-integer program through cvxpy (SCIP by default, or another installed
   mixed-integer SOCP solver) with a time limit, on ``||R w||`` where ``S^T = Q R`` (same objective,
   at most ``min(n, d)`` rows). Practical for n up to a few hundred; use it as an oracle.
-* ``method="fast"``: up to ``SMALL_N`` rows, on the full Gram matrix ``S S^T`` (numpy, tiny ones
+* ``method="fast"``: with at most ``EXHAUSTIVE_MAX`` candidate sets, all of them (proven optimal);
+  up to ``SMALL_N`` rows, on the full Gram matrix ``S S^T`` (numpy, tiny ones
   single-threaded): one-at-a-time greedy, best-improvement swap search with the swap-delta block
   updated in O(n) per swap, iterated local search (patience ~ sqrt(m (n - m)) / 2, 8..40
   perturbations without improvement), stopping early if it reaches the certificate. Above: a
@@ -43,6 +44,7 @@ can exceed it, and ``degenerate["trivial_bound"]`` is set -- the bound stays an 
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -210,16 +212,19 @@ def _group_quota(groups: np.ndarray, m: int) -> Dict[Any, int]:
     order = np.argsort(-(exact - q), kind="stable")
     for k in order[:rest]:
         q[k] += 1
-    q = np.minimum(q, counts - 1 if m < n else counts)
+    # every group keeps at least one sample when that is possible at all
+    cap = counts - 1 if m <= n - counts.size else counts
+    q = np.minimum(q, cap)
     # re-distribute if a cap was hit
     short = m - q.sum()
     for k in order:
         if short <= 0:
             break
-        room = counts[k] - 1 - q[k]
+        room = cap[k] - q[k]
         add = min(room, short)
         q[k] += add
         short -= add
+    assert int(q.sum()) == m, (q, m)
     return {lab: int(c) for lab, c in zip(labels.tolist(), q.tolist())}
 
 
@@ -982,6 +987,41 @@ def _small_patience(n: int, m: int) -> int:
     return int(min(40, max(8, math.sqrt(m * (n - m)) // 2)))
 
 
+#: the fast solver enumerates every removal set (and so proves optimality) when there are at most
+#: this many: the local search can miss the optimum of tiny problems with n > d by a large factor
+EXHAUSTIVE_MAX = 20_000
+
+
+def _cardinality_exhaustive(A: np.ndarray, G: np.ndarray, m: int, gid: Optional[np.ndarray],
+                            quota: Optional[List[int]], t0: float) -> PruningSolution:
+    """All ``C(n, m)`` removal sets (respecting group quotas), in chunks, scored on the Gram matrix
+    (``||v||^2 = sum_{i,j in W} G_ij``, memory ``chunk * m^2``): the optimum, proven."""
+    n = A.shape[0]
+    best2, best = math.inf, None
+    combos = itertools.combinations(range(n), m)
+    while True:
+        chunk = np.fromiter(itertools.chain.from_iterable(itertools.islice(combos, 4096)), dtype=np.int64)
+        if chunk.size == 0:
+            break
+        C = chunk.reshape(-1, m)
+        if gid is not None:
+            counts = np.stack([(gid[C] == k).sum(1) for k in range(len(quota))], 1)
+            C = C[np.all(counts == np.asarray(quota)[None, :], axis=1)]
+            if C.shape[0] == 0:
+                continue
+        v2 = G[C[:, :, None], C[:, None, :]].sum((1, 2))
+        k = int(v2.argmin())
+        if v2[k] < best2:
+            best2, best = float(v2[k]), C[k].copy()
+    removed = np.sort(best)
+    objective = float(np.linalg.norm(A[removed].sum(0)))
+    sol = PruningSolution(removed=removed, n=n, problem="cardinality", objective=objective, lower_bound=objective,
+                          status="optimal", time=time.perf_counter() - t0, solver="fast",
+                          info={"path": "exhaustive", "bound_method": "exhaustive", "sets": math.comb(n, m)})
+    logger.info("%r", sol)
+    return sol
+
+
 def _cardinality_small(S: torch.Tensor, m: int, g_arr: Optional[np.ndarray], *, time_limit: float, seed: int,
                        patience: Optional[int], certify: bool, bound_iters: int,
                        bound_time: Optional[float] = None) -> PruningSolution:
@@ -999,6 +1039,8 @@ def _cardinality_small(S: torch.Tensor, m: int, g_arr: Optional[np.ndarray], *, 
         quota = [qd[lab] for lab in labs.tolist()]
         groups_idx = [np.flatnonzero(gidx == k) for k in range(labs.size)]
         gid = gidx
+    if math.comb(n, m) <= EXHAUSTIVE_MAX:
+        return _cardinality_exhaustive(A, G, m, gid, quota, t0)
     # one-at-a-time greedy (exact for the Gram matrix): add the row that least increases ||v||^2
     sel = np.zeros(n, dtype=bool)
     g = np.zeros(n)
