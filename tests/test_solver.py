@@ -31,7 +31,7 @@ def test_fast_matches_brute_force_and_bound_is_below_optimum():
     S = _instance(14, 4, seed=1)
     for m in (3, 7, 11):
         opt, _ = _brute_force(S, m)
-        sol = solve_pruning(S, remove=m)
+        sol = solve_pruning(S, remove=m, exhaustive_max=0)    # the local search + certificate path
         assert sol.num_removed == m and sol.kept.size == 14 - m
         assert set(sol.removed).isdisjoint(sol.kept)
         assert sol.objective == pytest.approx(np.linalg.norm(S[sol.removed].sum(0)))
@@ -50,6 +50,36 @@ def test_tiny_problems_are_solved_exhaustively_and_proved():
     assert sol.info["path"] == "exhaustive" and sol.status == "optimal"
     assert sol.objective == pytest.approx(opt, rel=1e-9)
     assert sol.lower_bound == sol.objective and sol.gap == 0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_bounds_are_valid_on_random_tiny_problems(seed):
+    # property check against enumeration, on the search + certificate path (exhaustive path off):
+    # degenerate rows (zeros, duplicates, drift, tiny scale), class quotas, both problems
+    rng = np.random.default_rng(100 + seed)
+    for trial in range(15):
+        n, d = int(rng.integers(3, 10)), int(rng.integers(1, 5))
+        S = rng.normal(size=(n, d)) * np.exp(rng.normal(size=(n, 1)))
+        kind = trial % 5
+        if kind == 1:
+            S[: n // 2] = 0.0
+        elif kind == 2:
+            S[1:] = S[0]
+        elif kind == 3:
+            S = S + 3.0
+        elif kind == 4:
+            S = S * 1e-8
+        m = int(rng.integers(1, n))
+        sol = solve_pruning(S, remove=m, exhaustive_max=0)
+        opt, _ = _brute_force(S, m)
+        assert sol.num_removed == m
+        assert sol.lower_bound <= opt * (1 + 1e-7) + 1e-12
+        assert sol.objective == pytest.approx(np.linalg.norm(S[sol.removed].sum(0)), rel=1e-9, abs=1e-15)
+        eps = opt * 1.01 + 1e-12
+        gen = solve_pruning(S, eps=eps, exhaustive_max=0)
+        best_k = max([k for k in range(1, n) if _brute_force(S, k)[0] <= eps] or [0])
+        assert gen.objective <= eps * (1 + 1e-9)
+        assert gen.num_removed <= best_k <= gen.max_removed_bound
 
 
 def test_class_quotas_with_tiny_classes():

@@ -1024,7 +1024,7 @@ def _cardinality_exhaustive(A: np.ndarray, G: np.ndarray, m: int, gid: Optional[
 
 def _cardinality_small(S: torch.Tensor, m: int, g_arr: Optional[np.ndarray], *, time_limit: float, seed: int,
                        patience: Optional[int], certify: bool, bound_iters: int,
-                       bound_time: Optional[float] = None) -> PruningSolution:
+                       bound_time: Optional[float] = None, exhaustive_max: int = EXHAUSTIVE_MAX) -> PruningSolution:
     t0 = time.perf_counter()
     A, G = _gram64(S)
     n = A.shape[0]
@@ -1039,7 +1039,7 @@ def _cardinality_small(S: torch.Tensor, m: int, g_arr: Optional[np.ndarray], *, 
         quota = [qd[lab] for lab in labs.tolist()]
         groups_idx = [np.flatnonzero(gidx == k) for k in range(labs.size)]
         gid = gidx
-    if math.comb(n, m) <= EXHAUSTIVE_MAX:
+    if math.comb(n, m) <= exhaustive_max:
         return _cardinality_exhaustive(A, G, m, gid, quota, t0)
     # one-at-a-time greedy (exact for the Gram matrix): add the row that least increases ||v||^2
     sel = np.zeros(n, dtype=bool)
@@ -1104,8 +1104,11 @@ def solve_cardinality_fast(S: ArrayLike, m: int, *, groups: Optional[Sequence[in
                            greedy_rounds: int = 48, ils_patience: int = 30, bound_iters: int = 60,
                            bound_time: Optional[float] = None, certify: bool = True,
                            small_patience: Optional[int] = None, gram_max_n: int = SMALL_N,
-                           construct: str = "signed", construct_frac: float = 0.4) -> PruningSolution:
+                           construct: str = "signed", construct_frac: float = 0.4,
+                           exhaustive_max: int = EXHAUSTIVE_MAX) -> PruningSolution:
     """Remove exactly ``m`` rows minimising ``||sum S_i||`` (per-group quotas when ``groups`` is given).
+
+    With at most ``exhaustive_max`` possible removal sets every one is scored (proven optimal).
 
     Construction (``construct="signed"``: self-balancing signed greedy + single-flip sweeps for at
     most ``construct_frac`` of the time, see :func:`_signed_construct`; ``"greedy"``: the older block
@@ -1134,7 +1137,8 @@ def solve_cardinality_fast(S: ArrayLike, m: int, *, groups: Optional[Sequence[in
     gen = torch.Generator(device="cpu").manual_seed(seed)
     if n <= gram_max_n:
         return _cardinality_small(S, m, g_arr, time_limit=time_limit, seed=seed, patience=small_patience,
-                                  certify=certify, bound_iters=max(bound_iters, 400), bound_time=bound_time)
+                                  certify=certify, bound_iters=max(bound_iters, 400), bound_time=bound_time,
+                                  exhaustive_max=exhaustive_max)
 
     st = _State(S, torch.zeros(n, dtype=torch.bool, device=S.device))
     sweeps = 0
