@@ -50,6 +50,12 @@ def test_tiny_problems_are_solved_exhaustively_and_proved():
     assert sol.info["path"] == "exhaustive" and sol.status == "optimal"
     assert sol.objective == pytest.approx(opt, rel=1e-9)
     assert sol.lower_bound == sol.objective and sol.gap == 0
+    # the generalisation problem too: sizes scanned down from the certified bound, first feasible wins
+    eps = 1.05 * opt
+    best_k = max(k for k in range(1, 12) if _brute_force(S, k)[0] <= eps)
+    gen = solve_pruning(S, eps=eps)
+    assert gen.status == "optimal" and gen.num_removed == best_k == gen.max_removed_bound
+    assert gen.objective <= eps
 
 
 @pytest.mark.parametrize("seed", range(4))

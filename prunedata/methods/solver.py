@@ -1289,7 +1289,8 @@ def solve_generalization_fast(S: ArrayLike, eps: float, *, time_limit: Optional[
     """Remove as many rows as possible with ``||sum S_i|| <= eps`` (at most ``max_removed``, default n-1).
 
     Binary search on the number removed between 0 and a certified upper bound, each step a
-    (non-certified) run of :func:`solve_cardinality_fast`; the best feasible set is returned with a
+    (non-certified) run of :func:`solve_cardinality_fast` (with at most ``exhaustive_max`` sets of
+    all sizes up to that bound: a scan down from it with exhaustive solves, proven optimal); the best feasible set is returned with a
     certified upper bound on the largest feasible size (sorted projections ``S u``, see module doc).
     Up to ``gram_max_n`` rows the directions come from exact relaxations at a binary search of sizes
     (:func:`_small_max_removed_bound`; the bound is then where the relaxation's optimum crosses eps,
@@ -1310,6 +1311,17 @@ def solve_generalization_fast(S: ArrayLike, eps: float, *, time_limit: Optional[
     lo = 0
     best: Optional[PruningSolution] = None
     steps = 0
+    proven = False
+    if hi >= 1 and sum(math.comb(n, k) for k in range(1, hi + 1)) <= card_kw.get("exhaustive_max", EXHAUSTIVE_MAX):
+        # few enough sets to enumerate them all: scan the sizes down from the certified bound (each an
+        # exhaustive cardinality solve); the first feasible size is the optimum, proven
+        for k in range(hi, 0, -1):
+            sol = solve_cardinality_fast(S, k, certify=False, **card_kw)
+            steps += 1
+            if sol.objective <= eps:
+                best = sol
+                break
+        proven, hi = True, 0
     while lo < hi:
         left = t0 + time_limit - time.perf_counter()
         if left <= 0:
@@ -1328,6 +1340,8 @@ def solve_generalization_fast(S: ArrayLike, eps: float, *, time_limit: Optional[
     if objective > 0:
         dirs.append(v)
     ub = min(cap, max_removed_upper_bound(S, eps, dirs, _trusted=True))
+    if proven:
+        ub = int(removed.size)
     relax_steps = 0
     if removed.size + 1 <= min(ub, n - 1):
         bdeadline = time.perf_counter() + max(1.0, 0.25 * time_limit)
