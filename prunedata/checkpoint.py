@@ -75,3 +75,15 @@ def load_checkpoint(path: PathLike, *, model: Optional[torch.nn.Module] = None,
         pruner.load_state_dict(state["sampler"]["pruner"] if "sampler" in state else state["pruner"])
     set_rng_state(state["rng"])
     return int(state["epoch"])
+
+
+def read_checkpoint_extra(path: PathLike) -> Dict[str, Any]:
+    """The ``extra`` dict of a checkpoint (``{}`` if it has none); clear error for a damaged file."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
+        raise PruneDataError(f"cannot read checkpoint {path}: {e}. Delete it to start over.") from e
+    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+        raise PruneDataError(f"{path} is not a prunedata checkpoint (version {CHECKPOINT_VERSION})")
+    return dict(state.get("extra") or {})

@@ -82,9 +82,15 @@ def train_adapruner(model: torch.nn.Module, dataset: Any, pruner: AdaPruner, *,
 
 def fit(model: torch.nn.Module, dataset: Any, *, epochs: int = 2, batch_size: int = 128, lr: float = 0.05,
         seed: int = 0, device: Any = "cpu", num_workers: int = 0, show_progress: bool = True,
-        desc: str = "train") -> torch.nn.Module:
-    """Train ``model`` from its current state on ``dataset`` with SGD + cosine schedule."""
-    seed_everything(seed)
+        desc: str = "train", checkpoint: Optional[PathLike] = None, resume: bool = False,
+        stop_after_epoch: Optional[int] = None) -> torch.nn.Module:
+    """Train ``model`` from its current state on ``dataset`` with SGD + cosine schedule.
+
+    With ``checkpoint`` the model, optimiser, schedule, shuffling generator and RNG state are written
+    atomically after every epoch; ``resume=True`` continues from it (a finished run is not trained
+    again) and ends with the same weights as an uninterrupted run. A checkpoint of another recipe or
+    dataset size is refused. ``stop_after_epoch=k`` stops after ``k`` epochs (testing).
+    """
     model.to(device)
     g = torch.Generator()
     g.manual_seed(seed)
@@ -92,7 +98,24 @@ def fit(model: torch.nn.Module, dataset: Any, *, epochs: int = 2, batch_size: in
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     steps = max(1, epochs * len(loader))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    for epoch in range(epochs):
+    recipe = {"epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr), "seed": int(seed),
+              "samples": len(dataset), "model": type(model).__name__}
+    start = 0
+    if resume and checkpoint is not None and Path(checkpoint).exists():
+        from .checkpoint import read_checkpoint_extra
+        from .errors import PruneDataError
+
+        extra = read_checkpoint_extra(checkpoint)
+        saved = extra.get("fit_recipe")
+        if saved != recipe:
+            raise PruneDataError(f"checkpoint {checkpoint} is from another training run ({saved}), not this one "
+                                 f"({recipe}); delete it or point --checkpoint elsewhere")
+        start = load_checkpoint(checkpoint, model=model, optimizer=opt, scheduler=sched)
+        g.set_state(extra["loader_generator"])
+        logger.info("resumed %s from %s at epoch %d of %d", desc, checkpoint, start, epochs)
+    else:
+        seed_everything(seed)
+    for epoch in range(start, epochs):
         model.train()
         for x, y in progress(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}", disable=not show_progress):
             x, y = x.to(device), y.to(device)
@@ -101,6 +124,11 @@ def fit(model: torch.nn.Module, dataset: Any, *, epochs: int = 2, batch_size: in
             loss.backward()
             opt.step()
             sched.step()
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, model=model, optimizer=opt, scheduler=sched, epoch=epoch + 1,
+                            extra={"fit_recipe": recipe, "loader_generator": g.get_state()})
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+            break
     return model
 
 

@@ -197,3 +197,34 @@ def test_registered_method_eps_and_bad_options(small_fmnist):
         select("influence", small_fmnist, 0.5, config=cfg, eps=-1.0, model=net)
     with pytest.raises(PruneDataError, match="not nn.Linear"):
         select("influence", small_fmnist, 0.5, config=cfg, layer="features", model=net)
+
+
+def test_proxy_training_checkpoints_and_resumes(small_fmnist, tmp_path, caplog):
+    # an interrupted proxy resumes to the very weights of an uninterrupted run
+    from prunedata.models import make_model
+    from prunedata.training import fit
+
+    def fresh():
+        torch.manual_seed(0)
+        return make_model("mlp")
+
+    kw = dict(epochs=3, batch_size=64, lr=0.05, seed=5, show_progress=False)
+    whole = fit(fresh(), small_fmnist, **kw)
+    ck = tmp_path / "proxy.pt"
+    fit(fresh(), small_fmnist, checkpoint=ck, stop_after_epoch=1, **kw)
+    resumed = fit(fresh(), small_fmnist, checkpoint=ck, resume=True, **kw)
+    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    with pytest.raises(PruneDataError, match="another training run"):
+        fit(fresh(), small_fmnist, checkpoint=ck, resume=True, **{**kw, "lr": 0.1})
+
+    # the influence method reuses a finished proxy: a second keep ratio without training again
+    cfg = MethodConfig(model="mlp", epochs=1, batch_size=64, seed=2, show_progress=False)
+    ck2 = tmp_path / "influence-proxy.pt"
+    a = select("influence", small_fmnist, 0.6, config=cfg, checkpoint=str(ck2))
+    with caplog.at_level("INFO", logger="prunedata.training"):
+        b = select("influence", small_fmnist, 0.6, config=cfg, checkpoint=str(ck2), resume=True)
+        c = select("influence", small_fmnist, 0.4, config=cfg, checkpoint=str(ck2), resume=True)
+    assert sum("at epoch 1 of 1" in r.getMessage() for r in caplog.records) == 2
+    assert np.array_equal(a.kept, b.kept)
+    assert c.num_kept == 120

@@ -44,13 +44,15 @@ FIT_WEIGHT_DECAY = 5e-4
 def influence_method(dataset: Any, keep_ratio: float, *, config: MethodConfig, eps: Optional[float] = None,
                      layer: Optional[str] = None, damping: Optional[float] = None, hessian: str = "auto",
                      solver: str = "fast", time_limit: Optional[float] = None, model: Optional[torch.nn.Module] = None,
-                     exact_solver: str = "SCIP") -> Selection:
+                     exact_solver: str = "SCIP", checkpoint: Optional[str] = None, resume: bool = False) -> Selection:
     """Select with influence pruning.
 
     ``layer``: name of the head (default: the model's last ``nn.Linear``); ``damping``: Hessian
     damping (default: the weight decay of training, 5e-4); ``hessian``: ``"auto"`` / ``"exact"`` /
     ``"kfac"``; ``solver``: ``"fast"`` / ``"exact"`` / ``"auto"`` for the selection problem;
-    ``model``: an already trained model to analyse instead of training a proxy.
+    ``model``: an already trained model to analyse instead of training a proxy; ``checkpoint`` /
+    ``resume``: the proxy's training is checkpointed every epoch and continued (a finished proxy is
+    reused as is, e.g. to solve again for another keep ratio or eps).
     """
     n = len(dataset)
     if n < 2:
@@ -60,7 +62,7 @@ def influence_method(dataset: Any, keep_ratio: float, *, config: MethodConfig, e
         model = config.make_model()
         fit(model, dataset, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
             device=config.device, num_workers=config.num_workers, show_progress=config.show_progress,
-            desc="influence proxy")
+            desc="influence proxy", checkpoint=checkpoint, resume=resume)
     t_train = time.perf_counter() - t0
     model.to(config.device)
     inf = compute_influence(model, dataset, layer=layer, damping=FIT_WEIGHT_DECAY if damping is None else damping,
