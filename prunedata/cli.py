@@ -60,9 +60,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from .errors import PruneDataError
     from .methods.registry import MethodConfig, select
 
-    if (args.checkpoint or args.resume) and args.method not in ("adapruner", "influence"):
-        raise PruneDataError(f"--checkpoint/--resume apply to the adapruner and influence methods, not "
-                             f"{args.method!r}; drop them for {args.method}")
+    if (args.checkpoint or args.resume) and args.method == "random":
+        raise PruneDataError("--checkpoint/--resume apply to methods that train a model; random trains none, "
+                             "drop them")
 
     ds = load_dataset(args.dataset, train=True, max_samples=args.max_samples)
     cfg = MethodConfig(model=args.model, num_classes=_num_classes(ds), epochs=args.epochs,
@@ -78,7 +78,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
             opts[k] = json.loads(v)
         except json.JSONDecodeError:
             opts[k] = v
-    if args.method in ("adapruner", "influence"):
+    if args.method != "random":
         if args.checkpoint:
             opts.setdefault("checkpoint", args.checkpoint)
             opts.setdefault("resume", args.resume)
@@ -203,8 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-balanced", action="store_true", help="keep the same fraction of every class")
     p.add_argument("-o", "--output", default="selection.json", help="selection file to write (.gz compresses)")
     p.add_argument("--report", default=None, help="text report path (default: next to the selection)")
-    p.add_argument("--checkpoint", default=None, help="AdaPruner / influence: checkpoint file, written every epoch")
-    p.add_argument("--resume", action="store_true", help="AdaPruner / influence: continue from --checkpoint (a finished influence proxy is reused)")
+    p.add_argument("--checkpoint", default=None, help="checkpoint file of the model a method trains (AdaPruner, influence and baseline proxies), written every epoch")
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint (a finished proxy is reused, e.g. for another keep ratio)")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="method option, e.g. --option warmup_epochs=1 --option scale=100")

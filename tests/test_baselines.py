@@ -256,3 +256,43 @@ def test_score_once_select_many(ds, cfg):
     assert np.bincount(ds.targets.numpy()[bal.kept]).tolist() == [30] * 10
     with pytest.raises(PruneDataError, match="not a score-based baseline"):
         score_samples("adapruner", ds, config=cfg)
+
+
+def test_proxy_checkpoint_resume_restores_model_and_scorer_state(ds, tmp_path):
+    # forgetting counts come from every batch of every epoch: an interrupted proxy resumed from its
+    # checkpoint must end with the same weights and the same counts as an uninterrupted one
+    from prunedata.models import make_model
+
+    def run(**kw):
+        torch.manual_seed(0)
+        model = make_model("mlp")
+        tracker = scoring.ForgettingTracker(len(ds))
+        scoring.train_proxy(model, ds, epochs=3, batch_size=100, seed=4, show_progress=False,
+                            on_batch=lambda ids, logits, y: tracker.update(ids, logits.argmax(1) == y),
+                            state=tracker.state_dict, load_state=tracker.load_state_dict, **kw)
+        return model, tracker
+
+    m_whole, t_whole = run()
+    ck = tmp_path / "forgetting.pt"
+    run(checkpoint=ck, stop_after_epoch=2)
+    m_res, t_res = run(checkpoint=ck, resume=True)
+    for a, b in zip(m_whole.state_dict().values(), m_res.state_dict().values()):
+        assert torch.equal(a, b)
+    assert np.array_equal(t_whole.forgets, t_res.forgets) and t_whole.presentations.max() == 3
+    assert np.array_equal(t_whole.presentations, t_res.presentations)
+    with pytest.raises(PruneDataError, match="another proxy"):
+        scoring.train_proxy(make_model("mlp"), ds, epochs=2, batch_size=100, seed=4, show_progress=False,
+                            checkpoint=ck, resume=True)
+
+
+def test_el2n_runs_checkpointed_and_reused(ds, cfg, tmp_path, caplog):
+    # two proxy runs, one checkpoint file each; resuming finished runs trains nothing and gives the
+    # same averaged scores
+    ck = tmp_path / "el2n.pt"
+    first = score_samples("el2n", ds, config=cfg, runs=2, checkpoint=str(ck))
+    assert (tmp_path / "el2n.run0.pt").exists() and (tmp_path / "el2n.run1.pt").exists()
+    with caplog.at_level("INFO", logger="prunedata.methods.scoring"):
+        again = score_samples("el2n", ds, config=cfg, runs=2, checkpoint=str(ck), resume=True)
+    resumed = [r.getMessage() for r in caplog.records if "resumed" in r.getMessage()]
+    assert len(resumed) == 2 and all(f"at epoch {cfg.epochs} of {cfg.epochs}" in m for m in resumed)
+    assert np.array_equal(first.scores, again.scores)

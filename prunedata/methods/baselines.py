@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
@@ -114,9 +115,18 @@ def _checkpoints(checkpoints: Any, epochs: int) -> List[int]:
     return cps
 
 
-def _proxy_kw(config: MethodConfig) -> Dict[str, Any]:
+def _proxy_kw(config: MethodConfig, checkpoint: Any = None, resume: bool = False) -> Dict[str, Any]:
     return dict(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, device=config.device,
-                num_workers=config.num_workers, show_progress=config.show_progress)
+                num_workers=config.num_workers, show_progress=config.show_progress,
+                checkpoint=checkpoint, resume=bool(resume))
+
+
+def _run_checkpoint(checkpoint: Any, run: int, runs: int) -> Any:
+    """The checkpoint file of proxy run ``run`` (the file itself for a single run)."""
+    if checkpoint is None or runs == 1:
+        return checkpoint
+    p = Path(checkpoint)
+    return p.with_name(f"{p.stem}.run{run}{p.suffix}")
 
 
 def _make_proxy(config: MethodConfig, seed: int) -> torch.nn.Module:
@@ -138,10 +148,11 @@ def _score_random(dataset: Any, *, config: MethodConfig, **unknown) -> SampleSco
 
 
 @_scorer("herding")
-def _score_herding(dataset: Any, *, config: MethodConfig, **unknown) -> SampleScores:
-    _reject_unknown("herding", unknown, [])
+def _score_herding(dataset: Any, *, config: MethodConfig, checkpoint: Any = None, resume: bool = False,
+                   **unknown) -> SampleScores:
+    _reject_unknown("herding", unknown, ["checkpoint", "resume"])
     model = config.make_model()
-    train_proxy(model, dataset, seed=config.seed, desc="herding proxy", **_proxy_kw(config))
+    train_proxy(model, dataset, seed=config.seed, desc="herding proxy", **_proxy_kw(config, checkpoint, resume))
     feats, logits, labels = penultimate_features(model, dataset, device=config.device)
     labels_np = labels.numpy()
     n = feats.shape[0]
@@ -162,8 +173,9 @@ def _score_herding(dataset: Any, *, config: MethodConfig, **unknown) -> SampleSc
 
 
 @_scorer("forgetting")
-def _score_forgetting(dataset: Any, *, config: MethodConfig, keep: str = "hard", **unknown) -> SampleScores:
-    _reject_unknown("forgetting", unknown, ["keep"])
+def _score_forgetting(dataset: Any, *, config: MethodConfig, keep: str = "hard", checkpoint: Any = None,
+                      resume: bool = False, **unknown) -> SampleScores:
+    _reject_unknown("forgetting", unknown, ["keep", "checkpoint", "resume"])
     largest = _check_keep(keep)
     n = len(dataset)
     tracker = ForgettingTracker(n)
@@ -172,7 +184,8 @@ def _score_forgetting(dataset: Any, *, config: MethodConfig, keep: str = "hard",
         tracker.update(ids, logits.argmax(1) == y)
 
     model = config.make_model()
-    train_proxy(model, dataset, seed=config.seed, on_batch=on_batch, desc="forgetting proxy", **_proxy_kw(config))
+    train_proxy(model, dataset, seed=config.seed, on_batch=on_batch, desc="forgetting proxy",
+                state=tracker.state_dict, load_state=tracker.load_state_dict, **_proxy_kw(config, checkpoint, resume))
     s = tracker.scores()
     labels = dataset_labels(dataset)
     if config.epochs < 3:
@@ -187,48 +200,56 @@ def _score_forgetting(dataset: Any, *, config: MethodConfig, keep: str = "hard",
 
 
 def _checkpoint_average(name: str, dataset: Any, config: MethodConfig, runs: int, checkpoints: Optional[Iterable[int]],
-                        score_fn: Callable[[torch.nn.Module], np.ndarray]) -> tuple:
+                        score_fn: Callable[[torch.nn.Module], np.ndarray], checkpoint: Any = None,
+                        resume: bool = False) -> tuple:
     runs = _check_runs(runs)
     cps = _checkpoints(checkpoints, config.epochs)
     total = np.zeros(len(dataset), dtype=np.float64)
     count = 0
     for r in range(runs):
         seed = config.seed + 1000 * r
+        acc = {"total": np.zeros(len(dataset), dtype=np.float64), "count": 0}   # this run's part (checkpointed)
 
         def on_epoch_end(epoch, model):
-            nonlocal total, count
             if epoch in cps:
-                total += score_fn(model)
-                count += 1
+                acc["total"] = acc["total"] + score_fn(model)
+                acc["count"] += 1
                 model.train()
+
+        def load_state(st):
+            acc.update(total=np.asarray(st["total"], dtype=np.float64), count=int(st["count"]))
 
         model = _make_proxy(config, seed)
         train_proxy(model, dataset, seed=seed, on_epoch_end=on_epoch_end, desc=f"{name} proxy {r + 1}/{runs}",
-                    **_proxy_kw(config))
+                    state=lambda: dict(acc), load_state=load_state,
+                    **_proxy_kw(config, _run_checkpoint(checkpoint, r, runs), resume))
+        total += acc["total"]
+        count += acc["count"]
     return total / max(count, 1), {"runs": runs, "checkpoints": cps, "run_seeds": [config.seed + 1000 * r for r in range(runs)]}
 
 
 @_scorer("el2n")
 def _score_el2n(dataset: Any, *, config: MethodConfig, runs: int = 1, checkpoints: Any = None, keep: str = "hard",
-                **unknown) -> SampleScores:
-    _reject_unknown("el2n", unknown, ["runs", "checkpoints", "keep"])
+                checkpoint: Any = None, resume: bool = False, **unknown) -> SampleScores:
+    _reject_unknown("el2n", unknown, ["runs", "checkpoints", "keep", "checkpoint", "resume"])
     largest = _check_keep(keep)
     s, info = _checkpoint_average("el2n", dataset, config, runs, checkpoints,
-                                  lambda m: el2n_scores(m, dataset, device=config.device))
+                                  lambda m: el2n_scores(m, dataset, device=config.device), checkpoint, resume)
     return SampleScores("el2n", s if largest else -s, "el2n" if largest else "neg_el2n", dataset_labels(dataset),
                         params={"keep": keep, **info}, metrics={"mean_el2n": float(s.mean())})
 
 
 @_scorer("grand")
 def _score_grand(dataset: Any, *, config: MethodConfig, runs: int = 1, checkpoints: Any = None, keep: str = "hard",
-                 params: str = "last", **unknown) -> SampleScores:
-    _reject_unknown("grand", unknown, ["runs", "checkpoints", "keep", "params"])
+                 params: str = "last", checkpoint: Any = None, resume: bool = False, **unknown) -> SampleScores:
+    _reject_unknown("grand", unknown, ["runs", "checkpoints", "keep", "params", "checkpoint", "resume"])
     largest = _check_keep(keep)
     if params not in ("last", "all"):
         raise PruneDataError(f"grand params must be 'last' (closed form, last layer) or 'all' (every parameter), got {params!r}")
     s, info = _checkpoint_average(
         "grand", dataset, config, runs, checkpoints,
-        lambda m: grand_scores(m, dataset, params=params, device=config.device, show_progress=config.show_progress))
+        lambda m: grand_scores(m, dataset, params=params, device=config.device, show_progress=config.show_progress),
+        checkpoint, resume)
     return SampleScores("grand", s if largest else -s, "grand" if largest else "neg_grand", dataset_labels(dataset),
                         params={"keep": keep, "params": params, **info}, metrics={"mean_grand": float(s.mean())})
 

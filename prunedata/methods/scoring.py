@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -122,18 +123,27 @@ def keep_top_k(scores: np.ndarray, keep_ratio: float, *, labels: Optional[np.nda
 def train_proxy(model: nn.Module, dataset: Any, *, epochs: int, batch_size: int = 128, lr: float = 0.05,
                 seed: int = 0, device: Any = "cpu", num_workers: int = 0, show_progress: bool = True,
                 on_batch: Optional[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]] = None,
-                on_epoch_end: Optional[Callable[[int, nn.Module], None]] = None, desc: str = "proxy") -> nn.Module:
+                on_epoch_end: Optional[Callable[[int, nn.Module], None]] = None, desc: str = "proxy",
+                checkpoint: Optional[Any] = None, resume: bool = False,
+                state: Optional[Callable[[], Any]] = None, load_state: Optional[Callable[[Any], None]] = None,
+                stop_after_epoch: Optional[int] = None) -> nn.Module:
     """Train ``model`` with SGD (momentum 0.9, wd 5e-4, cosine schedule) as :func:`prunedata.training.fit`.
 
     Sample ids come with each batch (:class:`~prunedata.identity.IndexedDataset`):
     ``on_batch(ids, logits, targets)`` sees the training-mode logits of every step (detached) and
     ``on_epoch_end(epoch, model)`` runs after each epoch (1-based).
+
+    With ``checkpoint`` the model, optimiser, schedule, shuffling generator, RNG state and the
+    caller's own state (``state()``, e.g. a scorer's accumulators) are written atomically after
+    every epoch; ``resume=True`` continues from there (``load_state`` gets the caller's state back)
+    and ends where an uninterrupted run would. A checkpoint of another recipe is refused.
+    ``stop_after_epoch=k`` stops after ``k`` epochs (testing).
     """
+    from ..checkpoint import load_checkpoint, read_checkpoint_extra, save_checkpoint
     from ..training import seed_everything
 
     if epochs < 1:
         raise PruneDataError(f"proxy training needs epochs >= 1, got {epochs}")
-    seed_everything(seed)
     model.to(device)
     g = torch.Generator()
     g.manual_seed(seed)
@@ -141,7 +151,22 @@ def train_proxy(model: nn.Module, dataset: Any, *, epochs: int, batch_size: int 
                         num_workers=num_workers)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * len(loader)))
-    for epoch in range(epochs):
+    recipe = {"epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr), "seed": int(seed),
+              "samples": len(dataset), "model": type(model).__name__, "desc": desc}
+    start = 0
+    if resume and checkpoint is not None and Path(checkpoint).exists():
+        extra = read_checkpoint_extra(checkpoint)
+        if extra.get("proxy_recipe") != recipe:
+            raise PruneDataError(f"checkpoint {checkpoint} is from another proxy ({extra.get('proxy_recipe')}), not "
+                                 f"this one ({recipe}); delete it or point --checkpoint elsewhere")
+        start = load_checkpoint(checkpoint, model=model, optimizer=opt, scheduler=sched)
+        g.set_state(extra["loader_generator"])
+        if load_state is not None:
+            load_state(extra.get("user_state"))
+        logger.info("resumed %s from %s at epoch %d of %d", desc, checkpoint, start, epochs)
+    else:
+        seed_everything(seed)
+    for epoch in range(start, epochs):
         model.train()
         for ids, (x, y) in progress(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}", disable=not show_progress):
             x, y = x.to(device), torch.as_tensor(y).to(device)
@@ -159,6 +184,12 @@ def train_proxy(model: nn.Module, dataset: Any, *, epochs: int, batch_size: int 
                 on_batch(torch.as_tensor(ids), logits.detach(), y)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, model)
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, model=model, optimizer=opt, scheduler=sched, epoch=epoch + 1,
+                            extra={"proxy_recipe": recipe, "loader_generator": g.get_state(),
+                                   "user_state": state() if state is not None else None})
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+            break
     return model
 
 
@@ -314,6 +345,17 @@ class ForgettingTracker:
             never_learned_score = max(float(self.presentations.max(initial=0)), float(s.max(initial=0.0)) + 1.0)
         s[~self.learned] = float(never_learned_score)
         return s
+
+    def state_dict(self) -> Dict[str, np.ndarray]:
+        return {"forgets": self.forgets.copy(), "prev_correct": self.prev_correct.copy(),
+                "learned": self.learned.copy(), "presentations": self.presentations.copy()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        for k in ("forgets", "prev_correct", "learned", "presentations"):
+            v = np.asarray(state[k])
+            if v.shape != (self.num_samples,):
+                raise PruneDataError(f"forgetting state for {v.size} samples, expected {self.num_samples}")
+            setattr(self, k, v.astype(getattr(self, k).dtype, copy=True))
 
     @property
     def never_learned(self) -> int:
