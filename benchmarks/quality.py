@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -162,6 +163,11 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     out = Path(args.out or f"benchmarks/results/quality-{args.profile}")
     (out / "selections").mkdir(parents=True, exist_ok=True)
     results = Results(out / "results.json", s, fresh=args.fresh)
+    # proxies of methods that select per ratio (influence): trained once per seed, checkpointed every
+    # epoch and reused for the other ratios (and after an interruption)
+    proxies = out / "proxies"
+    if args.fresh and proxies.exists():
+        shutil.rmtree(proxies)
     for other in args.merge or []:
         print(f"merged {results.merge(Path(other) / 'results.json')} finished cells from {other}")
 
@@ -206,7 +212,11 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                     if scores is not None:
                         sel = baselines.select_by_scores(scores, train, 1.0 - ratio, config=cfg)
                     else:
-                        sel = select(method, train, 1.0 - ratio, config=cfg)
+                        opts = {}
+                        if method == "influence":
+                            proxies.mkdir(parents=True, exist_ok=True)
+                            opts = {"checkpoint": str(proxies / f"{method}-seed{seed}.pt"), "resume": True}
+                        sel = select(method, train, 1.0 - ratio, config=cfg, **opts)
                 except Exception as e:
                     _fail(results, method, [ratio], seed, e)
                     continue
