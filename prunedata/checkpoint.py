@@ -52,17 +52,19 @@ def save_checkpoint(path: PathLike, *, epoch: int, model: Optional[torch.nn.Modu
     return path
 
 
-def load_checkpoint(path: PathLike, *, model: Optional[torch.nn.Module] = None,
-                    optimizer: Optional[torch.optim.Optimizer] = None, sampler: Any = None, pruner: Any = None,
-                    scheduler: Any = None, map_location: Any = "cpu") -> int:
-    """Restore the objects given and the RNG state; returns the epoch to continue from."""
-    path = Path(path)
+def _read_state(path: Path, map_location: Any = "cpu") -> Dict[str, Any]:
     try:
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
         raise PruneDataError(f"cannot read checkpoint {path}: {e}. Delete it to start over.") from e
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
         raise PruneDataError(f"{path} is not a prunedata checkpoint (version {CHECKPOINT_VERSION})")
+    return state
+
+
+def _restore(state: Dict[str, Any], *, model: Optional[torch.nn.Module] = None,
+             optimizer: Optional[torch.optim.Optimizer] = None, sampler: Any = None, pruner: Any = None,
+             scheduler: Any = None) -> int:
     if model is not None:
         model.load_state_dict(state["model"])
     if optimizer is not None:
@@ -77,13 +79,35 @@ def load_checkpoint(path: PathLike, *, model: Optional[torch.nn.Module] = None,
     return int(state["epoch"])
 
 
-def read_checkpoint_extra(path: PathLike) -> Dict[str, Any]:
-    """The ``extra`` dict of a checkpoint (``{}`` if it has none); clear error for a damaged file."""
+def load_checkpoint(path: PathLike, *, model: Optional[torch.nn.Module] = None,
+                    optimizer: Optional[torch.optim.Optimizer] = None, sampler: Any = None, pruner: Any = None,
+                    scheduler: Any = None, map_location: Any = "cpu") -> int:
+    """Restore the objects given and the RNG state; returns the epoch to continue from."""
+    return _restore(_read_state(Path(path), map_location), model=model, optimizer=optimizer, sampler=sampler,
+                    pruner=pruner, scheduler=scheduler)
+
+
+def save_training_checkpoint(path: PathLike, recipe: Dict[str, Any], *, epoch: int, model: torch.nn.Module,
+                             optimizer: torch.optim.Optimizer, scheduler: Any, generator: torch.Generator,
+                             user_state: Any = None) -> Path:
+    """Checkpoint of a plain training loop (:func:`prunedata.training.fit`, proxy training): model,
+    optimiser, schedule, RNG, the shuffling generator, the run's ``recipe`` and the caller's state."""
+    return save_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch,
+                           extra={"recipe": recipe, "loader_generator": generator.get_state(),
+                                  "user_state": user_state})
+
+
+def resume_training(path: PathLike, recipe: Dict[str, Any], *, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, scheduler: Any, generator: torch.Generator,
+                    what: str = "training run") -> tuple:
+    """Counterpart of :func:`save_training_checkpoint` (one read of the file): refuses a checkpoint
+    of another ``recipe``, restores everything and returns ``(epoch to continue from, user state)``."""
     path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
-        raise PruneDataError(f"cannot read checkpoint {path}: {e}. Delete it to start over.") from e
-    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
-        raise PruneDataError(f"{path} is not a prunedata checkpoint (version {CHECKPOINT_VERSION})")
-    return dict(state.get("extra") or {})
+    state = _read_state(path)
+    extra = state.get("extra") or {}
+    if extra.get("recipe") != recipe:
+        raise PruneDataError(f"checkpoint {path} is from another {what} ({extra.get('recipe')}), not this one "
+                             f"({recipe}); delete it or point --checkpoint elsewhere")
+    epoch = _restore(state, model=model, optimizer=optimizer, scheduler=scheduler)
+    generator.set_state(extra["loader_generator"])
+    return epoch, extra.get("user_state")

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from ._io import PathLike
 from .adapruner import AdaPruner, AdaPrunerSampler
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, resume_training, save_checkpoint, save_training_checkpoint
 from .identity import IndexedDataset
 from .progress import progress
 
@@ -102,16 +102,7 @@ def fit(model: torch.nn.Module, dataset: Any, *, epochs: int = 2, batch_size: in
               "samples": len(dataset), "model": type(model).__name__}
     start = 0
     if resume and checkpoint is not None and Path(checkpoint).exists():
-        from .checkpoint import read_checkpoint_extra
-        from .errors import PruneDataError
-
-        extra = read_checkpoint_extra(checkpoint)
-        saved = extra.get("fit_recipe")
-        if saved != recipe:
-            raise PruneDataError(f"checkpoint {checkpoint} is from another training run ({saved}), not this one "
-                                 f"({recipe}); delete it or point --checkpoint elsewhere")
-        start = load_checkpoint(checkpoint, model=model, optimizer=opt, scheduler=sched)
-        g.set_state(extra["loader_generator"])
+        start, _ = resume_training(checkpoint, recipe, model=model, optimizer=opt, scheduler=sched, generator=g)
         logger.info("resumed %s from %s at epoch %d of %d", desc, checkpoint, start, epochs)
     else:
         seed_everything(seed)
@@ -125,8 +116,8 @@ def fit(model: torch.nn.Module, dataset: Any, *, epochs: int = 2, batch_size: in
             opt.step()
             sched.step()
         if checkpoint is not None:
-            save_checkpoint(checkpoint, model=model, optimizer=opt, scheduler=sched, epoch=epoch + 1,
-                            extra={"fit_recipe": recipe, "loader_generator": g.get_state()})
+            save_training_checkpoint(checkpoint, recipe, epoch=epoch + 1, model=model, optimizer=opt,
+                                     scheduler=sched, generator=g)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
     return model

@@ -139,7 +139,7 @@ def train_proxy(model: nn.Module, dataset: Any, *, epochs: int, batch_size: int 
     and ends where an uninterrupted run would. A checkpoint of another recipe is refused.
     ``stop_after_epoch=k`` stops after ``k`` epochs (testing).
     """
-    from ..checkpoint import load_checkpoint, read_checkpoint_extra, save_checkpoint
+    from ..checkpoint import resume_training, save_training_checkpoint
     from ..training import seed_everything
 
     if epochs < 1:
@@ -155,14 +155,10 @@ def train_proxy(model: nn.Module, dataset: Any, *, epochs: int, batch_size: int 
               "samples": len(dataset), "model": type(model).__name__, "desc": desc}
     start = 0
     if resume and checkpoint is not None and Path(checkpoint).exists():
-        extra = read_checkpoint_extra(checkpoint)
-        if extra.get("proxy_recipe") != recipe:
-            raise PruneDataError(f"checkpoint {checkpoint} is from another proxy ({extra.get('proxy_recipe')}), not "
-                                 f"this one ({recipe}); delete it or point --checkpoint elsewhere")
-        start = load_checkpoint(checkpoint, model=model, optimizer=opt, scheduler=sched)
-        g.set_state(extra["loader_generator"])
+        start, user_state = resume_training(checkpoint, recipe, model=model, optimizer=opt, scheduler=sched,
+                                            generator=g, what="proxy")
         if load_state is not None:
-            load_state(extra.get("user_state"))
+            load_state(user_state)
         logger.info("resumed %s from %s at epoch %d of %d", desc, checkpoint, start, epochs)
     else:
         seed_everything(seed)
@@ -185,9 +181,8 @@ def train_proxy(model: nn.Module, dataset: Any, *, epochs: int, batch_size: int 
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, model)
         if checkpoint is not None:
-            save_checkpoint(checkpoint, model=model, optimizer=opt, scheduler=sched, epoch=epoch + 1,
-                            extra={"proxy_recipe": recipe, "loader_generator": g.get_state(),
-                                   "user_state": state() if state is not None else None})
+            save_training_checkpoint(checkpoint, recipe, epoch=epoch + 1, model=model, optimizer=opt,
+                                     scheduler=sched, generator=g, user_state=state() if state is not None else None)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
     return model

@@ -1240,7 +1240,6 @@ def _small_max_removed_bound(S: torch.Tensor, eps: float, removed: np.ndarray, u
     dg = np.diag(G)
     found = int(removed.size)
     idx = [np.arange(n)]
-    ub0 = ub
     lo, hi, solves = found + 1, min(ub, n - 1), 0
     while lo <= hi and time.perf_counter() < deadline:
         k = (lo + hi) // 2
@@ -1268,11 +1267,11 @@ def _small_max_removed_bound(S: torch.Tensor, eps: float, removed: np.ndarray, u
                 below = True                           # r(k) <= ||S^T w|| <= eps: size k not excluded
             if not nv > 0:
                 continue
-            c = np.cumsum(np.sort(gw / nv))
-            over = np.flatnonzero(c > eps * (1 + 1e-12) + 1e-300)
-            if over.size and int(over[0]) + 1 <= k:
-                dirs.append(torch.from_numpy(A.T @ w))
-                ub = min(ub, int(over[0]))
+            u = torch.from_numpy(A.T @ w)
+            cut = max_removed_upper_bound(S, eps, [u], _trusted=True)   # sizes above cut are infeasible
+            if cut < k:
+                dirs.append(u)
+                ub = min(ub, cut)
                 certified = True
         if certified:
             hi = min(k - 1, ub)
@@ -1280,8 +1279,7 @@ def _small_max_removed_bound(S: torch.Tensor, eps: float, removed: np.ndarray, u
             lo = k + 1
         else:
             break        # nothing is known about r(k): stop rather than guess
-    # recheck the kept directions in float64 on S itself (the certificate is the sorted projections)
-    return min(ub0, max_removed_upper_bound(S, eps, dirs, _trusted=True)), solves
+    return ub, solves
 
 
 def solve_generalization_fast(S: ArrayLike, eps: float, *, time_limit: Optional[float] = None, seed: int = 0,
