@@ -1024,9 +1024,10 @@ def _cardinality_exhaustive(A: np.ndarray, G: np.ndarray, m: int, gid: Optional[
 
 def _cardinality_small(S: torch.Tensor, m: int, g_arr: Optional[np.ndarray], *, time_limit: float, seed: int,
                        patience: Optional[int], certify: bool, bound_iters: int,
-                       bound_time: Optional[float] = None, exhaustive_max: int = EXHAUSTIVE_MAX) -> PruningSolution:
+                       bound_time: Optional[float] = None, exhaustive_max: int = EXHAUSTIVE_MAX,
+                       gram: Optional[tuple] = None) -> PruningSolution:
     t0 = time.perf_counter()
-    A, G = _gram64(S)
+    A, G = gram if gram is not None else _gram64(S)
     n = A.shape[0]
     dg = np.diag(G).copy()
     if patience is None:
@@ -1105,7 +1106,7 @@ def solve_cardinality_fast(S: ArrayLike, m: int, *, groups: Optional[Sequence[in
                            bound_time: Optional[float] = None, certify: bool = True,
                            small_patience: Optional[int] = None, gram_max_n: int = SMALL_N,
                            construct: str = "signed", construct_frac: float = 0.4,
-                           exhaustive_max: int = EXHAUSTIVE_MAX) -> PruningSolution:
+                           exhaustive_max: int = EXHAUSTIVE_MAX, _gram: Optional[tuple] = None) -> PruningSolution:
     """Remove exactly ``m`` rows minimising ``||sum S_i||`` (per-group quotas when ``groups`` is given).
 
     With at most ``exhaustive_max`` possible removal sets every one is scored (proven optimal).
@@ -1138,7 +1139,7 @@ def solve_cardinality_fast(S: ArrayLike, m: int, *, groups: Optional[Sequence[in
     if n <= gram_max_n:
         return _cardinality_small(S, m, g_arr, time_limit=time_limit, seed=seed, patience=small_patience,
                                   certify=certify, bound_iters=max(bound_iters, 400), bound_time=bound_time,
-                                  exhaustive_max=exhaustive_max)
+                                  exhaustive_max=exhaustive_max, gram=_gram)
 
     st = _State(S, torch.zeros(n, dtype=torch.bool, device=S.device))
     sweeps = 0
@@ -1225,8 +1226,8 @@ def _degeneracy(S: torch.Tensor, total: torch.Tensor, r: torch.Tensor, lb: float
     return flags
 
 
-def _small_max_removed_bound(S: torch.Tensor, eps: float, removed: np.ndarray, ub: int, deadline: float,
-                             dirs: List[torch.Tensor]) -> tuple:
+def _small_max_removed_bound(S: torch.Tensor, gram: tuple, eps: float, removed: np.ndarray, ub: int,
+                             deadline: float, dirs: List[torch.Tensor]) -> tuple:
     """Tighten the certified largest eps-feasible size for a small ``S`` with exact relaxations.
 
     The relaxation's value ``r(k) = min ||S^T w||`` over fractional sets of size ``k`` is convex in
@@ -1235,7 +1236,7 @@ def _small_max_removed_bound(S: torch.Tensor, eps: float, removed: np.ndarray, u
     :func:`_ipm_relaxation`) and keeps
     every direction whose sorted projections certify some size infeasible (then every larger size
     is too, see :func:`max_removed_upper_bound`). Returns ``(bound, relaxation solves)``."""
-    A, G = _gram64(S)
+    A, G = gram
     n = G.shape[0]
     dg = np.diag(G)
     found = int(removed.size)
@@ -1304,6 +1305,9 @@ def solve_generalization_fast(S: ArrayLike, eps: float, *, time_limit: Optional[
     if time_limit <= 0:
         raise PruneDataError(f"time_limit must be positive seconds, got {time_limit}")
     total = _chunked_sum64(S)
+    # the Gram matrix of a small S, computed once for every cardinality solve and the bound search
+    gram = _gram64(S) if n <= card_kw.get("gram_max_n", SMALL_N) else None
+    card_kw = {**card_kw, "_gram": gram}
     dirs: List[torch.Tensor] = [total]
     hi = min(cap, max_removed_upper_bound(S, eps, dirs, _trusted=True))
     lo = 0
@@ -1343,10 +1347,10 @@ def solve_generalization_fast(S: ArrayLike, eps: float, *, time_limit: Optional[
     relax_steps = 0
     if removed.size + 1 <= min(ub, n - 1):
         bdeadline = time.perf_counter() + max(1.0, 0.25 * time_limit)
-        if n <= card_kw.get("gram_max_n", SMALL_N):
+        if gram is not None:
             # exact relaxations: a few interior-point solves' worth at least (~1 s at n = 1,000, 8 s at 2,000)
             bdeadline = max(bdeadline, time.perf_counter() + 1e-9 * n ** 3)
-            ub, relax_steps = _small_max_removed_bound(S, eps, removed, ub, bdeadline, dirs)
+            ub, relax_steps = _small_max_removed_bound(S, gram, eps, removed, ub, bdeadline, dirs)
         else:
             u_rel, _, _, _ = _relaxation_directions(S, removed.size + 1, None, None, iters=40, deadline=bdeadline)
             if u_rel is not None:
