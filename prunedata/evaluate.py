@@ -20,6 +20,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -36,7 +37,7 @@ from .selection import Selection
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Recipe", "EvaluationResult", "evaluate_selection", "ProxySearchResult", "proxy_search",
+__all__ = ["Recipe", "RunCache", "EvaluationResult", "evaluate_selection", "ProxySearchResult", "proxy_search",
            "make_proxies", "class_balanced_by_scores", "TimeCurveResult", "time_to_accuracy", "TransferResult", "transfer",
            "transfer_sets", "digits_task", "class_split", "random_subset", "DEFAULT_ARCHITECTURES"]
 
@@ -325,18 +326,60 @@ class EvaluationResult(_Result):
         return plot_evaluation(self, path)
 
 
+class RunCache:
+    """Training runs kept on disk: one JSON file per (dataset, architecture, recipe, seed, indices)."""
+
+    def __init__(self, directory: PathLike, dataset: Any):
+        from .identity import dataset_fingerprint
+
+        self.directory = Path(directory)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise PruneDataError(f"cannot create the evaluation cache folder {self.directory}: {e}; give a "
+                                 "writable --cache-dir") from None
+        self.fingerprint = dataset_fingerprint(dataset)
+
+    def key(self, *, arch: str, subset: str, seed: int, indices: np.ndarray, recipe: Dict[str, Any],
+            num_classes: int) -> str:
+        import hashlib
+
+        h = hashlib.sha256()
+        h.update(json.dumps({"fingerprint": self.fingerprint, "arch": arch, "seed": int(seed), "recipe": recipe,
+                             "num_classes": int(num_classes), "version": 1}, sort_keys=True).encode())
+        h.update(np.ascontiguousarray(np.asarray(indices, dtype=np.int64)).tobytes())
+        return f"{arch}-{subset}-s{int(seed)}-n{int(np.asarray(indices).size)}-{h.hexdigest()[:20]}"
+
+    def get(self, key: str) -> Optional[Dict[str, Any]]:
+        path = self.directory / f"{key}.json"
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            logger.warning("evaluation cache entry %s is unreadable; training the run again", path)
+            return None
+
+    def put(self, key: str, run: Dict[str, Any]) -> None:
+        atomic_write_text(self.directory / f"{key}.json", json.dumps(run, default=_json_default) + "\n")
+
+
 def evaluate_selection(selection: Selection, dataset: Any, test_dataset: Any, *,
                        architectures: Optional[Sequence[str]] = None, seeds: Union[int, Sequence[int]] = 3,
                        epochs: int = 3, batch_size: int = 128, lr: float = 0.05, device: str = "cpu",
                        include_random: bool = True, include_full: bool = True, num_classes: Optional[int] = None,
                        cache: Optional[Dict[Any, Dict[str, Any]]] = None, show_progress: bool = True,
-                       dataset_name: Optional[str] = None) -> EvaluationResult:
+                       dataset_name: Optional[str] = None, cache_dir: Optional[PathLike] = None) -> EvaluationResult:
     """Train every architecture on the selection, on class-balanced random subsets of the same size (a
     new one per seed) and on the full ``dataset``, all with the same recipe, and test on ``test_dataset``.
 
     ``architectures`` defaults to :data:`DEFAULT_ARCHITECTURES`; architectures that did not make the
     selection are marked ``unseen``. ``cache`` (a dict) lets several evaluations on the same data and
     recipe share their random and full runs (a benchmark comparing methods at one size).
+    ``cache_dir`` keeps every run on disk (one small JSON file per run, keyed by the dataset's
+    fingerprint, the architecture, the recipe, the seed and the exact training indices), so later
+    evaluations with the same recipe reuse the random and full-data runs and any selection already
+    trained: an interrupted evaluation resumes where it stopped.
     """
     if not isinstance(selection, Selection):
         raise PruneDataError(f"expected a Selection, got {type(selection).__name__}; load one with Selection.load")
@@ -350,6 +393,7 @@ def evaluate_selection(selection: Selection, dataset: Any, test_dataset: Any, *,
     n_classes = int(num_classes or int(labels.max()) + 1)
     proxy_arch = _proxy_architecture(selection)
     cache = {} if cache is None else cache
+    run_cache = RunCache(cache_dir, dataset) if cache_dir is not None else None
     key_base = (len(dataset), tuple(sorted(recipe.as_dict().items())), n_classes)
 
     subsets: List[Tuple[str, Callable[[int], np.ndarray]]] = [("selection", lambda s: kept)]
@@ -365,6 +409,16 @@ def evaluate_selection(selection: Selection, dataset: Any, test_dataset: Any, *,
             runs.append(dict(cache[key], cached=True))
             continue
         idx = fn(seed)
+        disk_key = None
+        if run_cache is not None:
+            disk_key = run_cache.key(arch=arch, subset=name, seed=seed, indices=idx, recipe=recipe.as_dict(),
+                                     num_classes=n_classes)
+            hit = run_cache.get(disk_key)
+            if hit is not None:
+                runs.append(dict(hit, cached=True))
+                if name != "selection":
+                    cache[key] = hit
+                continue
         torch.manual_seed(seed)
         model = build_architecture(arch, num_classes=n_classes, in_channels=_in_channels(dataset))
         res = train_and_test(model, _IndexSubset(dataset, idx), test_dataset, recipe, seed=seed,
@@ -375,6 +429,8 @@ def evaluate_selection(selection: Selection, dataset: Any, test_dataset: Any, *,
                     res["accuracy"], res["seconds"])
         if name != "selection":
             cache[key] = run
+        if run_cache is not None:
+            run_cache.put(disk_key, run)
         runs.append(run)
     summary: Dict[str, Dict[str, Any]] = {}
     for arch in archs:

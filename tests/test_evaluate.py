@@ -86,6 +86,25 @@ def test_evaluation_cache_shares_random_and_full_runs(data):
     assert a.summary["linear"]["unseen"]  # no proxy architecture recorded -> every architecture is unseen
 
 
+def test_disk_cache_reuses_runs_across_evaluations_and_keys_by_samples(data, tmp_path):
+    train, test = data
+    kw = dict(architectures=["linear"], seeds=1, epochs=1, show_progress=False, cache_dir=tmp_path / "runs")
+    sel = Selection.from_mask(np.arange(N_TRAIN) % 3 == 0, method="every-third", fingerprint=None)
+    a = ev.evaluate_selection(sel, train, test, **kw)
+    assert not any(r.get("cached") for r in a.runs)
+    assert len(list((tmp_path / "runs").glob("*.json"))) == 3
+    b = ev.evaluate_selection(sel, train, test, **kw)  # a new process would see the same files
+    assert all(r.get("cached") for r in b.runs)
+    assert [r["accuracy"] for r in a.runs] == [r["accuracy"] for r in b.runs]
+    # another selection of the same size shares random and full, but its own samples are trained
+    other = Selection.from_mask(np.arange(N_TRAIN) % 3 == 1, method="every-third-1", fingerprint=None)
+    c = ev.evaluate_selection(other, train, test, **kw)
+    assert {r["subset"]: bool(r.get("cached")) for r in c.runs} == {"selection": False, "random": True, "full": True}
+    # another recipe trains again
+    d = ev.evaluate_selection(sel, train, test, **dict(kw, epochs=2))
+    assert not any(r.get("cached") for r in d.runs)
+
+
 def test_search_space():
     assert len(search_space("paper")) == 720
     assert len(search_space("cpu")) >= 24

@@ -55,6 +55,9 @@ def register(subparsers) -> None:
     g.add_argument("--lr", type=float, default=0.05)
     g.add_argument("--device", default="cpu")
     g.add_argument("--no-full", action="store_true", help="skip the full-data runs")
+    g.add_argument("--cache-dir", default=None, help="keep every training run in this folder (one JSON per run) and "
+                   "reuse runs with the same dataset, architecture, recipe, seed and samples: random and full-data "
+                   "runs are shared between evaluations, and an interrupted evaluation resumes")
     g = p.add_argument_group("proxy search")
     g.add_argument("--space", default="cpu", help="search space: cpu (32 nets), paper (720), tiny (4)")
     g.add_argument("--proxy-epochs", type=int, default=10)
@@ -154,7 +157,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             r = ev.evaluate_selection(s, train, test, architectures=archs, seeds=args.seeds, epochs=args.epochs,
                                       batch_size=args.batch_size, lr=args.lr, device=args.device,
                                       include_full=not args.no_full, cache=cache, show_progress=show,
-                                      dataset_name=data_args["name"])
+                                      dataset_name=data_args["name"], cache_dir=args.cache_dir)
             results.append(r)
             lines += [r.table(), ""]
         report["evaluations"] = [r.to_dict() for r in results]
