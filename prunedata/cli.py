@@ -1,58 +1,42 @@
-"""The ``prunedata`` command line: prune, train, show (plus subcommands in prunedata.commands)."""
+"""prunedata: make training data smaller without making models worse (prune, show, train, evaluate, methods)."""
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
-import pkgutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, List, Optional
-
-import numpy as np
+from typing import Any, Dict, List, Optional
 
 logger = logging.getLogger("prunedata.cli")
 
 
 # --------------------------------------------------------------------------- datasets by name
-def load_dataset(name: str, *, train: bool = True, max_samples: Optional[int] = None, root: Optional[str] = None):
-    """``fashion-mnist`` (local Debian files), or a path to an ImageFolder directory."""
-    from .datasets import FashionMNIST
-    from .errors import PruneDataError
+def load_dataset(name: str, *, train: bool = True, max_samples: Optional[int] = None, root: Optional[str] = None,
+                 download: bool = False):
+    """The dataset a command line names (see :mod:`prunedata.catalog` for the accepted forms)."""
+    from .catalog import load_dataset as _load
 
-    if name.lower() in ("fashion-mnist", "fashion_mnist", "fmnist", "fashionmnist"):
-        return FashionMNIST(root=root, train=train, max_samples=max_samples)
-    path = Path(name)
-    if path.is_dir():
-        from prunedata.adapters.classification import image_folder
-
-        split = path / ("train" if train else "test")
-        folder = split if split.is_dir() else path
-        if not train and not split.is_dir():
-            raise PruneDataError(f"{path} has no test/ folder; give --test-dataset or lay it out as train/ and test/")
-        ds = image_folder(folder)
-        if max_samples is not None and max_samples < len(ds):
-            import torch
-
-            from .datasets import _stratified_prefix
-
-            idx = _stratified_prefix(np.asarray(ds.targets), max_samples)
-            ds = torch.utils.data.Subset(ds, idx.tolist())
-            ds.targets = np.asarray(ds.dataset.targets)[idx]  # type: ignore[attr-defined]
-        return ds
-    raise PruneDataError(
-        f"unknown dataset {name!r}: use 'fashion-mnist' or the path of an ImageFolder directory "
-        "(class sub-folders, optionally under train/ and test/)"
-    )
+    return _load(name, train=train, root=root, download=download, max_samples=max_samples)
 
 
-def _num_classes(ds) -> int:
-    from .datasets import labels_of
+def _model_kw(ds) -> Dict[str, int]:
+    """Number of classes and input size of ``ds``, for building the CLI's models."""
+    from .catalog import input_shape, num_classes
 
-    lab = labels_of(ds)
-    return int(lab.max()) + 1 if lab is not None and lab.size else 10
+    c, h, w = input_shape(ds)
+    return {"num_classes": num_classes(ds), "in_channels": int(c), "side": int(h)}
+
+
+def _dataset_params(args: argparse.Namespace) -> Dict[str, Any]:
+    """What a selection file records to reload its dataset (``show``, ``train`` and ``evaluate`` read it back)."""
+    out: Dict[str, Any] = {"dataset": args.dataset}
+    if getattr(args, "root", None):
+        out["dataset_root"] = str(Path(args.root).expanduser().resolve())
+    if args.max_samples:
+        out["max_samples"] = args.max_samples
+    return out
 
 
 # --------------------------------------------------------------------------- subcommands
@@ -63,21 +47,19 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if (args.checkpoint or args.resume) and args.method == "random":
         raise PruneDataError("--checkpoint/--resume apply to methods that train a model; random trains none, "
                              "drop them")
-
-    ds = load_dataset(args.dataset, train=True, max_samples=args.max_samples)
-    cfg = MethodConfig(model=args.model, num_classes=_num_classes(ds), epochs=args.epochs,
-                       batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
-                       class_balanced=args.class_balanced, num_workers=args.num_workers,
-                       show_progress=not args.no_progress)
     opts: dict = {}
     for kv in args.option or []:
         if "=" not in kv:
-            raise SystemExit(f"--option expects KEY=VALUE, got {kv!r}")
+            raise PruneDataError(f"--option expects KEY=VALUE, got {kv!r}")
         k, v = kv.split("=", 1)
         try:
             opts[k] = json.loads(v)
         except json.JSONDecodeError:
             opts[k] = v
+    ds = load_dataset(args.dataset, train=True, max_samples=args.max_samples, root=args.root, download=args.download)
+    cfg = MethodConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                       device=args.device, class_balanced=args.class_balanced, num_workers=args.num_workers,
+                       show_progress=not args.no_progress, **_model_kw(ds))
     if args.method != "random":
         if args.checkpoint:
             opts.setdefault("checkpoint", args.checkpoint)
@@ -85,9 +67,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     sel = select(args.method, ds, args.keep_ratio, config=cfg, **opts)
     sel.metrics.setdefault("seconds", round(time.perf_counter() - t0, 2))
-    sel.params.setdefault("dataset", args.dataset)
-    if args.max_samples:
-        sel.params.setdefault("max_samples", args.max_samples)
+    for k, v in _dataset_params(args).items():
+        sel.params.setdefault(k, v)
     out = sel.save(args.output)
     report = _report(sel, ds)
     report_path = Path(args.report) if args.report else out.with_suffix(".report.txt")
@@ -115,6 +96,14 @@ def _report(sel, ds) -> str:
     return "\n".join(lines)
 
 
+def _from_selection(args: argparse.Namespace, sel) -> None:
+    """Fill ``--root``/``--max-samples`` from the selection file when the command line leaves them out."""
+    if getattr(args, "root", None) is None and sel.params.get("dataset_root"):
+        args.root = sel.params["dataset_root"]
+    if getattr(args, "max_samples", None) is None and sel.params.get("max_samples"):
+        args.max_samples = int(sel.params["max_samples"])
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
@@ -123,16 +112,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .selection import Selection
     from .training import evaluate, fit
 
-    train = load_dataset(args.dataset, train=True, max_samples=args.max_samples)
-    test = load_dataset(args.dataset, train=False, max_samples=args.max_test_samples)
+    sel = None
     if args.selection:
-        sel = Selection.load(args.selection, train, strict=not args.no_strict)
+        sel = Selection.load(args.selection)
+        _from_selection(args, sel)
+    train = load_dataset(args.dataset, train=True, max_samples=args.max_samples, root=args.root,
+                         download=args.download)
+    test = load_dataset(args.dataset, train=False, max_samples=args.max_test_samples, root=args.root,
+                        download=args.download)
+    if sel is not None:
+        sel.check(train, strict=not args.no_strict)
         data = PrunedDataset(train, sel, check=False)
         what = f"{len(data)} of {len(train)} samples ({sel.method})"
     else:
         data, what = train, f"all {len(train)} samples"
+    _check_output(args.output)
     torch.manual_seed(args.seed)
-    model = make_model(args.model, num_classes=_num_classes(train))
+    model = make_model(args.model, **_model_kw(train))
     t0 = time.perf_counter()
     fit(model, data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         device=args.device, show_progress=not args.no_progress)
@@ -148,13 +144,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_output(path: Optional[str]) -> None:
+    """Fail before the work when the output's folder does not exist and cannot be made."""
+    if not path:
+        return
+    from .errors import PruneDataError
+
+    parent = Path(path).expanduser().resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PruneDataError(f"cannot create the folder of the output {path}: {e.strerror}; choose another -o") from None
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from .selection import Selection
 
     sel = Selection.load(args.selection)
     ds = None
     if args.dataset:
-        ds = load_dataset(args.dataset, train=True, max_samples=sel.params.get("max_samples"))
+        _from_selection(args, sel)
+        ds = load_dataset(args.dataset, train=True, max_samples=args.max_samples, root=args.root,
+                          download=args.download)
         sel.check(ds)
     if args.json:
         d = sel.to_dict()
@@ -179,6 +190,21 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- parser
+DATASET_HELP = ("fashion-mnist; mnist, fashionmnist, kmnist, cifar10, cifar100 or svhn in torchvision's layout under "
+                "--root; an ImageFolder directory (train/ and test/ class folders); or module:callable / "
+                "file.py:callable returning a map-style dataset (called with train=True/False)")
+
+
+def add_dataset_args(p: argparse.ArgumentParser, *, positional: bool = True) -> None:
+    """The dataset arguments every command shares (the dataset spec, --root, --download)."""
+    if positional:
+        p.add_argument("dataset", help=DATASET_HELP)
+    p.add_argument("--root", default=None, help="folder of a torchvision-format dataset (or passed to a callable's "
+                   "`root`); a selection file remembers it")
+    p.add_argument("--download", action="store_true", help="let torchvision download the dataset into --root first "
+                   "(nothing is downloaded without it)")
+
+
 def _common_training(p: argparse.ArgumentParser, epochs: int) -> None:
     p.add_argument("--model", default="cnn", help="architecture name (prunedata.models.MODELS), default cnn")
     p.add_argument("--epochs", type=int, default=epochs)
@@ -192,12 +218,16 @@ def _common_training(p: argparse.ArgumentParser, epochs: int) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="prunedata", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"prunedata {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more logging (-vv for debug); errors then show their traceback")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("prune", help="select samples to keep and write a selection file")
-    p.add_argument("dataset", help="'fashion-mnist' or an ImageFolder directory")
+    add_dataset_args(p)
     p.add_argument("--method", default="adapruner", help="selection method (see `prunedata methods`)")
     p.add_argument("--keep-ratio", type=float, default=0.7, help="fraction of samples to keep, in (0, 1)")
     p.add_argument("--class-balanced", action="store_true", help="keep the same fraction of every class")
@@ -213,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("train", help="train a fresh model on a selection and report test accuracy")
-    p.add_argument("dataset")
+    add_dataset_args(p)
     p.add_argument("--selection", default=None, help="selection file (omit for the full data)")
     p.add_argument("--max-test-samples", type=int, default=None)
     p.add_argument("--no-strict", action="store_true", help="warn instead of failing on a fingerprint mismatch")
@@ -223,19 +253,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("show", help="summarise a selection file: sizes, class balance, method")
     p.add_argument("selection")
-    p.add_argument("--dataset", default=None, help="check against this dataset and show class balance")
+    p.add_argument("--dataset", default=None, help="check against this dataset and show class balance (" +
+                   DATASET_HELP + ")")
+    add_dataset_args(p, positional=False)
+    p.add_argument("--max-samples", type=int, default=None, help="default: the selection's")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("methods", help="list the selection methods")
     p.set_defaults(func=cmd_methods)
 
-    from . import commands
+    from .commands import evaluate
 
-    for info in pkgutil.iter_modules(commands.__path__):
-        mod = importlib.import_module(f"prunedata.commands.{info.name}")
-        if hasattr(mod, "register"):
-            mod.register(sub)
+    evaluate.register(sub)
     return parser
 
 
@@ -252,9 +282,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (PruneDataError, FileNotFoundError) as e:
-        logger.error("%s", e)
-        print(f"prunedata: error: {e}", file=sys.stderr)
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc(file=sys.stderr)
+        msg = str(e) if isinstance(e, PruneDataError) else f"{e.strerror or e}: {e.filename}" if e.filename else str(e)
+        print(f"prunedata {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"prunedata {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -113,7 +113,7 @@ def find_fashion_mnist(root: Optional[PathLike] = None) -> Path:
         cands.append(Path(os.environ["PRUNEDATA_FASHION_MNIST"]))
     cands += [Path(p) for p in _FMNIST_DIRS]
     for c in cands:
-        if all((c / f).exists() for f in _FMNIST_FILES[True] + _FMNIST_FILES[False]):
+        if all(_idx_file(c, f) is not None for f in _FMNIST_FILES[True] + _FMNIST_FILES[False]):
             return c
     raise FileNotFoundError(
         "Fashion-MNIST not found (looked in " + ", ".join(map(str, cands)) + "). On Debian: "
@@ -122,9 +122,21 @@ def find_fashion_mnist(root: Optional[PathLike] = None) -> Path:
     )
 
 
+def _idx_file(folder: Path, name: str) -> Optional[Path]:
+    """``folder/name`` (``.gz``) or its uncompressed twin (torchvision keeps both), if either exists."""
+    for cand in (folder / name, folder / name[: -len(".gz")] if name.endswith(".gz") else folder / (name + ".gz")):
+        if cand.exists():
+            return cand
+    return None
+
+
 def _read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as fh:
-        raw = fh.read()
+    path = Path(path)
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as fh:
+            raw = fh.read()
+    except (OSError, EOFError) as e:
+        raise PruneDataError(f"{path} cannot be read ({e}); the file is corrupt or truncated, download it again") from None
     if len(raw) < 8 or raw[0] != 0 or raw[1] != 0:
         raise PruneDataError(f"{path} is not an IDX file")
     ndim = raw[3]
@@ -150,8 +162,8 @@ class FashionMNIST(torch.utils.data.Dataset):
                  max_samples: Optional[int] = None, transform=None):
         folder = find_fashion_mnist(root)
         img_f, lab_f = _FMNIST_FILES[bool(train)]
-        data = _read_idx(folder / img_f)
-        targets = _read_idx(folder / lab_f).astype(np.int64)
+        data = _read_idx(_idx_file(folder, img_f))
+        targets = _read_idx(_idx_file(folder, lab_f)).astype(np.int64)
         if data.shape[0] != targets.shape[0]:
             raise PruneDataError(f"{folder}: {data.shape[0]} images but {targets.shape[0]} labels")
         if max_samples is not None and max_samples < len(targets):

@@ -19,3 +19,7 @@ class LossShapeError(PruneDataError):
 
 class NonFiniteLossError(PruneDataError):
     """A per-sample loss is NaN or infinite."""
+
+
+class MissingDependencyError(PruneDataError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""

@@ -37,7 +37,7 @@ from .selection import Selection
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Recipe", "RunCache", "EvaluationResult", "evaluate_selection", "ProxySearchResult", "proxy_search",
+__all__ = ["Recipe", "RunCache", "input_kwargs", "EvaluationResult", "evaluate_selection", "ProxySearchResult", "proxy_search",
            "make_proxies", "class_balanced_by_scores", "TimeCurveResult", "time_to_accuracy", "TransferResult", "transfer",
            "transfer_sets", "digits_task", "class_split", "random_subset", "DEFAULT_ARCHITECTURES"]
 
@@ -420,7 +420,7 @@ def evaluate_selection(selection: Selection, dataset: Any, test_dataset: Any, *,
                     cache[key] = hit
                 continue
         torch.manual_seed(seed)
-        model = build_architecture(arch, num_classes=n_classes, in_channels=_in_channels(dataset))
+        model = build_architecture(arch, num_classes=n_classes, **input_kwargs(dataset))
         res = train_and_test(model, _IndexSubset(dataset, idx), test_dataset, recipe, seed=seed,
                              desc=f"{arch}/{name}/seed{seed}")
         run = {"architecture": arch, "subset": name, "seed": seed, "n_train": int(idx.size),
@@ -453,9 +453,12 @@ def evaluate_selection(selection: Selection, dataset: Any, test_dataset: Any, *,
                             dataset=dataset_name or selection.params.get("dataset"))
 
 
-def _in_channels(dataset: Any) -> int:
+def input_kwargs(dataset: Any) -> Dict[str, int]:
+    """``in_channels`` and ``side`` of the dataset's images, for :func:`build_architecture`."""
     x = dataset[0][0]
-    return int(x.shape[0]) if hasattr(x, "shape") and len(x.shape) == 3 else 1
+    if hasattr(x, "shape") and len(x.shape) == 3:
+        return {"in_channels": int(x.shape[0]), "side": int(x.shape[-1])}
+    return {"in_channels": 1, "side": 28}
 
 
 # =========================================================================== proxy-set search
@@ -555,7 +558,9 @@ class ProxySearchResult(_Result):
     kind = "proxy_search"
 
     def __post_init__(self) -> None:
-        from scipy.stats import spearmanr
+        from ._optional import require
+
+        spearmanr = require("scipy.stats", extra="eval", purpose="proxy-search rank correlation").spearmanr
 
         full = np.asarray(self.full_accuracy)
         for p, accs in self.proxy_accuracy.items():
@@ -643,7 +648,7 @@ def proxy_search(proxies: Mapping[str, Union[Selection, Sequence[int], np.ndarra
         idx = {"random": random_subset(labels, size, seed=seed + 777), **idx}
     rec_full = Recipe(epochs=full_epochs, batch_size=batch_size, lr=lr, device=device)
     rec_proxy = Recipe(epochs=proxy_epochs, batch_size=batch_size, lr=lr, device=device)
-    in_ch = _in_channels(dataset)
+    in_kw = input_kwargs(dataset)
     full_acc: List[float] = []
     full_sec = 0.0
     for spec in progress(specs, desc="search on full data", disable=not show_progress):
@@ -651,7 +656,7 @@ def proxy_search(proxies: Mapping[str, Union[Selection, Sequence[int], np.ndarra
             a, s = full_accuracy[spec.name]
         else:
             torch.manual_seed(seed)
-            r = train_and_test(spec.build(n_classes, in_ch), dataset, test_dataset, rec_full, seed=seed,
+            r = train_and_test(spec.build(n_classes, **in_kw), dataset, test_dataset, rec_full, seed=seed,
                                desc=f"full {spec.name}")
             a, s = r["accuracy"], r["seconds"]
         full_acc.append(float(a))
@@ -663,7 +668,7 @@ def proxy_search(proxies: Mapping[str, Union[Selection, Sequence[int], np.ndarra
         accs, secs = [], 0.0
         for spec in progress(specs, desc=f"search on proxy {p}", disable=not show_progress):
             torch.manual_seed(seed)
-            r = train_and_test(spec.build(n_classes, in_ch), sub, test_dataset, rec_proxy, seed=seed,
+            r = train_and_test(spec.build(n_classes, **in_kw), sub, test_dataset, rec_proxy, seed=seed,
                                desc=f"{p} {spec.name}")
             accs.append(r["accuracy"])
             secs += r["seconds"]
@@ -745,7 +750,7 @@ def time_to_accuracy(train_sets: Mapping[str, Any], test_dataset: Any, *, archit
         per_seed = []
         for seed in progress(seed_list, desc=f"time curve {name}", disable=not show_progress):
             torch.manual_seed(seed)
-            model = build_architecture(architecture, num_classes=n_classes, in_channels=_in_channels(data))
+            model = build_architecture(architecture, num_classes=n_classes, **input_kwargs(data))
             per_seed.append(train_and_test(model, data, test_dataset, recipe, seed=seed,
                                            evals_per_epoch=evals_per_epoch, desc=f"{name} seed {seed}"))
         k = min(len(r["curve"]) for r in per_seed)
@@ -778,7 +783,9 @@ class _TensorTask(torch.utils.data.Dataset):
 def digits_task(*, side: int = 28, test_fraction: float = 0.5, seed: int = 0) -> Tuple[Any, Any]:
     """scikit-learn's bundled 8x8 digits (1797 images, no download), upsampled to ``side`` x ``side``
     and standardised, split into a stratified (train, test) pair of datasets with ``.targets``."""
-    from sklearn.datasets import load_digits
+    from ._optional import require
+
+    load_digits = require("sklearn.datasets", extra="eval", purpose="the digits transfer task").load_digits
     from sklearn.model_selection import train_test_split
 
     d = load_digits()
@@ -890,13 +897,13 @@ def transfer(pretrain_sets: Mapping[str, Any], target_train: Any, target_test: A
             torch.manual_seed(seed)
             if src is not None:
                 src_classes = int(_labels(src).max()) + 1
-                model = build_architecture(architecture, num_classes=src_classes, in_channels=_in_channels(src))
+                model = build_architecture(architecture, num_classes=src_classes, **input_kwargs(src))
                 r = train_and_test(model, src, source_test if source_test is not None else src, rec_pre, seed=seed,
                                    desc=f"pre-train {name}")
                 src_vals.append(r["accuracy"])
             else:
                 model = build_architecture(architecture, num_classes=tgt_classes,
-                                           in_channels=_in_channels(target_train))
+                                           **input_kwargs(target_train))
             fc = getattr(model, "fc", None)
             if not isinstance(fc, torch.nn.Linear):
                 raise PruneDataError(f"architecture {architecture!r} has no linear head .fc to replace for fine-tuning")

@@ -1,4 +1,5 @@
-"""Small reference models for 1x28x28 inputs (Fashion-MNIST), used by the CLI, benchmarks and tests.
+"""Small reference models for image inputs (1x28x28 Fashion-MNIST by default; ``in_channels``/``side`` for
+others, e.g. 3x32x32 CIFAR), used by the CLI, benchmarks and tests.
 
 Registered by name in :data:`MODELS` (``make_model("cnn")``) so command lines and evaluation reports
 can name architectures; users register their own with :func:`register_model`.
@@ -25,6 +26,7 @@ def register_model(name: str):
 
 
 def make_model(name: str, num_classes: int = 10, in_channels: int = 1, **kw) -> nn.Module:
+    """A fresh model by name; ``side`` (input height = width, default 28) sizes the layers that need it."""
     if name not in MODELS:
         raise PruneDataError(f"unknown architecture {name!r}; known: {', '.join(sorted(MODELS))}")
     return MODELS[name](num_classes=num_classes, in_channels=in_channels, **kw)
@@ -34,12 +36,12 @@ def make_model(name: str, num_classes: int = 10, in_channels: int = 1, **kw) -> 
 class SmallCNN(nn.Module):
     """Two conv blocks + a linear head (``self.fc``, the layer influence scoring uses)."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32):
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32, side: int = 28):
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(2 * width * 7 * 7, 128), nn.ReLU(),
+            nn.Flatten(), nn.Linear(2 * width * (side // 4) ** 2, 128), nn.ReLU(),
         )
         self.fc = nn.Linear(128, num_classes)
 
@@ -51,7 +53,7 @@ class SmallCNN(nn.Module):
 class BNCNN(nn.Module):
     """A different family from ``cnn``: batch norm, three conv blocks, global average pooling."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 24):
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 24, side: int = 28):
         super().__init__()
         def block(i, o):
             return nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU())

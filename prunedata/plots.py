@@ -28,7 +28,9 @@ __all__ = ["penultimate_features", "embed_2d", "plot_embedding", "plot_class_cou
 
 
 def _plt():
-    import matplotlib
+    from ._optional import require
+
+    matplotlib = require("matplotlib", extra="eval", purpose="plots")
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -70,7 +72,9 @@ def embed_2d(features: np.ndarray, *, method: str = "pca", seed: int = 0) -> np.
     features = np.asarray(features, dtype=np.float32)
     if features.ndim != 2 or features.shape[0] < 3:
         raise PruneDataError("need a 2-D feature array with at least 3 samples to embed")
-    from sklearn.decomposition import PCA
+    from ._optional import require
+
+    PCA = require("sklearn.decomposition", extra="eval", purpose="2-D embeddings").PCA
 
     if method == "pca":
         return PCA(n_components=2, random_state=seed).fit_transform(features)

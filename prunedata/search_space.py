@@ -171,11 +171,11 @@ def check_architectures(names: Iterable[str]) -> List[str]:
     return names
 
 
-def build_architecture(name: str, num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+def build_architecture(name: str, num_classes: int = 10, in_channels: int = 1, side: int = 28) -> nn.Module:
     """A fresh model by name: a :mod:`prunedata.models` name or a ConvNet name of this module."""
     from .models import MODELS, make_model
 
     check_architectures([name])
     if name in MODELS:
-        return make_model(name, num_classes=num_classes, in_channels=in_channels)
-    return ConvNetSpec.from_name(name).build(num_classes=num_classes, in_channels=in_channels)
+        return make_model(name, num_classes=num_classes, in_channels=in_channels, side=side)
+    return ConvNetSpec.from_name(name).build(num_classes=num_classes, in_channels=in_channels, side=side)

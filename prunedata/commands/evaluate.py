@@ -35,6 +35,8 @@ def register(subparsers) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=None, help="dataset the selections were made on (default: the one named in "
                    "the selection file)")
+    g.add_argument("--root", default=None, help="folder of a torchvision-format dataset (default: the selection's)")
+    g.add_argument("--download", action="store_true", help="let torchvision download the dataset into --root first")
     g.add_argument("--max-samples", type=int, default=None, help="training subset size (default: the selection's)")
     g.add_argument("--max-test-samples", type=int, default=None, help="use only this many test samples (stratified)")
     g = p.add_argument_group("modes")
@@ -86,6 +88,7 @@ def _dataset_args(sels, args) -> Dict[str, Any]:
 
     names = {s.params.get("dataset") for s in sels}
     sizes = {s.params.get("max_samples") for s in sels}
+    roots = {s.params.get("dataset_root") for s in sels}
     dataset = args.dataset
     if dataset is None:
         if len(names) != 1 or None in names:
@@ -95,7 +98,24 @@ def _dataset_args(sels, args) -> Dict[str, Any]:
     max_samples = args.max_samples
     if max_samples is None and len(sizes) == 1:
         max_samples = sizes.pop()
-    return {"name": dataset, "max_samples": max_samples}
+    out = {"name": dataset, "max_samples": max_samples}
+    root = args.root
+    if root is None and len(roots) == 1:
+        root = roots.pop()
+    if root is not None:
+        out["root"] = root
+    return out
+
+
+def _require_before_training(args: argparse.Namespace) -> None:
+    """Optional dependencies of the chosen modes, checked before any model is trained."""
+    from .._optional import require
+
+    require("matplotlib", extra="eval", purpose="the evaluation's figures")
+    if args.proxy_search:
+        require("scipy.stats", extra="eval", purpose="--proxy-search (Spearman's rho)")
+    if args.transfer == "digits" or args.plots:
+        require("sklearn", extra="eval", purpose="--transfer digits" if args.transfer == "digits" else "--plots")
 
 
 def _unique_name(name: str, taken: Dict[str, Any]) -> str:
@@ -110,7 +130,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from .. import evaluate as ev
-    from ..cli import load_dataset
+    from ..catalog import load_dataset
     from ..datasets import PrunedDataset, labels_of
     from ..errors import PruneDataError
     from ..search_space import check_architectures, search_space
@@ -127,6 +147,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not args.selections and not (args.proxy_search and proxy_methods):
         raise PruneDataError("give at least one SELECTION file (or --proxy-search with --proxy-methods and --dataset)")
     do_eval = args.arch_eval or not (args.proxy_search or args.time_curves or args.transfer or args.plots)
+    _require_before_training(args)
     sels = [Selection.load(p) for p in args.selections]
     if sels:
         data_args = _dataset_args(sels, args)
@@ -134,8 +155,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if not args.dataset:
             raise PruneDataError("--proxy-methods without a selection file needs --dataset")
         data_args = {"name": args.dataset, "max_samples": args.max_samples}
-    train = load_dataset(data_args["name"], train=True, max_samples=data_args["max_samples"])
-    test = load_dataset(data_args["name"], train=False, max_samples=args.max_test_samples)
+        if args.root:
+            data_args["root"] = args.root
+    train = load_dataset(data_args["name"], train=True, max_samples=data_args["max_samples"], root=data_args.get("root"),
+                         download=args.download)
+    test = load_dataset(data_args["name"], train=False, max_samples=args.max_test_samples, root=data_args.get("root"),
+                        download=args.download)
     for path, s in zip(args.selections, sels):
         try:
             s.check(train)
@@ -177,7 +202,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             made, skipped = ev.make_proxies(proxy_methods, train, per_class=args.per_class,
                                             config=MethodConfig(model=args.model, num_classes=n_classes,
                                                                 epochs=args.epochs, seed=0, device=args.device,
-                                                                class_balanced=True, show_progress=show))
+                                                                class_balanced=True, show_progress=show,
+                                                                **ev.input_kwargs(train)))
             for m, s in made.items():
                 proxies[_unique_name(m, proxies)] = s
             for m, why in skipped.items():
@@ -232,7 +258,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         torch.manual_seed(0)
         from ..search_space import build_architecture
 
-        model = build_architecture(args.model, num_classes=int(lab.max()) + 1)
+        model = build_architecture(args.model, num_classes=int(lab.max()) + 1, **ev.input_kwargs(train))
         ev.train_and_test(model, train, test, ev.Recipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                                         device=args.device), seed=0, show_progress=show,
                           desc="embedding model (full data)")

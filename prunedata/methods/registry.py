@@ -9,16 +9,34 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
-import torch
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
-from ..adapruner import check_keep_ratio
+    from ..selection import Selection
+
 from ..errors import PruneDataError
-from ..selection import Selection
 
-METHODS: Dict[str, Callable[..., Selection]] = {}
+METHODS: Dict[str, Callable[..., "Selection"]] = {}
 DESCRIPTIONS: Dict[str, str] = {}
+
+#: the built-in methods: name -> (module that registers it, description). Listed here so that
+#: ``prunedata methods`` and ``--help`` name them without importing torch; the module is imported
+#: when the method is first used.
+BUILTIN_METHODS: Dict[str, tuple] = {
+    "adapruner": ("prunedata.methods.adapruner", "AdaPruner: learnable per-sample mask trained jointly with the model"),
+    "influence": ("prunedata.methods.influence_method",
+                  "Influence pruning: remove the set whose summed parameter influence is smallest"),
+    "random": ("prunedata.methods.baselines", "Random: a uniformly random subset (seeded)"),
+    "herding": ("prunedata.methods.baselines", "Herding: greedy herding on the proxy's penultimate features (Welling 2009)"),
+    "forgetting": ("prunedata.methods.baselines",
+                   "Forgetting: keep the most-forgotten samples during proxy training (Toneva et al. 2019)"),
+    "el2n": ("prunedata.methods.baselines",
+             "EL2N: keep samples with the largest early-training error norm (Paul et al. 2021)"),
+    "grand": ("prunedata.methods.baselines",
+              "GraNd: keep samples with the largest per-sample gradient norm (Paul et al. 2021)"),
+}
 
 
 @dataclass
@@ -26,8 +44,10 @@ class MethodConfig:
     """Shared settings of every method's proxy training (plain values, scikit-learn style)."""
 
     model: str = "cnn"                       #: architecture name in prunedata.models.MODELS
-    model_fn: Optional[Callable[[], torch.nn.Module]] = None  #: overrides ``model`` when given
+    model_fn: Optional[Callable[[], "torch.nn.Module"]] = None  #: overrides ``model`` when given
     num_classes: int = 10
+    in_channels: int = 1                     #: input image channels (3 for CIFAR)
+    side: int = 28                           #: input image height = width
     epochs: int = 3
     batch_size: int = 128
     lr: float = 0.05
@@ -38,13 +58,15 @@ class MethodConfig:
     show_progress: bool = True
     checkpoint_dir: Optional[str] = None
 
-    def make_model(self) -> torch.nn.Module:
+    def make_model(self) -> "torch.nn.Module":
         if self.model_fn is not None:
             return self.model_fn()
+        import torch
+
         from ..models import make_model
 
         torch.manual_seed(self.seed)
-        return make_model(self.model, num_classes=self.num_classes)
+        return make_model(self.model, num_classes=self.num_classes, in_channels=self.in_channels, side=self.side)
 
     def as_params(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -66,29 +88,32 @@ def register_method(name: str, description: str = ""):
     return deco
 
 
-def _load_builtin() -> None:
-    # importing registers the built-in methods; missing optional modules are tolerated
+def _load_builtin(name: Optional[str] = None) -> None:
+    """Import the module registering built-in method ``name`` (all of them when ``name`` is None)."""
     import importlib
 
-    for mod in ("prunedata.methods.adapruner", "prunedata.methods.baselines", "prunedata.methods.influence_method"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
+    names = [name] if name is not None else list(BUILTIN_METHODS)
+    for n in names:
+        if n not in BUILTIN_METHODS or n in METHODS:
+            continue
+        importlib.import_module(BUILTIN_METHODS[n][0])
 
 
 def available_methods() -> Dict[str, str]:
-    _load_builtin()
-    return dict(sorted(DESCRIPTIONS.items()))
+    """Every method's name and one-line description (built-in ones without importing them)."""
+    out = {n: desc for n, (_, desc) in BUILTIN_METHODS.items()}
+    out.update(DESCRIPTIONS)
+    return dict(sorted(out.items()))
 
 
 def select(method: str, dataset: Any, keep_ratio: float, *, config: Optional[MethodConfig] = None,
-           **options) -> Selection:
+           **options) -> "Selection":
     """Run selection method ``method`` on ``dataset`` keeping ``keep_ratio`` of it."""
-    _load_builtin()
+    from ..adapruner import check_keep_ratio
+
+    _load_builtin(method)
     if method not in METHODS:
-        raise PruneDataError(f"unknown selection method {method!r}; known: {', '.join(sorted(METHODS))}")
+        raise PruneDataError(f"unknown selection method {method!r}; known: {', '.join(available_methods())}")
     keep_ratio = check_keep_ratio(keep_ratio)
     config = config or MethodConfig()
     return METHODS[method](dataset, keep_ratio, config=config, **options)

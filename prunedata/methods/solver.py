@@ -1388,8 +1388,9 @@ def solve_exact(S: ArrayLike, *, m: Optional[int] = None, eps: Optional[float] =
     ``lower_bound`` is the solver's dual bound where it reports one (SCIP), else the objective if
     optimal, else 0.
     """
-    import cvxpy as cp
+    from .._optional import require
 
+    cp = require("cvxpy", extra="solvers", purpose="the exact MIP solver (method='exact')")
     t0 = time.perf_counter()
     S = _as_matrix(S)
     n, d = S.shape
