@@ -5,7 +5,7 @@
 source "$(dirname "$0")/_env.sh"
 echo "== installing prunedata"
 # shellcheck disable=SC2086
-python -m pip install -q $TORCH_PINS -e .
+python -m pip install -q $TORCH_PINS .   # a regular (wheel) install, as users get it
 mkdir -p runs
 echo "== prunedata prune fashion-mnist --method adapruner --keep-ratio 0.7 $*"
 prunedata -v prune fashion-mnist --method adapruner --keep-ratio 0.7 -o runs/fashion-mnist-adapruner.json "$@"
