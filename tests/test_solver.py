@@ -182,7 +182,8 @@ def test_small_path_bound_is_the_relaxation_optimum(grouped):
         cons += [cp.sum(w) == m]
     relaxed = cp.Problem(cp.Minimize(cp.norm(S.T @ w)), cons)
     relaxed.solve(solver="CLARABEL")
-    assert sol.info["bound_method"] == "active-set"
+    # active set normally; interior point where it cycles (BLAS-dependent rounding): either way exact
+    assert sol.info["bound_method"] in ("active-set", "interior point")
     assert sol.info["relaxation_value"] == pytest.approx(relaxed.value, rel=1e-5)
     assert sol.lower_bound == pytest.approx(relaxed.value, rel=1e-5)
     assert sol.lower_bound <= sol.objective
