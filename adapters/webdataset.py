@@ -933,7 +933,12 @@ class KeyedAdaPruner:
         return self.pruner.loss(self.positions(keys, urls), losses)
 
     def weights(self, keys: Sequence[str], urls: Optional[Sequence[str]] = None) -> torch.Tensor:
+        """Detached soft weights of the batch's samples (see :meth:`AdaPruner.weights`)."""
         return self.pruner.weights(self.positions(keys, urls))
+
+    def mask_loss(self, keys: Sequence[str], losses: torch.Tensor, urls: Optional[Sequence[str]] = None) -> torch.Tensor:
+        """The mask's part of the objective (see :meth:`AdaPruner.mask_loss`)."""
+        return self.pruner.mask_loss(self.positions(keys, urls), losses)
 
     def step(self) -> None:
         self.pruner.step()

@@ -10,9 +10,22 @@ The mask is one tensor of logits ``m`` with an entry per dataset sample (index),
   the current binarised keep ratio -- drives the mask towards the requested size.
 
 Warm-up epochs train the model on all samples before the mask moves; ``alpha`` then rises linearly,
-step by step, from ``alpha_init`` to ``alpha_final``; once the binarised keep ratio is within
-``tolerance`` the mask is held; at the end it is binarised and must land within
-``tolerance`` of ``keep_ratio``.
+step by step, from ``alpha_init`` to ``alpha_final``.
+
+Stopping and the kept count. The paper: "After each pruning step, the ADP module checks the gap
+between the practical and expected pruning ratios until it is below a predefined tolerance level"
+and "Post-training, m will be strictly binarized". We implement the check as a constraint that holds
+after *every* pruning step rather than as a stop: with ``binarize="exact"`` (default) the logits are
+shifted by one constant after each mask step so that the binarised ratio is exactly the target
+(the gap is 0, never above the tolerance), and the final binarisation keeps exactly
+``round(keep_ratio*N)`` samples by rank. The mask never stops learning: the selection is the
+product of every pruning epoch and of the whole alpha ramp, and because the shift is common to all
+samples, a sample's fate does not depend on where it falls in an epoch's shuffle. (Freezing the
+mask the first time the ratio enters the band did: it froze at the band's edge, mid-epoch, with
+later-visited samples kept more often.) ``binarize="band"`` keeps the paper's tolerance semantics:
+the compression term alone steers the ratio, and the final count is the mask's own threshold count
+clipped into ``keep_ratio +- tolerance``. The selection file records the rule used
+(``params["count_rule"]``). Ties in the final ranking are broken by a seeded random order.
 
 Scaling. The paper divides the per-sample terms by ``N``, the dataset size (Eq. 4-6). We follow it
 for the mask's gradient and give the *model* the batch mean of the weighted loss (Eq. 4 with ``N``
@@ -83,12 +96,20 @@ def check_per_sample_losses(losses: Any, n_ids: int) -> torch.Tensor:
         )
     if not torch.is_floating_point(losses):
         raise LossShapeError(f"per-sample losses must be floating point, got {losses.dtype}")
-    finite = torch.isfinite(losses.detach())
-    if not bool(finite.all()):
-        bad = (~finite).nonzero().flatten()[:5].tolist()
-        raise NonFiniteLossError(
-            f"{int((~finite).sum())} per-sample losses are NaN or infinite (batch positions {bad}); "
-            "lower the learning rate, check the inputs, or clip gradients"
+    ld = losses.detach()
+    finite = torch.isfinite(ld)
+    if not bool((finite & (ld >= 0)).all()):  # one host sync for both checks
+        if not bool(finite.all()):
+            bad = (~finite).nonzero().flatten()[:5].tolist()
+            raise NonFiniteLossError(
+                f"{int((~finite).sum())} per-sample losses are NaN or infinite (batch positions {bad}); "
+                "lower the learning rate, check the inputs, or clip gradients"
+            )
+        bad = (ld < 0).nonzero().flatten()[:5].tolist()
+        raise LossShapeError(
+            f"{int((ld < 0).sum())} per-sample losses are negative (batch positions {bad}, e.g. "
+            f"{float(ld.min()):.4g}); AdaPruner needs losses >= 0 (its selection term is -log L), so pass "
+            "the task loss itself (e.g. cross-entropy), not a log-likelihood or a shifted score"
         )
     return losses
 
@@ -105,36 +126,60 @@ class AdaPruner(nn.Module):
     alpha_init, alpha_final: sigmoid sharpness, ramped linearly over the pruning epochs (0.1 -> 5),
         advanced every step; final from the start of the last pruning epoch.
     scale: ``s`` in ``lambda = s * |r - keep_ratio|`` (100).
-    tolerance: allowed deviation of the final keep ratio (0.02).
-    mask_lr, mask_optimizer: the mask's own optimiser. With "sgd" (default) the step is taken in
-        the sigmoid's input space: the learning rate is ``mask_lr * N / alpha**2``, which cancels the
-        1/N of the loss and the alpha**2 by which a rising alpha would otherwise amplify each step
-        (without it the keep ratio oscillates as soon as alpha jumps). The compression term's
-        (dense) gradient is applied in closed form with its step capped so that the feedback gain
-        ``lr * 2*lambda * mean((w(1-w))^2)`` stays <= 0.5 (no overshoot); the per-sample terms use
-        ``mask_lr`` as is.
-        "adam" uses ``mask_lr`` as is.
+    tolerance: allowed deviation of the final keep ratio with ``binarize="band"`` (0.02).
+    mask_lr, mask_optimizer: the mask's own optimiser. With "sgd" (default) the per-sample terms
+        use the learning rate ``mask_lr * N / alpha``, which cancels the 1/N of the loss and the alpha
+        of the sigmoid's slope: each visit moves ``m_i`` by ``mask_lr * w(1-w) * (L_i - log L_i)``,
+        so visits early and late in the alpha ramp count alike. The compression term's (dense)
+        gradient is applied in closed form in the sigmoid's input space (``mask_lr * N / alpha**2``)
+        with its step capped so that the feedback gain ``lr * 2*lambda * mean((w(1-w))^2)`` stays
+        <= 0.5 (no overshoot). "adam" uses ``mask_lr`` as is.
     mask_init: initial logit of every entry (0: weight 0.5 when pruning starts; warm-up uses weight 1).
-    logit_clip: after each step ``|alpha*m|`` is clipped to this, so the sigmoid never saturates so
-        far that the compression term can no longer correct the ratio late in training.
-    hold_in_band: the paper's stopping check ("after each pruning step ... checks the gap between the
-        practical and expected pruning ratios until it is below a predefined tolerance"): once the
-        binarised keep ratio is within ``tolerance`` after a pruning step, the mask stops moving (the
-        model keeps training and alpha keeps sharpening the weights). Without it the per-sample terms, which push every
-        weight down, keep drifting the ratio below ``keep_ratio`` as ``lambda -> 0``.
+    logit_clip: the mask's gradient factor ``alpha*w(1-w)`` is taken at ``clamp(alpha*m, +-logit_clip)``,
+        so a saturated sample can still move (the factor stays >= ~0.0025*alpha) and the compression
+        term can still correct the ratio. The weights themselves are the exact ``sigmoid(alpha*m)``
+        and the logits are never clipped, so they keep their order (the saved scores have no mass
+        ties at a bound). 0 or None: no floor.
     loss_eps: floor of ``L_i`` inside ``-log L_i``.
-    binarize: "threshold" (keep ``m >= 0``, then clip to the tolerance band by rank if needed) or
-        "topk" (keep exactly ``round(keep_ratio*N)`` samples with the largest logits).
+    binarize: how many samples are kept, and how the mask is held at that size while it learns:
+
+        * ``"exact"`` (default; alias ``"topk"``): exactly ``round(keep_ratio*N)`` samples, those
+          with the largest final logits. During training, after every mask step the logits are
+          shifted by one constant so that exactly that many have ``m >= 0``: the binarised ratio
+          ``r`` equals the target at every step (so ``lambda`` is ~0 and the shift does the
+          compression term's job exactly), and the per-sample terms decide only *which* samples
+          are kept. A common shift does not change any sample's rank, and every sample receives
+          it, wherever it sits in the shuffle.
+        * ``"band"`` (alias ``"threshold"``): the paper's tolerance semantics. The compression term
+          alone holds the ratio; the count is the final mask's own threshold count ``m >= 0`` if that
+          lies within ``keep_ratio +- tolerance``, else the nearest band edge (by rank, warned).
+
+        Either way the mask learns through every pruning epoch: there is no hold, so the whole
+        alpha ramp reaches the selection (see the module docstring for the paper's sentence).
+    straight_through: the per-sample terms reach the mask through the sigmoid's slope at the cut,
+        ``alpha/4``, for every sample (a straight-through estimate of the binary mask's gradient),
+        instead of the exact ``alpha*w(1-w)``. Each visit then moves ``m_i`` by
+        ``mask_lr/4 * (L_i - log L_i)`` and the final logits are the paper's per-sample signal summed
+        over every visit of the pruning schedule. With the exact slope a sample's step depends on
+        where its logit happens to sit when it is visited: in the first pruning epoch the samples
+        visited late have been shifted up (their slope is smaller), so they are pushed less and kept
+        more (Gaussian toy problem, keep 0.7: 35% vs 97% kept by first-epoch position), and a
+        saturated sample stops moving for good. False: the paper's exact gradient.
+    seed: seeds the random order that breaks ties between equal logits in the final ranking
+        (never the dataset index).
     """
+
+    _BINARIZE = {"exact": "exact", "topk": "exact", "band": "band", "threshold": "band"}
 
     def __init__(self, num_samples: int, keep_ratio: float, *, epochs: int = 10, warmup_epochs: int = 2,
                  alpha_init: float = 0.1, alpha_final: float = 5.0, scale: float = 100.0,
                  tolerance: float = 0.02, mask_lr: float = 1.0, mask_optimizer: str = "sgd",
-                 mask_init: float = 0.0, loss_eps: float = 1e-6, binarize: str = "threshold",
-                 logit_clip: float = 6.0, hold_in_band: bool = True, device: Any = None):
+                 mask_init: float = 0.0, loss_eps: float = 1e-6, binarize: str = "exact",
+                 logit_clip: Optional[float] = 6.0, straight_through: bool = True, seed: int = 0,
+                 device: Any = None):
         super().__init__()
-        if not isinstance(num_samples, (int, np.integer)) or num_samples <= 0:
-            raise PruneDataError(f"num_samples must be a positive int, got {num_samples!r}")
+        if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples <= 0:
+            raise PruneDataError(f"num_samples must be a positive int (the dataset size), got {num_samples!r}")
         self.num_samples = int(num_samples)
         self.keep_ratio = check_keep_ratio(keep_ratio)
         if int(epochs) < 1:
@@ -144,29 +189,47 @@ class AdaPruner(nn.Module):
                 f"warmup_epochs must be in [0, epochs) so that at least one epoch prunes; got "
                 f"warmup_epochs={warmup_epochs}, epochs={epochs}"
             )
+        alpha_init, alpha_final = _number(alpha_init, "alpha_init"), _number(alpha_final, "alpha_final")
+        tolerance, mask_lr = _number(tolerance, "tolerance"), _number(mask_lr, "mask_lr")
+        scale, mask_init = _number(scale, "scale"), _number(mask_init, "mask_init")
+        loss_eps = _number(loss_eps, "loss_eps")
         if not 0 <= tolerance < 0.5:
-            raise PruneDataError(f"tolerance must be in [0, 0.5), got {tolerance}")
+            raise PruneDataError(f"tolerance must be in [0, 0.5), got {tolerance}; 0.02 is the paper's")
         if alpha_init <= 0 or alpha_final < alpha_init:
             raise PruneDataError(
-                f"need 0 < alpha_init <= alpha_final, got alpha_init={alpha_init}, alpha_final={alpha_final}"
+                f"need 0 < alpha_init <= alpha_final, got alpha_init={alpha_init}, alpha_final={alpha_final}; "
+                "the paper ramps 0.1 -> 5"
             )
-        if binarize not in ("threshold", "topk"):
-            raise PruneDataError(f"binarize must be 'threshold' or 'topk', got {binarize!r}")
+        if mask_lr <= 0:
+            raise PruneDataError(f"mask_lr must be > 0 (the mask's learning rate), got {mask_lr}; the default is 1.0")
+        if scale < 0:
+            raise PruneDataError(f"scale (s in lambda = s*|r - keep_ratio|) must be >= 0, got {scale}; the paper uses 100")
+        if loss_eps <= 0:
+            raise PruneDataError(f"loss_eps (the floor of L inside -log L) must be > 0, got {loss_eps}")
+        if logit_clip is not None:
+            logit_clip = _number(logit_clip, "logit_clip")
+            if logit_clip < 0:
+                raise PruneDataError(f"logit_clip must be > 0 (or 0/None for no clamp), got {logit_clip}")
+        if binarize not in self._BINARIZE:
+            raise PruneDataError(f"binarize must be 'exact' (alias 'topk') or 'band' (alias 'threshold'), got {binarize!r}")
         if mask_optimizer not in ("adam", "sgd"):
             raise PruneDataError(f"mask_optimizer must be 'adam' or 'sgd', got {mask_optimizer!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise PruneDataError(f"seed must be an int, got {seed!r}")
         self.epochs = int(epochs)
         self.warmup_epochs = int(warmup_epochs)
-        self.alpha_init = float(alpha_init)
-        self.alpha_final = float(alpha_final)
-        self.scale = float(scale)
-        self.tolerance = float(tolerance)
-        self.mask_lr = float(mask_lr)
+        self.alpha_init = alpha_init
+        self.alpha_final = alpha_final
+        self.scale = scale
+        self.tolerance = tolerance
+        self.mask_lr = mask_lr
         self.mask_optimizer_name = mask_optimizer
-        self.mask_init = float(mask_init)
-        self.loss_eps = float(loss_eps)
-        self.binarize_mode = binarize
-        self.logit_clip = float(logit_clip)
-        self.hold_in_band = bool(hold_in_band)
+        self.mask_init = mask_init
+        self.loss_eps = loss_eps
+        self.binarize_mode = self._BINARIZE[binarize]
+        self.logit_clip = float(logit_clip or 0.0)
+        self.seed = int(seed)
+        self.straight_through = bool(straight_through)
         self.mask = nn.Parameter(torch.full((self.num_samples,), self.mask_init, device=device))
         if mask_optimizer == "adam":
             self.optimizer = torch.optim.Adam([self.mask], lr=self.mask_lr)
@@ -176,14 +239,15 @@ class AdaPruner(nn.Module):
         self.epoch = 0
         self.global_step = 0
         self.history: List[Dict[str, Any]] = []
-        self._last_terms: Dict[str, float] = {}
+        self._last_terms: Dict[str, Any] = {}
         self._epoch_stats = _EpochStats()
         self._seen = torch.zeros(self.num_samples, dtype=torch.bool, device=self.mask.device)
         self._process_group = None
-        self._epoch_samples = 0  # samples passed through loss() this epoch (paces alpha)
-        self._step_alpha: Optional[float] = None  # alpha of the last loss(), used by step()
-        self._comp: Optional[tuple] = None  # (lambda, mean weight - keep_ratio, weights) of the last loss()
-        self._frozen = torch.zeros((), dtype=torch.bool, device=self.mask.device)  # see hold_in_band
+        self._epoch_samples = 0  # samples passed through loss()/mask_loss() and stepped this epoch (paces alpha)
+        self._pending_samples = 0  # samples of mask_loss() calls not yet followed by step()
+        self._step_alpha: Optional[float] = None  # alpha of the last mask_loss(), used by step()
+        self._comp: Optional[tuple] = None  # (lambda, mean weight - keep_ratio, weights) of the last mask_loss()
+        self._count_rule: Optional[str] = None
 
     # ------------------------------------------------------------------ schedule
     @property
@@ -196,12 +260,17 @@ class AdaPruner(nn.Module):
         return self.num_samples
 
     @property
+    def num_keep(self) -> int:
+        """``round(keep_ratio * N)`` (at least 1): the number of samples ``binarize="exact"`` keeps."""
+        return max(1, min(self.num_samples, int(round(self.keep_ratio * self.num_samples))))
+
+    @property
     def alpha(self) -> float:
         """Sigmoid sharpness now: a linear ramp over the pruning epochs, advanced every step.
 
         ``alpha_init`` when pruning starts, ``alpha_final`` from the start of the last pruning epoch
         on (with a single pruning epoch: at its end). The ramp moves with the fraction of the epoch's
-        samples already seen, so alpha never jumps between epochs: a jump multiplies every logit
+        samples already stepped, so alpha never jumps between epochs: a jump multiplies every logit
         ``alpha*m`` at once and can saturate the whole mask before the compression term reacts.
         """
         return self._alpha_at(self.epoch, min(1.0, self._epoch_samples / max(1, self._samples_per_epoch)))
@@ -221,12 +290,13 @@ class AdaPruner(nn.Module):
             raise PruneDataError(f"epoch must be >= 0, got {epoch}")
         self.epoch = epoch
         self._epoch_samples = 0
+        self._pending_samples = 0
         self._epoch_stats = _EpochStats()
 
     # ------------------------------------------------------------------ per-step API
     def _check_indices(self, indices: Any) -> torch.Tensor:
         if isinstance(indices, (list, tuple, np.ndarray)):
-            indices = torch.as_tensor(np.asarray(indices))
+            indices = torch.as_tensor(np.asarray(indices, dtype=np.int64) if len(indices) == 0 else np.asarray(indices))
         if not isinstance(indices, torch.Tensor):
             raise PruneDataError(
                 f"sample ids must be a tensor of dataset indices, got {type(indices).__name__}. Wrap the "
@@ -245,12 +315,45 @@ class AdaPruner(nn.Module):
                 )
         return indices.to(self.mask.device, torch.long)
 
+    def _soft(self, m: torch.Tensor, alpha: float) -> torch.Tensor:
+        """``sigmoid(alpha*m)`` in value. Its gradient: ``alpha/4`` (``straight_through``) or
+        ``alpha*w(1-w)`` taken at ``clamp(alpha*m, +-logit_clip)``."""
+        z = alpha * m
+        w = torch.sigmoid(z)
+        if not z.requires_grad:
+            return w
+        if self.straight_through:
+            lin = 0.5 + 0.25 * z  # the sigmoid's tangent at the cut z = 0
+            return lin + (w - lin).detach()
+        if not self.logit_clip:
+            return w
+        zc = z + (z.detach().clamp(-self.logit_clip, self.logit_clip) - z.detach())  # value clamped, slope 1
+        wc = torch.sigmoid(zc)
+        return wc + (w - wc).detach()
+
+    def _slope(self, m: torch.Tensor, alpha: float) -> torch.Tensor:
+        """``w(1-w)`` at ``clamp(alpha*m, +-logit_clip)`` (the factor of every mask gradient), no grad."""
+        z = alpha * m.detach()
+        if self.logit_clip:
+            z = z.clamp(-self.logit_clip, self.logit_clip)
+        w = torch.sigmoid(z)
+        return w * (1.0 - w)
+
     def weights(self, indices: Any) -> torch.Tensor:
-        """Current soft weights ``sigmoid(alpha*m)`` of the given samples (1 during warm-up)."""
-        idx = self._check_indices(indices)
+        """Soft weights ``sigmoid(alpha*m)`` of the given samples, detached (1 during warm-up).
+
+        The mask learns only through :meth:`loss` or :meth:`mask_loss`: the weights are constants
+        here, so ``(weights(idx) * losses).mean() + mask_loss(idx, losses)`` is exactly
+        :meth:`loss` (same model gradient, same mask step), and a loop that uses the weights alone
+        trains the model on the current mask without changing it.
+        """
+        return self._weights(self._check_indices(indices))
+
+    def _weights(self, idx: torch.Tensor) -> torch.Tensor:
         if self.in_warmup:
             return torch.ones(idx.shape[0], device=self.mask.device)
-        return torch.sigmoid(self.alpha * self.mask[idx])
+        with torch.no_grad():
+            return torch.sigmoid(self.alpha * self.mask[idx])
 
     def _global_mask_stats(self, soft: torch.Tensor) -> torch.Tensor:
         return soft.mean()
@@ -259,25 +362,44 @@ class AdaPruner(nn.Module):
         """Combined AdaPruner objective for one batch; call ``.backward()`` on it.
 
         ``indices``: dataset indices of the batch (from :class:`IndexedDataset`).
-        ``losses``: per-sample task losses, unreduced (``reduction='none'``), shape ``(B,)``.
+        ``losses``: per-sample task losses, unreduced (``reduction='none'``), shape ``(B,)``, >= 0.
+
+        It is ``(weights(indices) * losses).mean() + mask_loss(indices, losses)``: the model gets the
+        batch mean of the weighted task loss (weights constant), the mask gets the paper's terms.
         """
         idx = self._check_indices(indices)
         losses = check_per_sample_losses(losses, idx.shape[0])
+        w = self._weights(idx).to(losses.device)
+        cls_model = (w * losses).sum() / max(1, losses.shape[0])  # an empty batch gives 0, not NaN
+        out = cls_model + self._mask_loss(idx, losses)
+        self._last_terms["classification"] = cls_model.detach()
+        return out
+
+    def mask_loss(self, indices: Any, losses: torch.Tensor) -> torch.Tensor:
+        """The mask's part of the objective for one batch (a scalar with gradient only to the mask).
+
+        For loops that combine the task loss themselves: ``(weights(idx) * losses).mean() +
+        mask_loss(idx, losses)`` is :meth:`loss`. ``losses`` are the batch's per-sample task losses
+        (they are detached here: the selection term ``-log L`` must not train the model). Zero
+        during warm-up. Call it once per batch, then :meth:`step` after ``backward()``.
+        """
+        idx = self._check_indices(indices)
+        return self._mask_loss(idx, check_per_sample_losses(losses, idx.shape[0]))
+
+    def _mask_loss(self, idx: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
         dev = losses.device
         self._seen[idx] = True
         alpha = self.alpha
         self._step_alpha = alpha
-        self._epoch_samples += int(idx.shape[0])
+        self._pending_samples += int(idx.shape[0])
+        ld = losses.detach()
         if self.in_warmup:
-            out = losses.mean()
-            self._last_terms = {"classification": out.detach(), "alpha": alpha}
-            self._epoch_stats.add(losses.detach(), None)
-            return out
-        w = torch.sigmoid(alpha * self.mask[idx])
-        ld = losses.detach().to(w.device)
+            self._last_terms = {"alpha": alpha}
+            self._epoch_stats.add(ld, None)
+            return torch.zeros((), device=dev)
+        w = self._soft(self.mask[idx], alpha)
+        ld = ld.to(w.device)
         neg_log = -torch.log(ld.clamp_min(self.loss_eps))
-        # model: batch mean of the weighted task loss (weights are constants for the model)
-        cls_model = (w.detach().to(dev) * losses).mean()
         # mask: the paper's per-sample terms (classification + selection), divided by N
         mask_cls = (w * ld).sum() / self.num_samples
         mask_sel = (w * neg_log).sum() / self.num_samples
@@ -287,14 +409,21 @@ class AdaPruner(nn.Module):
             soft_all = torch.sigmoid(alpha * self.mask)
             mean_soft = self._global_mask_stats(soft_all)
             r = self._binary_ratio()  # current binarised keep ratio (tensor, no host sync)
-            lam = self.scale * (r - self.keep_ratio).abs()
+            if self.binarize_mode == "exact":
+                # the projection in step() holds the binarised ratio at the target exactly, so the
+                # compression term is off (lambda = 0). Left on, it acts only in the first pruning
+                # epoch, before all samples have been visited (unvisited logits tie at 0, r > c), with a
+                # dense step that treats visited and unvisited samples differently: the kept fraction
+                # then depended on the first epoch's order.
+                lam = torch.zeros((), device=self.mask.device)
+            else:
+                lam = self.scale * (r - self.keep_ratio).abs()
             comp = (mean_soft - self.keep_ratio) ** 2
-        self._comp = (lam, mean_soft - self.keep_ratio, soft_all)  # soft_all reused by step()
-        total = cls_model + (mask_cls + mask_sel).to(dev) + (lam * comp).to(dev)
+        self._comp = (lam, mean_soft - self.keep_ratio)
+        total = (mask_cls + mask_sel).to(dev) + (lam * comp).to(dev)
         # tensors, converted to floats only when read (no per-step device sync)
-        self._last_terms = {"classification": cls_model.detach(), "selection": mask_sel.detach(),
-                            "compression": comp.detach(), "lambda": lam, "alpha": alpha,
-                            "keep_ratio_now": r, "mean_weight": mean_soft.detach()}
+        self._last_terms = {"selection": mask_sel.detach(), "compression": comp.detach(), "lambda": lam,
+                            "alpha": alpha, "keep_ratio_now": r, "mean_weight": mean_soft.detach()}
         self._epoch_stats.add(ld, w.detach())
         return total
 
@@ -304,49 +433,52 @@ class AdaPruner(nn.Module):
 
     def step(self) -> None:
         """Update the mask (no-op during warm-up); call after ``loss.backward()``."""
+        self._epoch_samples += self._pending_samples
+        self._pending_samples = 0
         if not self.in_warmup and self.mask.grad is not None:
             alpha = self._step_alpha if self._step_alpha is not None else self.alpha
             self._reduce_mask_grad()
-            active = (~self._frozen).to(self.mask.dtype)  # 0 once the mask is held (no host sync)
             with torch.no_grad():
                 # d/dm_i of lambda*(mean(sigmoid(alpha*m)) - c)^2 = 2*lambda*(mean - c)*alpha*w_i(1-w_i)/N
-                if self._comp is not None:  # the mask has not changed since loss(): reuse its weights
-                    lam, err, w = self._comp
+                if self._comp is not None:
+                    lam, err = self._comp
                 else:
-                    lam, err, w = torch.zeros(()), torch.zeros(()), torch.sigmoid(alpha * self.mask)
-                ww = w * (1.0 - w)
+                    lam, err = torch.zeros(()), torch.zeros(())
+                ww = self._slope(self.mask, alpha)
                 lam, err = lam.to(ww.device), err.to(ww.device)
                 g_comp = (2.0 * lam * err * alpha / self.num_samples) * ww
                 if self.mask_optimizer_name == "sgd":
-                    # SGD in the sigmoid's input space z = alpha*m: lr * N / alpha^2. The compression
-                    # term moves the mean weight by about -lr*gain*(mean - c) per step with
+                    # Per-sample terms: lr * N / alpha, so one visit moves m_i by
+                    # mask_lr * w(1-w) * (L_i - log L_i) whatever alpha is now: every visit of the
+                    # schedule counts alike in the final logits (with N/alpha^2 the early, small-alpha
+                    # visits of the first pruning epoch outweighed the last epoch's by alpha_final /
+                    # alpha_init, so the selection depended on the first epoch's order).
+                    # Compression term: SGD in the sigmoid's input space z = alpha*m (lr * N / alpha^2);
+                    # it moves the mean weight by about -lr*gain*(mean - c) per step with
                     # gain = 2*lambda*mean((w(1-w))^2); its step size is capped so that lr*gain <= 0.5
-                    # (no overshoot, no oscillation). The per-sample terms use mask_lr as is.
+                    # (no overshoot, no oscillation).
                     gain = 2.0 * lam * (ww * ww).mean()
                     lr_c = torch.clamp(0.5 / (gain + 1e-12), max=self.mask_lr)
-                    k = active * (self.num_samples / alpha ** 2)
-                    self.mask.add_(self.mask.grad * (-self.mask_lr * k) + g_comp * (-lr_c * k))
+                    k = self.num_samples / alpha
+                    self.mask.add_(self.mask.grad * (-self.mask_lr * k) + g_comp * (-lr_c * k / alpha))
             if self.mask_optimizer_name != "sgd":
-                before = self.mask.detach().clone()
                 self.mask.grad.add_(g_comp)
                 self.optimizer.step()
-                with torch.no_grad():
-                    self.mask.copy_(torch.where(self._frozen, before, self.mask))
-            if self.logit_clip:
-                with torch.no_grad():
-                    b = self.logit_clip / alpha
-                    self.mask.clamp_(-b, b)
-            if self.hold_in_band:
-                # the paper's check after each pruning step: stop pruning once the gap is within tolerance
-                in_band = (self._binary_ratio() - self.keep_ratio).abs() <= self.tolerance
-                self._frozen |= in_band.to(self._frozen.device)
+            if self.binarize_mode == "exact":
+                self._project()
+        self._comp = None
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
 
-    @property
-    def held(self) -> bool:
-        """True once the mask has stopped moving because its keep ratio is within tolerance."""
-        return bool(self._frozen)
+    @torch.no_grad()
+    def _project(self) -> None:
+        """Shift every logit by one constant so that exactly ``num_keep`` have ``m >= 0``.
+
+        The shift is the ``num_keep``-th largest logit (on the device, no host sync); it keeps every
+        sample's rank and applies to all samples alike, wherever they are in the epoch's order.
+        """
+        kth = torch.kthvalue(self.mask.detach(), self.num_samples - self.num_keep + 1).values
+        self.mask.sub_(kth)
 
     def _reduce_mask_grad(self) -> None:
         """Hook for distributed training (all-reduce of the mask gradient)."""
@@ -358,6 +490,8 @@ class AdaPruner(nn.Module):
 
     def end_epoch(self) -> Dict[str, Any]:
         """Record the epoch's statistics in :attr:`history` and advance to the next epoch."""
+        self._epoch_samples += self._pending_samples
+        self._pending_samples = 0
         if self.in_warmup:  # warm-up trains with weight 1 for every sample
             soft = torch.ones(self.num_samples)
         else:
@@ -369,7 +503,6 @@ class AdaPruner(nn.Module):
             "alpha": self._alpha_at(self.epoch, 0.0),  # at the epoch's start; it rises every step
             "alpha_end": self.alpha,
             "keep_ratio_threshold": 1.0 if self.in_warmup else float(self._binary_ratio()),
-            "held": bool(self._frozen),
             "mean_weight": float(soft.mean()),
             "weight_histogram": hist.tolist(),
             **self._epoch_stats.summary(),
@@ -390,45 +523,64 @@ class AdaPruner(nn.Module):
         return self.epoch >= self.epochs
 
     # ------------------------------------------------------------------ result
-    def binarize(self) -> np.ndarray:
-        """Final boolean keep-mask within ``tolerance`` of ``keep_ratio``.
+    def ranking(self) -> np.ndarray:
+        """Dataset indices from the largest final logit to the smallest; ties in a seeded random order."""
+        m = self.mask.detach().cpu().double().numpy()
+        tie = np.random.default_rng(self.seed).permutation(self.num_samples)
+        return np.lexsort((tie, -m))
 
-        "threshold" keeps ``m >= 0`` (``sigmoid(alpha*m) >= 0.5``); if that ratio falls outside the
-        tolerance band, the nearest band edge is reached by ranking the logits (and a warning says
-        so). "topk" keeps exactly ``round(keep_ratio * N)`` samples.
+    def binarize(self) -> np.ndarray:
+        """Final boolean keep-mask.
+
+        ``"exact"``: the ``round(keep_ratio*N)`` samples with the largest logits. ``"band"``: the
+        threshold count ``m >= 0`` if it lies within ``keep_ratio +- tolerance``, else the nearest
+        band edge, with a warning. Ties are broken by a seeded random order, never by index.
+        :attr:`count_rule` says afterwards how the count was reached ("exact", "threshold" or
+        "clipped-to-band").
         """
         m = self.mask.detach().cpu().double().numpy()
         n = self.num_samples
-        order = np.lexsort((np.arange(n), -m))  # largest logit first, ties by index
-        if self.binarize_mode == "topk":
-            k = int(round(self.keep_ratio * n))
+        order = self.ranking()
+        if self.binarize_mode == "exact":
+            k, rule = self.num_keep, "exact"
         else:
             k_thr = int((m >= 0).sum())
             lo = int(math.ceil((self.keep_ratio - self.tolerance) * n - 1e-9))
             hi = int(math.floor((self.keep_ratio + self.tolerance) * n + 1e-9))
-            k = min(max(k_thr, lo), hi)
+            k = max(1, min(n, min(max(k_thr, lo), hi)))
+            rule = "threshold" if k == k_thr else "clipped-to-band"
             if k != k_thr:
                 logger.warning(
                     "AdaPruner: thresholded mask keeps %.4f, outside keep_ratio %.3f +- %.3f; keeping the "
-                    "%d samples with the largest mask logits instead (train longer or raise `scale` to "
-                    "land inside the band by itself)", k_thr / n, self.keep_ratio, self.tolerance, k,
+                    "%d samples with the largest mask logits instead (binarize='exact' keeps exactly "
+                    "round(keep_ratio*N))", k_thr / n, self.keep_ratio, self.tolerance, k,
                 )
-        k = max(1, min(n, k))
+        self._count_rule = rule
         keep = np.zeros(n, dtype=bool)
         keep[order[:k]] = True
         return keep
+
+    @property
+    def count_rule(self) -> Optional[str]:
+        """How the last :meth:`binarize` reached its count: "exact", "threshold" or "clipped-to-band"."""
+        return self._count_rule
 
     def params(self) -> Dict[str, Any]:
         return {
             "keep_ratio": self.keep_ratio, "epochs": self.epochs, "warmup_epochs": self.warmup_epochs,
             "alpha_init": self.alpha_init, "alpha_final": self.alpha_final, "scale": self.scale,
-            "tolerance": self.tolerance, "logit_clip": self.logit_clip, "hold_in_band": self.hold_in_band, "mask_lr": self.mask_lr, "mask_optimizer": self.mask_optimizer_name,
-            "mask_init": self.mask_init, "loss_eps": self.loss_eps, "binarize": self.binarize_mode,
+            "tolerance": self.tolerance, "logit_clip": self.logit_clip, "mask_lr": self.mask_lr,
+            "mask_optimizer": self.mask_optimizer_name, "mask_init": self.mask_init, "loss_eps": self.loss_eps,
+            "binarize": self.binarize_mode, "straight_through": self.straight_through, "seed": self.seed,
         }
 
     def selection(self, dataset: Any = None, *, fingerprint: Optional[str] = None,
                   extra_params: Optional[Dict[str, Any]] = None, method: str = "adapruner") -> Selection:
-        """The binarised mask as a :class:`~prunedata.selection.Selection` (scores = mask logits)."""
+        """The binarised mask as a :class:`~prunedata.selection.Selection` (scores = mask logits).
+
+        ``params["count_rule"]`` records how the count was reached: "exact" (``round(keep_ratio*N)``),
+        "threshold" (the mask's own ``m >= 0`` count, inside the band) or "clipped-to-band".
+        """
         if dataset is not None and len(dataset) != self.num_samples:
             raise PruneDataError(
                 f"pruner has {self.num_samples} mask entries but the dataset has {len(dataset)} samples"
@@ -441,6 +593,7 @@ class AdaPruner(nn.Module):
         if fingerprint is None and dataset is not None:
             fingerprint = dataset_fingerprint(dataset)
         params = self.params()
+        params["count_rule"] = self._count_rule
         if extra_params:
             params.update(extra_params)
         sel = Selection.from_mask(
@@ -449,6 +602,7 @@ class AdaPruner(nn.Module):
                 "keep_ratio": float(keep.mean()),
                 "keep_ratio_threshold": thr,
                 "within_tolerance_by_threshold": abs(thr - self.keep_ratio) <= self.tolerance + 1e-12,
+                "count_rule": self._count_rule,
                 "epochs_run": self.epoch,
                 "never_seen": int((~self._seen).sum().cpu()),
             },
@@ -463,8 +617,7 @@ class AdaPruner(nn.Module):
             "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch,
             "global_step": self.global_step,
-            "epoch_samples": self._epoch_samples,
-            "held": bool(self._frozen),
+            "epoch_samples": self._epoch_samples + self._pending_samples,
             "history": list(self.history),
             "seen": self._seen.cpu().clone(),
             "params": self.params(),
@@ -476,20 +629,36 @@ class AdaPruner(nn.Module):
             raise PruneDataError(
                 f"checkpoint has a mask for {state['num_samples']} samples, this pruner has {self.num_samples}"
             )
-        if strict and state.get("params") and state["params"] != self.params():
-            diff = {k: (v, self.params().get(k)) for k, v in state["params"].items() if self.params().get(k) != v}
-            raise PruneDataError(f"checkpoint was made with other AdaPruner parameters: {diff} (checkpoint, now)")
+        now = self.params()
+        if strict and state.get("params") and state["params"] != now:
+            diff = {k: (state["params"].get(k), now.get(k)) for k in set(state["params"]) | set(now)
+                    if state["params"].get(k) != now.get(k)}
+            raise PruneDataError(
+                f"checkpoint was made with other AdaPruner parameters: {diff} (checkpoint, now); build the "
+                "pruner with the checkpoint's parameters, or start a new run without --resume"
+            )
         with torch.no_grad():
             self.mask.copy_(state["mask"].to(self.mask.device))
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])
         self._epoch_samples = int(state.get("epoch_samples", 0))
-        self._frozen = torch.tensor(bool(state.get("held", False)), device=self.mask.device)
+        self._pending_samples = 0
         self.history = list(state["history"])
         self._seen = state["seen"].to(self.mask.device).clone()
         self._epoch_stats = _EpochStats()
         return None
+
+
+def _number(value: Any, name: str) -> float:
+    """``float(value)``, refusing non-numbers, NaN and infinity with a one-sentence PruneDataError."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise PruneDataError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise PruneDataError(f"{name} must be a finite number, got {value!r}")
+    return v
 
 
 class _EpochStats:
@@ -589,10 +758,15 @@ class AdaPrunerSampler(torch.utils.data.Sampler):
 
     # delegation: the sampler is the one object a training loop needs
     def weights(self, indices: Any) -> torch.Tensor:
+        """Detached soft weights (see :meth:`AdaPruner.weights`)."""
         return self.pruner.weights(indices)
 
     def loss(self, indices: Any, losses: torch.Tensor) -> torch.Tensor:
         return self.pruner.loss(indices, losses)
+
+    def mask_loss(self, indices: Any, losses: torch.Tensor) -> torch.Tensor:
+        """The mask's part of the objective (see :meth:`AdaPruner.mask_loss`)."""
+        return self.pruner.mask_loss(indices, losses)
 
     def step(self) -> None:
         self.pruner.step()

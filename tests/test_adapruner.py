@@ -59,10 +59,10 @@ def test_alpha_rises_every_step_not_in_jumps():
     assert p.history[-1]["alpha"] == pytest.approx(0.1) and p.history[-1]["alpha_end"] == pytest.approx(1.1)
 
 
-def _prune_fixed_losses(p, losses, batch, seed=0):
+def _prune_fixed_losses(p, losses, batch, seed=0, stop=None):
     """Mini-batch pruning epochs with fixed per-sample losses (random order each epoch)."""
-    g = torch.Generator().manual_seed(seed)
-    for e in range(p.epoch, p.epochs):
+    g = torch.Generator().manual_seed(seed + p.epoch)
+    for e in range(p.epoch, p.epochs if stop is None else stop):
         p.set_epoch(e)
         order = torch.randperm(p.num_samples, generator=g)
         for b in range(0, p.num_samples, batch):
@@ -72,26 +72,129 @@ def _prune_fixed_losses(p, losses, batch, seed=0):
         p.end_epoch()
 
 
-@pytest.mark.parametrize("hold", [True, False])
-def test_mask_is_held_once_within_tolerance(hold):
-    """The paper's check: once the binarised ratio is within tolerance after a step, pruning stops."""
+def test_mask_learns_through_every_pruning_epoch_and_keeps_the_exact_count():
+    """No hold: the mask moves in every pruning epoch (the last included), the binarised ratio is the
+    target after every epoch, and the final count is exactly round(keep_ratio*N)."""
     n = 2000
     # log-spaced like a trained model's losses; L - log L falls on (0, 1]: low losses are pushed out hardest
     losses = torch.logspace(-4, 0, n)
-    p = AdaPruner(n, 0.5, epochs=4, warmup_epochs=0, hold_in_band=hold)
+    p = AdaPruner(n, 0.5, epochs=4, warmup_epochs=0)
+    _prune_fixed_losses(p, losses, batch=50, stop=3)
+    before = p.mask.detach().clone()
     _prune_fixed_losses(p, losses, batch=50)
-    ratios = [h["keep_ratio_threshold"] for h in p.history]
-    assert p.history[0]["keep_ratio_threshold"] > 0.52  # it starts outside the band (all kept)
-    assert p.held == hold
-    if hold:
-        assert abs(ratios[-1] - 0.5) <= 0.02 and p.selection().metrics["within_tolerance_by_threshold"]
-        before = p.mask.detach().clone()
-        p.epochs += 1
-        _prune_fixed_losses(p, losses, batch=50)
-        assert torch.equal(before, p.mask.detach())  # held: the mask no longer moves
+    assert not torch.allclose(before, p.mask.detach())  # still learning in the last epoch
+    assert [h["keep_ratio_threshold"] for h in p.history] == [0.5] * 4
     keep = p.binarize()
+    assert keep.sum() == 1000 and p.count_rule == "exact"
     # the low-loss half is pruned far more than the high-loss half
     assert keep[n // 2:].mean() > 0.65 and keep[: n // 2].mean() < 0.35
+    sel = p.selection()
+    assert sel.num_kept == 1000 and sel.params["count_rule"] == "exact" and sel.metrics["count_rule"] == "exact"
+
+
+@pytest.mark.parametrize("keep_ratio", [0.05, 0.1, 0.3, 0.5, 0.7, 0.9, 0.97, 0.98, 0.99])
+@pytest.mark.parametrize("mode", ["exact", "band"])
+def test_every_keep_ratio_gets_its_count(keep_ratio, mode):
+    n = 1000
+    losses = torch.logspace(-4, 1, n)[torch.randperm(n, generator=torch.Generator().manual_seed(1))]
+    p = AdaPruner(n, keep_ratio, epochs=4, warmup_epochs=1, binarize=mode)
+    p.set_epoch(1)
+    _prune_fixed_losses(p, losses, batch=50)
+    sel = p.selection()
+    if mode == "exact":
+        assert sel.num_kept == round(keep_ratio * n) and sel.params["count_rule"] == "exact"
+    else:
+        assert abs(sel.num_kept / n - keep_ratio) <= 0.02 + 1e-9
+        thr = int((p.mask.detach() >= 0).sum())
+        assert (sel.params["count_rule"] == "threshold") == (sel.num_kept == thr)
+    # the kept samples are the ones the mask ranks highest, and the scores rank them (no mass ties)
+    assert sel.scores[sel.mask].min() >= sel.scores[~sel.mask].max()
+    _, counts = np.unique(sel.scores, return_counts=True)
+    assert counts.max() <= 3 and len(counts) >= 0.97 * n, (counts.max(), len(counts))
+
+
+def test_band_mode_keeps_the_masks_own_count_inside_the_band_and_says_so(caplog):
+    n = 1000
+    p = AdaPruner(n, 0.7, epochs=2, warmup_epochs=1, binarize="band")
+    p.set_epoch(2)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # 70.9% of the logits >= 0: inside the band, not at an edge
+        p.mask.copy_(torch.randn(n, generator=g))
+        p.mask.sub_(torch.quantile(p.mask, 1 - 0.709))
+    k_thr = int((p.mask >= 0).sum())
+    assert 0.68 * n < k_thr < 0.72 * n
+    keep = p.binarize()
+    assert keep.sum() == k_thr and p.count_rule == "threshold"
+    with torch.no_grad():
+        p.mask.sub_(1.0)  # far below the band: the band's lower edge, by rank, with a warning
+    keep = p.binarize()
+    assert keep.sum() == 680 and p.count_rule == "clipped-to-band"
+    assert "outside keep_ratio" in caplog.text
+
+
+def test_ties_are_broken_by_a_seeded_random_order_not_by_index():
+    n = 400
+    kept = {}
+    for seed in (0, 1):
+        p = AdaPruner(n, 0.5, epochs=2, warmup_epochs=1, seed=seed)  # all logits equal: one big tie
+        kept[seed] = p.binarize()
+        assert kept[seed].sum() == 200
+        assert np.array_equal(kept[seed], AdaPruner(n, 0.5, epochs=2, warmup_epochs=1, seed=seed).binarize())
+        assert 0.35 < kept[seed][: n // 2].mean() < 0.65  # not the low indices
+    assert not np.array_equal(kept[0], kept[1])
+
+
+def _gaussian_run(n, keep_ratio, seed, epochs=6, warmup=2):
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.randn(4, 8, generator=g) * 1.5
+    y = torch.randint(0, 4, (n,), generator=g)
+    ds = TensorDataset(mu[y] + torch.randn(n, 8, generator=g), y)
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    p = AdaPruner(n, keep_ratio, epochs=epochs, warmup_epochs=warmup, seed=seed)
+    train_adapruner(model, ds, p, batch_size=64, lr=0.05, seed=seed, show_progress=False)
+    return p, ds, model
+
+
+def _epoch_position(n, sampler_seed, epoch):
+    """Position (0..1) of every sample in AdaPrunerSampler's shuffle of ``epoch``."""
+    g = torch.Generator()
+    g.manual_seed(sampler_seed + epoch)
+    pos = np.empty(n)
+    pos[torch.randperm(n, generator=g).numpy()] = np.arange(n) / n
+    return pos
+
+
+def test_keep_probability_does_not_depend_on_last_epoch_shuffle_position():
+    """A sample visited early in the last epoch is kept as often as one visited late (a hold that
+    freezes the mask mid-epoch kept late-visited samples 5-13 points more often)."""
+    n, gaps = 3000, []
+    for seed in (0, 1, 2):
+        p, _, _ = _gaussian_run(n, 0.7, seed)
+        keep = p.binarize()
+        for e in range(p.warmup_epochs, p.epochs):  # and in no pruning epoch's order either
+            pos = _epoch_position(n, seed, e)
+            gap = keep[pos >= 2 / 3].mean() - keep[pos < 1 / 3].mean()
+            if e == p.epochs - 1:
+                gaps.append(gap)
+            assert abs(gap) < 0.06, (seed, e, gap)
+    assert abs(np.mean(gaps)) < 0.025, gaps
+
+
+@pytest.mark.parametrize("keep_ratio", [0.98, 0.99])
+def test_high_keep_ratios_prune_the_right_number_spread_over_training(keep_ratio):
+    """0.98/0.99 start inside the band (all kept = 1.0): they must still prune 2%/1%, chosen by the
+    whole run, not the first batch's samples."""
+    n = 3000
+    p, ds, model = _gaussian_run(n, keep_ratio, seed=0)
+    keep = p.binarize()
+    assert (~keep).sum() == round((1 - keep_ratio) * n)
+    first_pruning_epoch = _epoch_position(n, 0, p.warmup_epochs)
+    assert first_pruning_epoch[~keep].max() > 0.5  # not all from the start of the first pruning epoch
+    # the pruned samples are the mask's lowest, and the mask follows the paper's signal L - log L
+    losses = per_sample_losses(model, ds)
+    sig = losses - np.log(np.maximum(losses, 1e-6))
+    assert np.median(sig[~keep]) > np.median(sig[keep])
 
 
 # ------------------------------------------------------------------ per-step inputs

@@ -21,6 +21,7 @@ def adapruner_method(dataset: Any, keep_ratio: float, *, config: MethodConfig, w
     """
     epochs = max(2, config.epochs)
     warm = warmup_epochs if warmup_epochs is not None else max(1, epochs // 4)
+    pruner_kw.setdefault("seed", config.seed)  # seeds the tie-break of the final ranking
     pruner = AdaPruner(len(dataset), keep_ratio, epochs=epochs, warmup_epochs=warm, **pruner_kw)
     model = config.make_model()
     train_adapruner(model, dataset, pruner, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
