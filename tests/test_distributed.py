@@ -221,9 +221,9 @@ def test_two_ranks_match_single_process(ddp_run, single_run):
     assert torch.equal(r0["mask"], r1["mask"])
     for k in r0["model"]:
         assert torch.equal(r0["model"][k], r1["model"][k]), k
-    # ... equal to the single process up to float summation order (measured: 4e-5 on the mask logits,
-    # which reach +-1.2; the step-size guard and the hold check amplify rounding a little)
-    assert np.abs(sel.scores - ref.scores).max() <= 2e-4
+    # ... equal to the single process up to float summation order (relative to the logits' range:
+    # they are sums of per-visit steps and are not clipped, so float32 rounding grows with them)
+    assert np.abs(sel.scores - ref.scores).max() <= 2e-4 * max(1.0, np.abs(ref.scores).max())
     assert np.abs(sel.scores).max() > 0.1  # the mask did move
     for k, v in model.state_dict().items():
         assert torch.allclose(r0["model"][k], v, atol=1e-5), k
