@@ -406,21 +406,24 @@ class AdaPruner(nn.Module):
         # mask: the paper's per-sample terms (classification + selection), divided by N
         mask_cls = (w * ld).sum() / self.num_samples
         mask_sel = (w * neg_log).sum() / self.num_samples
+        if self.binarize_mode == "exact":
+            # the projection in step() holds the binarised ratio at the target exactly, so the
+            # compression term is off (lambda = 0) and no dense O(N) work is done per step. Left on,
+            # it acts only in the first pruning epoch, before all samples have been visited (unvisited
+            # logits tie at 0, r > c), with a dense step that treats visited and unvisited samples
+            # differently: the kept fraction then depended on the first epoch's order.
+            self._comp = None
+            total = (mask_cls + mask_sel).to(dev)
+            self._last_terms = {"selection": mask_sel.detach(), "lambda": 0.0, "alpha": alpha}
+            self._epoch_stats.add(ld, w.detach())
+            return total
         # compression term: its gradient is dense (every entry, every step) and is applied in closed
         # form in step() with its own stability cap, so it is kept out of the autograd graph here
         with torch.no_grad():
             soft_all = torch.sigmoid(alpha * self.mask)
             mean_soft = self._global_mask_stats(soft_all)
             r = self._binary_ratio()  # current binarised keep ratio (tensor, no host sync)
-            if self.binarize_mode == "exact":
-                # the projection in step() holds the binarised ratio at the target exactly, so the
-                # compression term is off (lambda = 0). Left on, it acts only in the first pruning
-                # epoch, before all samples have been visited (unvisited logits tie at 0, r > c), with a
-                # dense step that treats visited and unvisited samples differently: the kept fraction
-                # then depended on the first epoch's order.
-                lam = torch.zeros((), device=self.mask.device)
-            else:
-                lam = self.scale * (r - self.keep_ratio).abs()
+            lam = self.scale * (r - self.keep_ratio).abs()
             comp = (mean_soft - self.keep_ratio) ** 2
         self._comp = (lam, mean_soft - self.keep_ratio)
         total = (mask_cls + mask_sel).to(dev) + (lam * comp).to(dev)
@@ -442,32 +445,19 @@ class AdaPruner(nn.Module):
         if not self.in_warmup and self.mask.grad is not None:
             alpha = self._step_alpha if self._step_alpha is not None else self.alpha
             self._reduce_mask_grad()
-            with torch.no_grad():
-                # d/dm_i of lambda*(mean(sigmoid(alpha*m)) - c)^2 = 2*lambda*(mean - c)*alpha*w_i(1-w_i)/N
-                if self._comp is not None:
-                    lam, err = self._comp
-                else:
-                    lam, err = torch.zeros(()), torch.zeros(())
-                ww = self._slope(self.mask, alpha)
-                lam, err = lam.to(ww.device), err.to(ww.device)
-                g_comp = (2.0 * lam * err * alpha / self.num_samples) * ww
+            # Per-sample terms (SGD): lr * N / alpha, so one visit moves m_i by mask_lr/4 * (L_i - log L_i)
+            # (straight-through slope alpha/4) whatever alpha is now: every visit of the schedule counts
+            # alike in the final logits (with N/alpha^2 the early, small-alpha visits of the first
+            # pruning epoch outweighed the last epoch's by alpha_final / alpha_init).
+            k = self.num_samples / alpha
+            if self._comp is None:  # binarize="exact": no compression term, no dense O(N) work
                 if self.mask_optimizer_name == "sgd":
-                    # Per-sample terms: lr * N / alpha, so one visit moves m_i by
-                    # mask_lr * w(1-w) * (L_i - log L_i) whatever alpha is now: every visit of the
-                    # schedule counts alike in the final logits (with N/alpha^2 the early, small-alpha
-                    # visits of the first pruning epoch outweighed the last epoch's by alpha_final /
-                    # alpha_init, so the selection depended on the first epoch's order).
-                    # Compression term: SGD in the sigmoid's input space z = alpha*m (lr * N / alpha^2);
-                    # it moves the mean weight by about -lr*gain*(mean - c) per step with
-                    # gain = 2*lambda*mean((w(1-w))^2); its step size is capped so that lr*gain <= 0.5
-                    # (no overshoot, no oscillation).
-                    gain = 2.0 * lam * (ww * ww).mean()
-                    lr_c = torch.clamp(0.5 / (gain + 1e-12), max=self.mask_lr)
-                    k = self.num_samples / alpha
-                    self.mask.add_(self.mask.grad * (-self.mask_lr * k) + g_comp * (-lr_c * k / alpha))
-            if self.mask_optimizer_name != "sgd":
-                self.mask.grad.add_(g_comp)
-                self.optimizer.step()
+                    with torch.no_grad():
+                        self.mask.add_(self.mask.grad, alpha=-self.mask_lr * k)
+                else:
+                    self.optimizer.step()
+            else:
+                self._step_with_compression(alpha, k)
             if self.binarize_mode == "exact":
                 self._since_project += n_stepped
                 if self._since_project >= max(1, self._samples_per_epoch // self.PROJECTIONS_PER_EPOCH):
@@ -475,6 +465,26 @@ class AdaPruner(nn.Module):
         self._comp = None
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
+
+    def _step_with_compression(self, alpha: float, k: float) -> None:
+        """binarize="band": the per-sample step plus the compression term's closed-form dense step."""
+        lam, err = self._comp
+        with torch.no_grad():
+            # d/dm_i of lambda*(mean(sigmoid(alpha*m)) - c)^2 = 2*lambda*(mean - c)*alpha*w_i(1-w_i)/N
+            ww = self._slope(self.mask, alpha)
+            lam, err = lam.to(ww.device), err.to(ww.device)
+            g_comp = (2.0 * lam * err * alpha / self.num_samples) * ww
+            if self.mask_optimizer_name == "sgd":
+                # Compression term: SGD in the sigmoid's input space z = alpha*m (lr * N / alpha^2); it
+                # moves the mean weight by about -lr*gain*(mean - c) per step with
+                # gain = 2*lambda*mean((w(1-w))^2); its step size is capped so that lr*gain <= 0.5
+                # (no overshoot, no oscillation).
+                gain = 2.0 * lam * (ww * ww).mean()
+                lr_c = torch.clamp(0.5 / (gain + 1e-12), max=self.mask_lr)
+                self.mask.add_(self.mask.grad * (-self.mask_lr * k) + g_comp * (-lr_c * k / alpha))
+                return
+        self.mask.grad.add_(g_comp)
+        self.optimizer.step()
 
     @torch.no_grad()
     def _project(self) -> None:
