@@ -22,9 +22,10 @@ ratio is exactly the target (the gap is 0, never above the tolerance), and the f
 product of every pruning epoch and of the whole alpha ramp, and because the shift is common to all
 samples, a sample's fate does not depend on where it falls in an epoch's shuffle. (Freezing the
 mask the first time the ratio enters the band did: it froze at the band's edge, mid-epoch, with
-later-visited samples kept more often.) ``binarize="band"`` keeps the paper's tolerance semantics:
-the compression term alone steers the ratio, and the final count is the mask's own threshold count
-clipped into ``keep_ratio +- tolerance``. The selection file records the rule used
+later-visited samples kept more often.) ``binarize="band"`` trains the same way and lets the learned mask choose
+the count inside ``keep_ratio +- tolerance`` (the largest gap between sorted logits);
+``binarize="threshold"`` runs the paper's compression term instead of the projection and keeps the
+mask's own ``m >= 0`` count, clipped into the band. The selection file records the rule used
 (``params["count_rule"]``). Ties in the final ranking are broken by a seeded random order.
 
 Scaling. The paper divides the per-sample terms by ``N``, the dataset size (Eq. 4-6). We follow it
@@ -126,7 +127,7 @@ class AdaPruner(nn.Module):
     alpha_init, alpha_final: sigmoid sharpness, ramped linearly over the pruning epochs (0.1 -> 5),
         advanced every step; final from the start of the last pruning epoch.
     scale: ``s`` in ``lambda = s * |r - keep_ratio|`` (100).
-    tolerance: allowed deviation of the final keep ratio with ``binarize="band"`` (0.02).
+    tolerance: allowed deviation of the final keep ratio with ``binarize="band"`` or "threshold" (0.02).
     mask_lr, mask_optimizer: the mask's own optimiser. With "sgd" (default) the per-sample terms
         use the learning rate ``mask_lr * N / alpha``, which cancels the 1/N of the loss and the alpha
         of the sigmoid's slope: each visit moves ``m_i`` by ``mask_lr/4 * (L_i - log L_i)`` (with
@@ -151,9 +152,14 @@ class AdaPruner(nn.Module):
           compression term's job exactly), and the per-sample terms decide only *which* samples
           are kept. A common shift does not change any sample's rank, and every sample receives
           it, wherever it sits in the shuffle.
-        * ``"band"`` (alias ``"threshold"``): the paper's tolerance semantics. The compression term
-          alone holds the ratio; the count is the final mask's own threshold count ``m >= 0`` if that
-          lies within ``keep_ratio +- tolerance``, else the nearest band edge (by rank, warned).
+        * ``"band"``: trained like "exact"; the count is then chosen by the learned mask inside
+          ``keep_ratio +- tolerance`` (the paper's 2% band): at the largest gap between consecutive
+          sorted final logits, where the mask itself separates kept from pruned.
+        * ``"threshold"``: the paper's compression term alone steers the ratio (no projection); the
+          count is the final mask's own threshold count ``m >= 0`` if that lies within the band, else
+          the nearest band edge (by rank, warned). Without a hold the ratio drifts below the target
+          (every per-sample step points down while ``lambda -> 0``), so it usually ends at the lower
+          edge.
 
         Either way the mask learns through every pruning epoch: there is no hold, so the whole
         alpha ramp reaches the selection (see the module docstring for the paper's sentence).
@@ -170,7 +176,7 @@ class AdaPruner(nn.Module):
         (never the dataset index).
     """
 
-    _BINARIZE = {"exact": "exact", "topk": "exact", "band": "band", "threshold": "band"}
+    _BINARIZE = {"exact": "exact", "topk": "exact", "band": "band", "threshold": "threshold"}
     PROJECTIONS_PER_EPOCH = 64
 
     def __init__(self, num_samples: int, keep_ratio: float, *, epochs: int = 10, warmup_epochs: int = 2,
@@ -213,7 +219,7 @@ class AdaPruner(nn.Module):
             if logit_clip < 0:
                 raise PruneDataError(f"logit_clip must be > 0 (or 0/None for no clamp), got {logit_clip}")
         if binarize not in self._BINARIZE:
-            raise PruneDataError(f"binarize must be 'exact' (alias 'topk') or 'band' (alias 'threshold'), got {binarize!r}")
+            raise PruneDataError(f"binarize must be 'exact' (alias 'topk'), 'band' or 'threshold', got {binarize!r}")
         if mask_optimizer not in ("adam", "sgd"):
             raise PruneDataError(f"mask_optimizer must be 'adam' or 'sgd', got {mask_optimizer!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
@@ -406,7 +412,7 @@ class AdaPruner(nn.Module):
         # mask: the paper's per-sample terms (classification + selection), divided by N
         mask_cls = (w * ld).sum() / self.num_samples
         mask_sel = (w * neg_log).sum() / self.num_samples
-        if self.binarize_mode == "exact":
+        if self.binarize_mode != "threshold":
             # the projection in step() holds the binarised ratio at the target exactly, so the
             # compression term is off (lambda = 0) and no dense O(N) work is done per step. Left on,
             # it acts only in the first pruning epoch, before all samples have been visited (unvisited
@@ -458,7 +464,7 @@ class AdaPruner(nn.Module):
                     self.optimizer.step()
             else:
                 self._step_with_compression(alpha, k)
-            if self.binarize_mode == "exact":
+            if self.binarize_mode != "threshold":
                 self._since_project += n_stepped
                 if self._since_project >= max(1, self._samples_per_epoch // self.PROJECTIONS_PER_EPOCH):
                     self._project()
@@ -467,7 +473,7 @@ class AdaPruner(nn.Module):
         self.global_step += 1
 
     def _step_with_compression(self, alpha: float, k: float) -> None:
-        """binarize="band": the per-sample step plus the compression term's closed-form dense step."""
+        """binarize="threshold": the per-sample step plus the compression term's closed-form dense step."""
         lam, err = self._comp
         with torch.no_grad():
             # d/dm_i of lambda*(mean(sigmoid(alpha*m)) - c)^2 = 2*lambda*(mean - c)*alpha*w_i(1-w_i)/N
@@ -514,7 +520,7 @@ class AdaPruner(nn.Module):
         """Record the epoch's statistics in :attr:`history` and advance to the next epoch."""
         self._epoch_samples += self._pending_samples
         self._pending_samples = 0
-        if not self.in_warmup and self.binarize_mode == "exact":
+        if not self.in_warmup and self.binarize_mode != "threshold":
             self._project()
         if self.in_warmup:  # warm-up trains with weight 1 for every sample
             soft = torch.ones(self.num_samples)
@@ -554,23 +560,33 @@ class AdaPruner(nn.Module):
         return np.lexsort((tie, -m))
 
     def binarize(self) -> np.ndarray:
-        """Final boolean keep-mask.
+        """Final boolean keep-mask; ties are broken by a seeded random order, never by index.
 
-        ``"exact"``: the ``round(keep_ratio*N)`` samples with the largest logits. ``"band"``: the
-        threshold count ``m >= 0`` if it lies within ``keep_ratio +- tolerance``, else the nearest
-        band edge, with a warning. Ties are broken by a seeded random order, never by index.
-        :attr:`count_rule` says afterwards how the count was reached ("exact", "threshold" or
-        "clipped-to-band").
+        ``"exact"``: the ``round(keep_ratio*N)`` samples with the largest logits. ``"band"``: within
+        ``keep_ratio +- tolerance``, the count at the largest gap between consecutive sorted logits
+        (where the learned mask itself separates kept from pruned). ``"threshold"``: the threshold
+        count ``m >= 0`` if it lies within the band, else the nearest band edge, with a warning.
+        :attr:`count_rule` says afterwards how the count was reached ("exact", "largest-gap",
+        "threshold" or "clipped-to-band").
         """
         m = self.mask.detach().cpu().double().numpy()
         n = self.num_samples
         order = self.ranking()
+        lo = max(1, int(math.ceil((self.keep_ratio - self.tolerance) * n - 1e-9)))
+        hi = min(n, int(math.floor((self.keep_ratio + self.tolerance) * n + 1e-9)))
         if self.binarize_mode == "exact":
             k, rule = self.num_keep, "exact"
+        elif self.binarize_mode == "band":
+            s = m[order]
+            hi_gap = min(hi, n - 1)
+            if hi_gap < lo:
+                k = lo
+            else:
+                gaps = s[lo - 1:hi_gap] - s[lo:hi_gap + 1]  # gap after the k-th largest, k = lo..hi_gap
+                k = lo + int(np.argmax(gaps))
+            rule = "largest-gap"
         else:
             k_thr = int((m >= 0).sum())
-            lo = int(math.ceil((self.keep_ratio - self.tolerance) * n - 1e-9))
-            hi = int(math.floor((self.keep_ratio + self.tolerance) * n + 1e-9))
             k = max(1, min(n, min(max(k_thr, lo), hi)))
             rule = "threshold" if k == k_thr else "clipped-to-band"
             if k != k_thr:
@@ -586,7 +602,8 @@ class AdaPruner(nn.Module):
 
     @property
     def count_rule(self) -> Optional[str]:
-        """How the last :meth:`binarize` reached its count: "exact", "threshold" or "clipped-to-band"."""
+        """How the last :meth:`binarize` reached its count: "exact", "largest-gap", "threshold" or
+        "clipped-to-band"."""
         return self._count_rule
 
     def params(self) -> Dict[str, Any]:
@@ -603,7 +620,8 @@ class AdaPruner(nn.Module):
         """The binarised mask as a :class:`~prunedata.selection.Selection` (scores = mask logits).
 
         ``params["count_rule"]`` records how the count was reached: "exact" (``round(keep_ratio*N)``),
-        "threshold" (the mask's own ``m >= 0`` count, inside the band) or "clipped-to-band".
+        "largest-gap" (inside the band), "threshold" (the mask's own ``m >= 0`` count, inside the band)
+        or "clipped-to-band".
         """
         if dataset is not None and len(dataset) != self.num_samples:
             raise PruneDataError(

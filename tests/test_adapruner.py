@@ -93,7 +93,7 @@ def test_mask_learns_through_every_pruning_epoch_and_keeps_the_exact_count():
 
 
 @pytest.mark.parametrize("keep_ratio", [0.05, 0.1, 0.3, 0.5, 0.7, 0.9, 0.97, 0.98, 0.99])
-@pytest.mark.parametrize("mode", ["exact", "band"])
+@pytest.mark.parametrize("mode", ["exact", "band", "threshold"])
 def test_every_keep_ratio_gets_its_count(keep_ratio, mode):
     n = 1000
     losses = torch.logspace(-4, 1, n)[torch.randperm(n, generator=torch.Generator().manual_seed(1))]
@@ -103,6 +103,8 @@ def test_every_keep_ratio_gets_its_count(keep_ratio, mode):
     sel = p.selection()
     if mode == "exact":
         assert sel.num_kept == round(keep_ratio * n) and sel.params["count_rule"] == "exact"
+    elif mode == "band":
+        assert abs(sel.num_kept / n - keep_ratio) <= 0.02 + 1e-9 and sel.params["count_rule"] == "largest-gap"
     else:
         assert abs(sel.num_kept / n - keep_ratio) <= 0.02 + 1e-9
         thr = int((p.mask.detach() >= 0).sum())
@@ -113,9 +115,25 @@ def test_every_keep_ratio_gets_its_count(keep_ratio, mode):
     assert counts.max() <= 3 and len(counts) >= 0.97 * n, (counts.max(), len(counts))
 
 
-def test_band_mode_keeps_the_masks_own_count_inside_the_band_and_says_so(caplog):
+def test_band_mode_cuts_at_the_masks_largest_gap_inside_the_band():
     n = 1000
     p = AdaPruner(n, 0.7, epochs=2, warmup_epochs=1, binarize="band")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # 709 high logits, 291 low ones: the mask's own break is inside the band
+        m = torch.rand(n, generator=g)
+        m[torch.randperm(n, generator=g)[:709]] += 1.5
+        p.mask.copy_(m)
+    keep = p.binarize()
+    assert keep.sum() == 709 and p.count_rule == "largest-gap"
+    assert np.array_equal(keep, (m > 1.2).numpy())
+    with torch.no_grad():  # a break outside the band: the count stays inside it
+        p.mask.copy_(torch.where(m > 1.2, m, m - 0.5) + torch.where(torch.arange(n) < 100, 5.0, 0.0))
+    assert 680 <= p.binarize().sum() <= 720
+
+
+def test_threshold_mode_keeps_the_masks_own_count_inside_the_band_and_says_so(caplog):
+    n = 1000
+    p = AdaPruner(n, 0.7, epochs=2, warmup_epochs=1, binarize="threshold")
     p.set_epoch(2)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # 70.9% of the logits >= 0: inside the band, not at an edge
