@@ -81,7 +81,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _report(sel, ds) -> str:
-    from .datasets import labels_of
+    from .labels import labels_of
 
     lines = [sel.summary()]
     lab = labels_of(ds)
@@ -170,7 +170,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         d = sel.to_dict()
         if ds is not None:
-            from .datasets import labels_of
+            from .labels import labels_of
 
             lab = labels_of(ds)
             if lab is not None:

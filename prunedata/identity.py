@@ -17,6 +17,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from .labels import labels_of
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["IndexedDataset", "with_indices", "dataset_fingerprint", "keys_fingerprint"]
@@ -106,18 +108,6 @@ def _feed(h: "hashlib._Hash", obj: Any, depth: int = 0) -> None:
         h.update(f"O{type(obj).__name__}".encode())
 
 
-def _labels_of(dataset: Any):
-    for attr in ("targets", "labels"):
-        lab = getattr(dataset, attr, None)
-        if lab is not None and not callable(lab):
-            try:
-                if len(lab) == len(dataset):
-                    return np.asarray(lab.cpu() if hasattr(lab, "cpu") else lab)
-            except TypeError:
-                continue
-    return None
-
-
 def dataset_fingerprint(dataset: Any, probes: int = _PROBES) -> str:
     """A short content hash identifying ``dataset``.
 
@@ -133,7 +123,7 @@ def dataset_fingerprint(dataset: Any, probes: int = _PROBES) -> str:
     n = len(dataset)
     h = hashlib.sha256()
     h.update(f"len={n}".encode())
-    labels = _labels_of(dataset)
+    labels = labels_of(dataset, follow=False, cast=False)
     if labels is not None:
         h.update(b"labels")
         h.update(np.ascontiguousarray(labels.astype(np.int64, copy=False)).tobytes())

@@ -6,7 +6,6 @@ These are conveniences for the CLI, benchmarks and examples; the library's piece
 from __future__ import annotations
 
 import logging
-import random
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
@@ -18,17 +17,12 @@ from torch.utils.data import DataLoader
 
 from ._io import PathLike
 from .adapruner import AdaPruner, AdaPrunerSampler
-from .checkpoint import load_checkpoint, resume_training, save_checkpoint, save_training_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .identity import IndexedDataset
+from .loop import Recipe, seed_everything, test, train
 from .progress import progress
 
 logger = logging.getLogger(__name__)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
 
 
 def per_sample_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -84,57 +78,25 @@ def fit(model: torch.nn.Module, dataset: Any, *, epochs: int = 2, batch_size: in
         seed: int = 0, device: Any = "cpu", num_workers: int = 0, show_progress: bool = True,
         desc: str = "train", checkpoint: Optional[PathLike] = None, resume: bool = False,
         stop_after_epoch: Optional[int] = None) -> torch.nn.Module:
-    """Train ``model`` from its current state on ``dataset`` with SGD + cosine schedule.
+    """Train ``model`` from its current state on ``dataset`` with SGD + cosine schedule
+    (:class:`~prunedata.loop.Recipe`, run by :func:`prunedata.loop.train`).
 
     With ``checkpoint`` the model, optimiser, schedule, shuffling generator and RNG state are written
     atomically after every epoch; ``resume=True`` continues from it (a finished run is not trained
     again) and ends with the same weights as an uninterrupted run. A checkpoint of another recipe or
     dataset size is refused. ``stop_after_epoch=k`` stops after ``k`` epochs (testing).
     """
-    model.to(device)
-    g = torch.Generator()
-    g.manual_seed(seed)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=g, num_workers=num_workers)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    steps = max(1, epochs * len(loader))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    recipe = {"epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr), "seed": int(seed),
-              "samples": len(dataset), "model": type(model).__name__}
-    start = 0
-    if resume and checkpoint is not None and Path(checkpoint).exists():
-        start, _ = resume_training(checkpoint, recipe, model=model, optimizer=opt, scheduler=sched, generator=g)
-        logger.info("resumed %s from %s at epoch %d of %d", desc, checkpoint, start, epochs)
-    else:
-        seed_everything(seed)
-    for epoch in range(start, epochs):
-        model.train()
-        for x, y in progress(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}", disable=not show_progress):
-            x, y = x.to(device), y.to(device)
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        if checkpoint is not None:
-            save_training_checkpoint(checkpoint, recipe, epoch=epoch + 1, model=model, optimizer=opt,
-                                     scheduler=sched, generator=g)
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
-            break
+    recipe = Recipe(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=str(device))
+    key = {"epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr), "seed": int(seed),
+           "samples": len(dataset), "model": type(model).__name__}
+    train(model, dataset, recipe, num_workers=num_workers, checkpoint=checkpoint, resume=resume,
+          checkpoint_recipe=key, stop_after_epoch=stop_after_epoch, show_progress=show_progress, desc=desc, log=logger)
     return model
 
 
-@torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset: Any, *, batch_size: int = 1024, device: Any = "cpu") -> Dict[str, float]:
-    """Accuracy and mean cross-entropy of ``model`` on ``dataset``."""
-    model.eval().to(device)
-    correct, total, loss_sum = 0, 0, 0.0
-    for x, y in DataLoader(dataset, batch_size=batch_size):
-        x, y = x.to(device), y.to(device)
-        out = model(x)
-        loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
-        correct += int((out.argmax(1) == y).sum())
-        total += int(y.numel())
-    return {"accuracy": correct / max(total, 1), "loss": loss_sum / max(total, 1), "n": total}
+    """Accuracy and mean cross-entropy of ``model`` on ``dataset`` (:func:`prunedata.loop.test`)."""
+    return test(model, dataset, batch_size=batch_size, device=device)
 
 
 @torch.no_grad()

@@ -131,7 +131,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .. import evaluate as ev
     from ..catalog import load_dataset
-    from ..datasets import PrunedDataset, labels_of
+    from ..datasets import PrunedDataset
+    from ..labels import labels_of
     from ..errors import PruneDataError
     from ..search_space import check_architectures, search_space
     from ..selection import Selection

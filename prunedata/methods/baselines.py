@@ -48,7 +48,7 @@ from ..identity import dataset_fingerprint
 from ..selection import Selection
 from .registry import MethodConfig, register_method
 from .scoring import (ForgettingTracker, dataset_labels, el2n_scores, grand_scores, herding_order, keep_top_k,
-                      penultimate_features, train_proxy)
+                      features_and_logits, train_proxy)
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def _score_herding(dataset: Any, *, config: MethodConfig, checkpoint: Any = None
     _reject_unknown("herding", unknown, ["checkpoint", "resume"])
     model = config.make_model()
     train_proxy(model, dataset, seed=config.seed, desc="herding proxy", **_proxy_kw(config, checkpoint, resume))
-    feats, logits, labels = penultimate_features(model, dataset, device=config.device)
+    feats, logits, labels = features_and_logits(model, dataset, device=config.device)
     labels_np = labels.numpy()
     n = feats.shape[0]
     prio = np.zeros(n, dtype=np.float64)
