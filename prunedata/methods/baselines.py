@@ -42,7 +42,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 import numpy as np
 import torch
 
-from ..adapruner import check_keep_ratio
+from ..ratios import check_keep_ratio
 from ..errors import PruneDataError
 from ..identity import dataset_fingerprint
 from ..selection import Selection

@@ -109,7 +109,7 @@ def available_methods() -> Dict[str, str]:
 def select(method: str, dataset: Any, keep_ratio: float, *, config: Optional[MethodConfig] = None,
            **options) -> "Selection":
     """Run selection method ``method`` on ``dataset`` keeping ``keep_ratio`` of it."""
-    from ..adapruner import check_keep_ratio
+    from ..ratios import check_keep_ratio
 
     _load_builtin(method)
     if method not in METHODS:

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from ..errors import PruneDataError
 from ..features import collect_features, find_linear_layer
 from ..labels import read_labels
+from ..ratios import num_to_keep
 from ..progress import progress
 
 logger = logging.getLogger(__name__)
@@ -62,11 +63,6 @@ def apportion(counts: Sequence[int], k: int) -> np.ndarray:
         order = np.argsort(-frac, kind="stable")
         base[order[:rest]] += 1
     return base
-
-
-def num_to_keep(n: int, keep_ratio: float) -> int:
-    """``round(keep_ratio * n)``, at least 1 (the same count AdaPruner's top-k binarisation uses)."""
-    return int(min(n, max(1, round(keep_ratio * n))))
 
 
 def keep_top_k(scores: np.ndarray, keep_ratio: float, *, labels: Optional[np.ndarray] = None,
