@@ -26,7 +26,12 @@ class MissingDependencyError(PruneDataError, ImportError):
 
 
 class OutputError(PruneDataError, OSError):
-    """An output file or folder cannot be written (read-only, full disk, missing permission)."""
+    """An output file or folder cannot be written (read-only, full disk, missing permission).
+
+    ``errno``/``filename`` carry the failed call's error number and the file meant to be written."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class CheckpointError(PruneDataError):

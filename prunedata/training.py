@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader
 
 from ._io import PathLike
 from .adapruner import AdaPruner, AdaPrunerSampler
-from .checkpoint import load_checkpoint, resume_training, save_checkpoint, save_training_checkpoint
+from .checkpoint import (adapruner_recipe, load_checkpoint, model_signature, resume_training, save_checkpoint,
+                         save_training_checkpoint)
 from .identity import IndexedDataset
 from .progress import progress
 
@@ -51,9 +52,11 @@ def train_adapruner(model: torch.nn.Module, dataset: Any, pruner: AdaPruner, *,
     if optimizer is None:
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     sampler = AdaPrunerSampler(pruner, seed=seed)
+    recipe = adapruner_recipe(model, len(dataset), pruner, optimizer, batch_size=batch_size, seed=seed)
     start = 0
     if resume and checkpoint is not None and Path(checkpoint).exists():
-        start = load_checkpoint(checkpoint, model=model, optimizer=optimizer, sampler=sampler)
+        start = load_checkpoint(checkpoint, model=model, optimizer=optimizer, sampler=sampler, recipe=recipe,
+                                what="AdaPruner run")
         logger.info("resumed from %s at epoch %d", checkpoint, start)
     else:
         seed_everything(seed)
@@ -74,7 +77,8 @@ def train_adapruner(model: torch.nn.Module, dataset: Any, pruner: AdaPruner, *,
         rec = sampler.end_epoch()
         rec["seconds"] = time.perf_counter() - t0
         if checkpoint is not None:
-            save_checkpoint(checkpoint, model=model, optimizer=optimizer, sampler=sampler, epoch=epoch + 1)
+            save_checkpoint(checkpoint, model=model, optimizer=optimizer, sampler=sampler, epoch=epoch + 1,
+                            extra={"recipe": recipe})
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
     return sampler
@@ -98,8 +102,8 @@ def fit(model: torch.nn.Module, dataset: Any, *, epochs: int = 2, batch_size: in
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     steps = max(1, epochs * len(loader))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    recipe = {"epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr), "seed": int(seed),
-              "samples": len(dataset), "model": type(model).__name__}
+    recipe = {"job": desc, "epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr), "seed": int(seed),
+              "samples": len(dataset), **model_signature(model)}
     start = 0
     if resume and checkpoint is not None and Path(checkpoint).exists():
         start, _ = resume_training(checkpoint, recipe, model=model, optimizer=opt, scheduler=sched, generator=g)

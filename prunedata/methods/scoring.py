@@ -139,7 +139,7 @@ def train_proxy(model: nn.Module, dataset: Any, *, epochs: int, batch_size: int 
     and ends where an uninterrupted run would. A checkpoint of another recipe is refused.
     ``stop_after_epoch=k`` stops after ``k`` epochs (testing).
     """
-    from ..checkpoint import resume_training, save_training_checkpoint
+    from ..checkpoint import model_signature, resume_training, save_training_checkpoint
     from ..training import seed_everything
 
     if epochs < 1:
@@ -151,8 +151,8 @@ def train_proxy(model: nn.Module, dataset: Any, *, epochs: int, batch_size: int 
                         num_workers=num_workers)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * len(loader)))
-    recipe = {"epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr), "seed": int(seed),
-              "samples": len(dataset), "model": type(model).__name__, "desc": desc}
+    recipe = {"job": desc, "epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr), "seed": int(seed),
+              "samples": len(dataset), **model_signature(model)}
     start = 0
     if resume and checkpoint is not None and Path(checkpoint).exists():
         start, user_state = resume_training(checkpoint, recipe, model=model, optimizer=opt, scheduler=sched,
