@@ -52,7 +52,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ._io import PathLike
 from .adapruner import AdaPruner, AdaPrunerSampler
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import adapruner_recipe, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .errors import PruneDataError
 from .identity import IndexedDataset
 from .progress import progress
@@ -488,6 +488,7 @@ def train_adapruner_ddp(model: torch.nn.Module, dataset: Any, pruner: AdaPruner,
     if optimizer is None:
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     sampler = AdaPrunerSampler(pruner, seed=seed, num_replicas=world, rank=rank)
+    recipe = adapruner_recipe(model, len(dataset), pruner, optimizer, batch_size=batch_size, seed=seed)
     start = 0
     ckpt_here = checkpoint is not None and Path(checkpoint).exists()
     if resume and checkpoint is not None:
@@ -498,7 +499,7 @@ def train_adapruner_ddp(model: torch.nn.Module, dataset: Any, pruner: AdaPruner,
                 f"{[i for i, f in enumerate(found) if not f]}: put it on a filesystem that every rank sees"
             )
     if resume and ckpt_here:
-        start = _load_ddp_checkpoint(checkpoint, model, optimizer, sampler)
+        start = _load_ddp_checkpoint(checkpoint, model, optimizer, sampler, recipe)
     else:
         if resume and checkpoint is not None:
             logger.info("no checkpoint at %s yet: starting from epoch 0", checkpoint)
@@ -534,7 +535,7 @@ def train_adapruner_ddp(model: torch.nn.Module, dataset: Any, pruner: AdaPruner,
         if checkpoint is not None:
             rngs = all_gather_object(rng_state(), what=f"gathering RNG states for the checkpoint of epoch {epoch}")
             run_on_main(save_checkpoint, checkpoint, model=model, optimizer=optimizer, sampler=sampler,
-                        epoch=epoch + 1, extra={"world_size": world, "rng_per_rank": rngs},
+                        epoch=epoch + 1, extra={"world_size": world, "rng_per_rank": rngs, "recipe": recipe},
                         what=f"write the checkpoint {checkpoint}")
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
@@ -542,8 +543,9 @@ def train_adapruner_ddp(model: torch.nn.Module, dataset: Any, pruner: AdaPruner,
 
 
 def _load_ddp_checkpoint(path: PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                         sampler: AdaPrunerSampler) -> int:
-    start = load_checkpoint(path, model=model, optimizer=optimizer, sampler=sampler)
+                         sampler: AdaPrunerSampler, recipe: Optional[Dict[str, Any]] = None) -> int:
+    start = load_checkpoint(path, model=model, optimizer=optimizer, sampler=sampler, recipe=recipe,
+                            what="AdaPruner run")
     extra = torch.load(path, map_location="cpu", weights_only=False).get("extra") or {}
     world, rank = get_world_size(), get_rank()
     rngs = extra.get("rng_per_rank")

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from ._io import PathLike
 from .adapruner import AdaPruner, AdaPrunerSampler
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import adapruner_recipe, load_checkpoint, model_signature, save_checkpoint
 from .identity import IndexedDataset
 from .loop import Recipe, seed_everything, test, train
 from .progress import progress
@@ -45,9 +45,11 @@ def train_adapruner(model: torch.nn.Module, dataset: Any, pruner: AdaPruner, *,
     if optimizer is None:
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     sampler = AdaPrunerSampler(pruner, seed=seed)
+    recipe = adapruner_recipe(model, len(dataset), pruner, optimizer, batch_size=batch_size, seed=seed)
     start = 0
     if resume and checkpoint is not None and Path(checkpoint).exists():
-        start = load_checkpoint(checkpoint, model=model, optimizer=optimizer, sampler=sampler)
+        start = load_checkpoint(checkpoint, model=model, optimizer=optimizer, sampler=sampler, recipe=recipe,
+                                what="AdaPruner run")
         logger.info("resumed from %s at epoch %d", checkpoint, start)
     else:
         seed_everything(seed)
@@ -68,7 +70,8 @@ def train_adapruner(model: torch.nn.Module, dataset: Any, pruner: AdaPruner, *,
         rec = sampler.end_epoch()
         rec["seconds"] = time.perf_counter() - t0
         if checkpoint is not None:
-            save_checkpoint(checkpoint, model=model, optimizer=optimizer, sampler=sampler, epoch=epoch + 1)
+            save_checkpoint(checkpoint, model=model, optimizer=optimizer, sampler=sampler, epoch=epoch + 1,
+                            extra={"recipe": recipe})
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
     return sampler
@@ -87,8 +90,8 @@ def fit(model: torch.nn.Module, dataset: Any, *, epochs: int = 2, batch_size: in
     dataset size is refused. ``stop_after_epoch=k`` stops after ``k`` epochs (testing).
     """
     recipe = Recipe(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=str(device))
-    key = {"epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr), "seed": int(seed),
-           "samples": len(dataset), "model": type(model).__name__}
+    key = {"job": desc, "epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr), "seed": int(seed),
+           "samples": len(dataset), **model_signature(model)}
     train(model, dataset, recipe, num_workers=num_workers, checkpoint=checkpoint, resume=resume,
           checkpoint_recipe=key, stop_after_epoch=stop_after_epoch, show_progress=show_progress, desc=desc, log=logger)
     return model

@@ -19,6 +19,13 @@ def adapruner_method(dataset: Any, keep_ratio: float, *, config: MethodConfig, w
     binarisation chose, but it is split over the classes in proportion to their sizes and each class
     keeps its samples with the largest mask logits (the mask alone may prune whole easy classes).
     """
+    import inspect
+
+    from .registry import check_options
+
+    fixed = ("self", "num_samples", "keep_ratio", "epochs", "warmup_epochs", "device")
+    check_options("adapruner", adapruner_method, pruner_kw,
+                  extra_known=[n for n in inspect.signature(AdaPruner.__init__).parameters if n not in fixed])
     epochs = max(2, config.epochs)
     warm = warmup_epochs if warmup_epochs is not None else max(1, epochs // 4)
     pruner = AdaPruner(len(dataset), keep_ratio, epochs=epochs, warmup_epochs=warm, **pruner_kw)

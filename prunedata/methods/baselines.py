@@ -81,7 +81,9 @@ def _scorer(name: str):
 
 def _reject_unknown(method: str, unknown: Dict[str, Any], known: Sequence[str]) -> None:
     if unknown:
-        raise PruneDataError(
+        from ..errors import OptionError
+
+        raise OptionError(
             f"method {method!r} has no option(s) {', '.join(sorted(unknown))}; its options are: "
             f"{', '.join(known) if known else '(none)'}"
         )
