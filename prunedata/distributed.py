@@ -644,58 +644,22 @@ def distributed_influence(model: torch.nn.Module, dataset: Any, *, layer: Any = 
     (rows in dataset order); with ``gather=False`` each rank returns its shard's rows
     (``result.features.indices`` says which). Call on every rank with the same model.
     """
-    from .methods.influence import (Features, InfluenceResult, KFACSolver, ExactSolver, accumulate_hessian,
-                                    accumulate_kfac, choose_solver, collect_features, find_linear_layer,
-                                    finalize_hessian, head_params, influence_matrix)
+    from .methods.influence import Features, compute_influence
 
     n = len(dataset)
     _check_shardable(n)
-    name, head = find_linear_layer(model, layer)
     idx = shard_indices(n)
-    show = show_progress and is_main_process()
-    t: Dict[str, float] = {}
-    t0 = time.perf_counter()
-    feats = _agree(lambda: collect_features(model, dataset, head, indices=idx, batch_size=batch_size, device=device,
-                                            show_progress=show), "collecting the head features")
-    t["features"] = time.perf_counter() - t0
-    dev = feats.h.device
-    W, b = head_params(head, dtype)
-    W, b = W.to(dev), None if b is None else b.to(dev)
-    d = W.shape[0] * (W.shape[1] + (0 if b is None else 1))
-    kind = choose_solver(d, solver)
-    t0 = time.perf_counter()
-    hb = 4096
-    count = torch.tensor([len(feats)], dtype=torch.long)
-    all_reduce(count, what="sum of the sample counts")
-    if kind == "exact":
-        hs = None
-        for s in range(0, len(feats), hb):
-            hs = accumulate_hessian(feats.h[s:s + hb], W, b, hs)
-        all_reduce(hs.sum, what="all-reduce of the Hessian sum")
-        hs.count = int(count[0])
-        slv: Any = _agree(lambda: ExactSolver(finalize_hessian(hs, damping)), "factoring the Hessian")
-    else:
-        ks = None
-        for s in range(0, len(feats), hb):
-            ks = accumulate_kfac(feats.h[s:s + hb], W, b, ks)
-        all_reduce(ks.A, what="all-reduce of the K-FAC factor A")
-        all_reduce(ks.B, what="all-reduce of the K-FAC factor B")
-        ks.count = int(count[0])
-        # the eigenvalue correction sums over this rank's samples / n (all samples): add the ranks' parts
-        slv = _agree(lambda: KFACSolver(ks, damping, h=feats.h, W=W, b=b), "building the K-FAC solver")
-        all_reduce(slv.lam, what="all-reduce of the K-FAC eigenvalue correction")
-    t["hessian"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    S = influence_matrix(feats.h, feats.y, W, b, slv, n_total=n, out_dtype=out_dtype, show_progress=show)
-    t["solve"] = time.perf_counter() - t0
+    res = compute_influence(model, dataset, layer=layer, damping=damping, solver=solver, batch_size=batch_size,
+                            device=device, dtype=dtype, out_dtype=out_dtype, show_progress=show_progress and is_main_process(),
+                            indices=idx, reduce=lambda t, what: all_reduce(t, what=what), agree=_agree)
     if gather:
         t0 = time.perf_counter()
-        S = gather_rows(idx, S, n, what="gathering the influence rows S").to(dev)
-        h = gather_rows(idx, feats.h, n, what="gathering the head features").to(dev)
-        y = gather_rows(idx, feats.y, n, what="gathering the labels").to(dev)
-        feats = Features(h, y, np.arange(n, dtype=np.int64))
-        t["gather"] = time.perf_counter() - t0
+        dev = res.features.h.device
+        res.S = gather_rows(idx, res.S, n, what="gathering the influence rows S").to(dev)
+        h = gather_rows(idx, res.features.h, n, what="gathering the head features").to(dev)
+        y = gather_rows(idx, res.features.y, n, what="gathering the labels").to(dev)
+        res.features = Features(h, y, np.arange(n, dtype=np.int64))
+        res.timings["gather"] = time.perf_counter() - t0
     logger.info("distributed influence: rank %d of %d scored %d of %d samples, d=%d, %s Hessian", get_rank(),
-                get_world_size(), len(idx), n, d, kind)
-    return InfluenceResult(S=S, features=feats, W=W, b=b, damping=float(damping), solver_name=kind, layer_name=name,
-                           timings=t, solver=slv)
+                get_world_size(), len(idx), n, res.dim, res.solver_name)
+    return res

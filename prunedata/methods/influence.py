@@ -30,7 +30,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -363,23 +363,34 @@ def compute_influence(model: nn.Module, dataset: Any = None, *, layer: Union[Non
                       features: Optional[Features] = None, damping: float = 5e-4, solver: str = "auto",
                       batch_size: int = 512, device: Union[str, torch.device, None] = None,
                       dtype: torch.dtype = torch.float64, out_dtype: torch.dtype = torch.float32,
-                      num_workers: int = 0, show_progress: bool = True) -> InfluenceResult:
+                      num_workers: int = 0, show_progress: bool = True, indices: Optional[Sequence[int]] = None,
+                      reduce: Optional[Callable[[torch.Tensor, str], Any]] = None,
+                      agree: Optional[Callable[[Callable[[], Any], str], Any]] = None) -> InfluenceResult:
     """Features -> per-sample gradients -> (damped) Hessian solve -> ``S`` for every sample.
 
     ``solver``: ``"exact"`` (Cholesky, needs ``d^2`` memory), ``"kfac"`` (eigenvalue-corrected
     K-FAC, any size) or ``"auto"`` (exact up to :data:`EXACT_MAX_DIM` head parameters ``d = C*(F+1)``).
     The choice is logged and stored in the result (``solver_name``).
+
+    Work shared by several processes (:func:`prunedata.distributed.distributed_influence`):
+    ``indices`` scores only those samples of ``dataset`` (their rows of ``S``, still with the ``1/n``
+    of the whole dataset); ``reduce(tensor, what)`` sums a tensor over the processes in place, so each
+    one solves with the whole dataset's Hessian; ``agree(fn, what)`` runs a step that every process
+    must survive (a failure on one is raised on all).
     """
     name, head = find_linear_layer(model, layer)
     _check_damping(damping)
+    step = agree or (lambda fn, what: fn())
     t = {}
     t0 = time.perf_counter()
     if features is None:
         if dataset is None:
             raise PruneDataError("pass the training dataset (or precomputed features=)")
-        features = collect_features(model, dataset, head, batch_size=batch_size, device=device,
-                                    num_workers=num_workers, show_progress=show_progress)
+        features = step(lambda: collect_features(model, dataset, head, indices=indices, batch_size=batch_size,
+                                                 device=device, num_workers=num_workers, show_progress=show_progress,
+                                                 desc="influence: features"), "collecting the head features")
     t["features"] = time.perf_counter() - t0
+    n = len(dataset) if indices is not None else len(features)
     W, b = head_params(head, dtype)
     W, b = W.to(features.h.device), None if b is None else b.to(features.h.device)
     d = W.shape[0] * (W.shape[1] + (0 if b is None else 1))
@@ -387,17 +398,28 @@ def compute_influence(model: nn.Module, dataset: Any = None, *, layer: Union[Non
     logger.info("influence: %d samples, head %s with d=%d parameters, %s Hessian solve", len(features), name, d, kind)
     t0 = time.perf_counter()
     hb = 4096
-    n = len(features)
+    local = len(features)
     if kind == "exact":
         hs = None
-        for s in progress(range(0, n, hb), desc="influence: Hessian", total=math.ceil(n / hb), disable=not show_progress):
+        for s in progress(range(0, local, hb), desc="influence: Hessian", total=math.ceil(local / hb),
+                          disable=not show_progress):
             hs = accumulate_hessian(features.h[s:s + hb], W, b, hs)
-        slv: Any = ExactSolver(finalize_hessian(hs, damping))
+        if reduce is not None:
+            reduce(hs.sum, "all-reduce of the Hessian sum")
+            hs.count = n
+        slv: Any = step(lambda: ExactSolver(finalize_hessian(hs, damping)), "factoring the Hessian")
     else:
         ks = None
-        for s in range(0, n, hb):
+        for s in range(0, local, hb):
             ks = accumulate_kfac(features.h[s:s + hb], W, b, ks)
-        slv = KFACSolver(ks, damping, h=features.h, W=W, b=b)
+        if reduce is not None:
+            reduce(ks.A, "all-reduce of the K-FAC factor A")
+            reduce(ks.B, "all-reduce of the K-FAC factor B")
+            ks.count = n
+        slv = step(lambda: KFACSolver(ks, damping, h=features.h, W=W, b=b), "building the K-FAC solver")
+        if reduce is not None:
+            # the eigenvalue correction sums over this process's samples / n (all samples): add the parts
+            reduce(slv.lam, "all-reduce of the K-FAC eigenvalue correction")
     t["hessian"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     S = influence_matrix(features.h, features.y, W, b, slv, n_total=n, out_dtype=out_dtype,
