@@ -31,7 +31,7 @@ from .progress import progress
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Recipe", "TrainHook", "Step", "train", "test", "seed_everything"]
+__all__ = ["Recipe", "TrainHook", "Step", "Checkpointer", "train", "test", "seed_everything"]
 
 SCHEDULES = ("cosine", "constant")
 
@@ -154,9 +154,36 @@ class _Callbacks(TrainHook):
             self._load(state)
 
 
+class Checkpointer:
+    """How :func:`train` writes and reads its checkpoint: the default holds the model, optimiser,
+    schedule, shuffling generator, RNG state, the run's recipe (refused on resume when it differs)
+    and the hooks' state."""
+
+    def __init__(self, path: Any, recipe: Dict[str, Any], what: str = "training run"):
+        self.path, self.recipe, self.what = path, recipe, what
+
+    def exists(self) -> bool:
+        return self.path is not None and Path(self.path).exists()
+
+    def save(self, epoch: int, model, optimizer, scheduler, generator, hook_state: Any) -> None:
+        from .checkpoint import save_training_checkpoint
+
+        save_training_checkpoint(self.path, self.recipe, epoch=epoch, model=model, optimizer=optimizer,
+                                 scheduler=scheduler, generator=generator, user_state=hook_state)
+
+    def load(self, model, optimizer, scheduler, generator) -> tuple:
+        """``(epoch to continue from, the hooks' state)``."""
+        from .checkpoint import resume_training
+
+        return resume_training(self.path, self.recipe, model=model, optimizer=optimizer, scheduler=scheduler,
+                               generator=generator, what=self.what)
+
+
 def train(model: torch.nn.Module, dataset: Any, recipe: Recipe, *, hooks: Sequence[TrainHook] = (),
           with_ids: bool = False, num_workers: int = 0, checkpoint: Optional[Any] = None, resume: bool = False,
           checkpoint_recipe: Optional[Dict[str, Any]] = None, what: str = "training run",
+          optimizer: Optional[torch.optim.Optimizer] = None, sampler: Any = None,
+          checkpointer: Optional[Checkpointer] = None,
           stop_on_nan: bool = False, drop_singleton_batch: bool = False, seed_globals: str = "all",
           stop_after_epoch: Optional[int] = None, show_progress: bool = True, desc: str = "train",
           log: Optional[logging.Logger] = None) -> Dict[str, Any]:
@@ -172,9 +199,10 @@ def train(model: torch.nn.Module, dataset: Any, recipe: Recipe, *, hooks: Sequen
     refused) and ends where an uninterrupted run would. ``stop_on_nan`` turns a non-finite loss into an
     error; ``drop_singleton_batch`` drops a last batch of one sample (it breaks batch norm);
     ``stop_after_epoch=k`` stops after ``k`` epochs. ``log`` is the caller's logger (messages such as
-    "resumed ..." are the caller's news).
+    "resumed ..." are the caller's news). ``optimizer`` replaces the recipe's SGD (the schedule still
+    follows the recipe); ``sampler`` replaces the seeded shuffle (a hook then calls its ``set_epoch``);
+    ``checkpointer`` replaces the default checkpoint format (:class:`Checkpointer`).
     """
-    from .checkpoint import resume_training, save_training_checkpoint
     from .identity import IndexedDataset
 
     device = recipe.device
@@ -183,19 +211,20 @@ def train(model: torch.nn.Module, dataset: Any, recipe: Recipe, *, hooks: Sequen
     g.manual_seed(recipe.seed)
     data = IndexedDataset(dataset) if with_ids else dataset
     drop_last = drop_singleton_batch and len(dataset) % recipe.batch_size == 1 and len(dataset) > 1
-    loader = DataLoader(data, batch_size=recipe.batch_size, shuffle=True, generator=g, num_workers=num_workers,
-                        drop_last=drop_last)
-    opt = recipe.optimizer(model.parameters())
+    order = {"sampler": sampler} if sampler is not None else {"shuffle": True, "generator": g}
+    loader = DataLoader(data, batch_size=recipe.batch_size, num_workers=num_workers, drop_last=drop_last, **order)
+    opt = optimizer if optimizer is not None else recipe.optimizer(model.parameters())
     steps_per_epoch = len(loader)
     sched = recipe.scheduler(opt, recipe.epochs * steps_per_epoch)
+    if checkpointer is None and checkpoint is not None:
+        checkpointer = Checkpointer(checkpoint, checkpoint_recipe or recipe.as_dict(), what)
     start = 0
-    if resume and checkpoint is not None and Path(checkpoint).exists():
-        start, user_state = resume_training(checkpoint, checkpoint_recipe or recipe.as_dict(), model=model,
-                                            optimizer=opt, scheduler=sched, generator=g, what=what)
+    if resume and checkpointer is not None and checkpointer.exists():
+        start, user_state = checkpointer.load(model, opt, sched, g)
         states = [user_state] if len(hooks) == 1 else (user_state or [None] * len(hooks))
         for h, s in zip(hooks, states):
             h.load_state_dict(s)
-        (log or logger).info("resumed %s from %s at epoch %d of %d", desc, checkpoint, start, recipe.epochs)
+        (log or logger).info("resumed %s from %s at epoch %d of %d", desc, checkpointer.path, start, recipe.epochs)
     elif seed_globals == "all":
         seed_everything(recipe.seed)
     else:
@@ -237,11 +266,9 @@ def train(model: torch.nn.Module, dataset: Any, recipe: Recipe, *, hooks: Sequen
         epochs_run += 1
         for h in hooks:
             h.after_epoch(epoch + 1, model)
-        if checkpoint is not None:
+        if checkpointer is not None:
             states = [h.state_dict() for h in hooks]
-            save_training_checkpoint(checkpoint, checkpoint_recipe or recipe.as_dict(), epoch=epoch + 1, model=model,
-                                     optimizer=opt, scheduler=sched, generator=g,
-                                     user_state=states[0] if len(states) == 1 else (states or None))
+            checkpointer.save(epoch + 1, model, opt, sched, g, states[0] if len(states) == 1 else (states or None))
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
     return {"seconds": seconds, "epochs_run": epochs_run, "steps_per_epoch": steps_per_epoch}

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 import numpy as np
@@ -18,9 +17,7 @@ from torch.utils.data import DataLoader
 from ._io import PathLike
 from .adapruner import AdaPruner, AdaPrunerSampler
 from .checkpoint import adapruner_recipe, load_checkpoint, model_signature, save_checkpoint
-from .identity import IndexedDataset
-from .loop import Recipe, seed_everything, test, train
-from .progress import progress
+from .loop import Checkpointer, Recipe, Step, TrainHook, seed_everything, test, train  # noqa: F401 (seed_everything: re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -41,40 +38,55 @@ def train_adapruner(model: torch.nn.Module, dataset: Any, pruner: AdaPruner, *,
     written atomically after every epoch; ``resume=True`` continues from it, giving the same
     selection as an uninterrupted run. ``stop_after_epoch=k`` stops after ``k`` epochs (testing).
     """
+    recipe = Recipe(epochs=pruner.epochs, batch_size=batch_size, lr=lr, seed=seed, device=str(device),
+                    schedule="constant")
     model.to(device)
-    if optimizer is None:
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    optimizer = optimizer if optimizer is not None else recipe.optimizer(model.parameters())
     sampler = AdaPrunerSampler(pruner, seed=seed)
-    recipe = adapruner_recipe(model, len(dataset), pruner, optimizer, batch_size=batch_size, seed=seed)
-    start = 0
-    if resume and checkpoint is not None and Path(checkpoint).exists():
-        start = load_checkpoint(checkpoint, model=model, optimizer=optimizer, sampler=sampler, recipe=recipe,
-                                what="AdaPruner run")
-        logger.info("resumed from %s at epoch %d", checkpoint, start)
-    else:
-        seed_everything(seed)
-    loader = DataLoader(IndexedDataset(dataset), batch_size=batch_size, sampler=sampler,
-                        num_workers=num_workers, persistent_workers=False)
-    for epoch in range(start, pruner.epochs):
-        sampler.set_epoch(epoch)
-        model.train()
-        t0 = time.perf_counter()
-        bar = progress(loader, desc=f"adapruner epoch {epoch + 1}/{pruner.epochs}", disable=not show_progress)
-        for idx, (x, y) in bar:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = sampler.loss(idx, loss_fn(model(x), y))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            sampler.step()
-        rec = sampler.end_epoch()
-        rec["seconds"] = time.perf_counter() - t0
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, model=model, optimizer=optimizer, sampler=sampler, epoch=epoch + 1,
-                            extra={"recipe": recipe})
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
-            break
+    key = adapruner_recipe(model, len(dataset), pruner, optimizer, batch_size=batch_size, seed=seed)
+    train(model, dataset, recipe, hooks=[_JointTraining(sampler, loss_fn)], with_ids=True, num_workers=num_workers,
+          optimizer=optimizer, sampler=sampler, stop_after_epoch=stop_after_epoch, show_progress=show_progress,
+          desc="adapruner", log=logger,
+          checkpointer=_SamplerCheckpointer(checkpoint, key, sampler) if checkpoint is not None else None,
+          resume=resume)
     return sampler
+
+
+class _JointTraining(TrainHook):
+    """The AdaPruner part of joint training: the mask-weighted objective, a mask step after each
+    optimiser step, the epoch's record (with its wall time) at the end of each epoch."""
+
+    def __init__(self, sampler: AdaPrunerSampler, loss_fn: Callable):
+        self.sampler, self.loss_fn, self.t0 = sampler, loss_fn, 0.0
+
+    def objective(self, logits, targets, ids):
+        return self.sampler.loss(ids, self.loss_fn(logits, targets))
+
+    def before_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+        self.t0 = time.perf_counter()
+
+    def after_step(self, step: Step) -> None:
+        self.sampler.step()
+
+    def after_epoch(self, epoch: int, model: torch.nn.Module) -> None:
+        self.sampler.end_epoch()["seconds"] = time.perf_counter() - self.t0
+
+
+class _SamplerCheckpointer(Checkpointer):
+    """AdaPruner's checkpoint: model, optimiser, the sampler with its mask, RNG and the run's recipe."""
+
+    def __init__(self, path: PathLike, recipe: Dict[str, Any], sampler: AdaPrunerSampler):
+        super().__init__(path, recipe, "AdaPruner run")
+        self.sampler = sampler
+
+    def save(self, epoch, model, optimizer, scheduler, generator, hook_state) -> None:
+        save_checkpoint(self.path, model=model, optimizer=optimizer, sampler=self.sampler, epoch=epoch,
+                        extra={"recipe": self.recipe})
+
+    def load(self, model, optimizer, scheduler, generator) -> tuple:
+        return load_checkpoint(self.path, model=model, optimizer=optimizer, sampler=self.sampler,
+                               recipe=self.recipe, what=self.what), None
 
 
 def fit(model: torch.nn.Module, dataset: Any, *, epochs: int = 2, batch_size: int = 128, lr: float = 0.05,
