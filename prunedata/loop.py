@@ -13,6 +13,7 @@ thin calls of :func:`train`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import random
@@ -117,6 +118,11 @@ class TrainHook:
 
     def before_epoch(self, epoch: int) -> None:
         pass
+
+    def around_step(self, epoch: int, index: int) -> Any:
+        """A context manager around one step (forward, backward, optimiser step and the hooks' after_step);
+        ``None`` for none."""
+        return None
 
     def after_step(self, step: Step) -> None:
         pass
@@ -238,30 +244,36 @@ def train(model: torch.nn.Module, dataset: Any, recipe: Recipe, *, hooks: Sequen
         t0 = time.perf_counter()
         bar = progress(loader, desc=f"{desc} epoch {epoch + 1}/{recipe.epochs}", disable=not show_progress)
         for index, batch in enumerate(bar, start=1):
-            ids, (x, y) = batch if with_ids else (None, batch)
-            x, y = x.to(device), torch.as_tensor(y).to(device)
-            logits = model(x)
-            loss = None
-            for h in hooks:
-                loss = h.objective(logits, y, ids)
-                if loss is not None:
-                    break
-            if loss is None:
-                loss = F.cross_entropy(logits, y)
-            if stop_on_nan and not torch.isfinite(loss):
-                raise PruneDataError(f"{desc} diverged (loss {float(loss)}) in epoch {epoch + 1}; lower the learning rate")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            if hooks:
-                seconds += time.perf_counter() - t0
-                st = Step(epoch, index, steps_per_epoch, torch.as_tensor(ids) if ids is not None else None,
-                          logits.detach(), y, loss.detach())
+            with contextlib.ExitStack() as stack:
                 for h in hooks:
-                    h.after_step(st)
-                t0 = time.perf_counter()
+                    ctx = h.around_step(epoch, index)
+                    if ctx is not None:
+                        stack.enter_context(ctx)
+                ids, (x, y) = batch if with_ids else (None, batch)
+                x, y = x.to(device), torch.as_tensor(y).to(device)
+                logits = model(x)
+                loss = None
+                for h in hooks:
+                    loss = h.objective(logits, y, ids)
+                    if loss is not None:
+                        break
+                if loss is None:
+                    loss = F.cross_entropy(logits, y)
+                if stop_on_nan and not torch.isfinite(loss):
+                    raise PruneDataError(f"{desc} diverged (loss {float(loss)}) in epoch {epoch + 1}; lower the "
+                                         "learning rate")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if sched is not None:
+                    sched.step()
+                if hooks:
+                    seconds += time.perf_counter() - t0
+                    st = Step(epoch, index, steps_per_epoch, torch.as_tensor(ids) if ids is not None else None,
+                              logits.detach(), y, loss.detach())
+                    for h in hooks:
+                        h.after_step(st)
+                    t0 = time.perf_counter()
         seconds += time.perf_counter() - t0
         epochs_run += 1
         for h in hooks:

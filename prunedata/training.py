@@ -44,7 +44,7 @@ def train_adapruner(model: torch.nn.Module, dataset: Any, pruner: AdaPruner, *,
     optimizer = optimizer if optimizer is not None else recipe.optimizer(model.parameters())
     sampler = AdaPrunerSampler(pruner, seed=seed)
     key = adapruner_recipe(model, len(dataset), pruner, optimizer, batch_size=batch_size, seed=seed)
-    train(model, dataset, recipe, hooks=[_JointTraining(sampler, loss_fn)], with_ids=True, num_workers=num_workers,
+    train(model, dataset, recipe, hooks=[JointTraining(sampler, loss_fn)], with_ids=True, num_workers=num_workers,
           optimizer=optimizer, sampler=sampler, stop_after_epoch=stop_after_epoch, show_progress=show_progress,
           desc="adapruner", log=logger,
           checkpointer=_SamplerCheckpointer(checkpoint, key, sampler) if checkpoint is not None else None,
@@ -52,7 +52,7 @@ def train_adapruner(model: torch.nn.Module, dataset: Any, pruner: AdaPruner, *,
     return sampler
 
 
-class _JointTraining(TrainHook):
+class JointTraining(TrainHook):
     """The AdaPruner part of joint training: the mask-weighted objective, a mask step after each
     optimiser step, the epoch's record (with its wall time) at the end of each epoch."""
 
