@@ -77,7 +77,15 @@ def cmd_prune(args: argparse.Namespace) -> int:
     sel.metrics.setdefault("seconds", round(time.perf_counter() - t0, 2))
     for k, v in _dataset_params(args).items():
         sel.params.setdefault(k, v)
-    out = sel.save(args.output)
+    from .errors import OutputError
+
+    try:
+        out = sel.save(args.output)
+    except OutputError as e:
+        if args.checkpoint and Path(args.checkpoint).exists():
+            raise OutputError(f"{e}. The trained state is kept in {args.checkpoint}: rerun with --resume (and the "
+                              "same options) to write the selection without training again") from None
+        raise
     report = _report(sel, ds)
     report_path = Path(args.report) if args.report else out.with_suffix(".report.txt")
     from ._io import atomic_write_text

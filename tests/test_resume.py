@@ -2,6 +2,8 @@
 with the differing field named (CLI prune for every method, train_adapruner, proxies)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -103,3 +105,62 @@ def test_checkpoint_that_does_not_fit_the_model_is_a_checkpoint_error(tmp_path):
         from prunedata.adapruner import AdaPrunerSampler
 
         load_checkpoint(ck, sampler=AdaPrunerSampler(AdaPruner(60, 0.5, epochs=3, warmup_epochs=1)))
+
+
+# --------------------------------------------------------------------------- one sentence, not a traceback
+def _one_line_error(capsys, argv, *needles):
+    assert main(argv) == 2, argv
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    for n in needles:
+        assert n in err, (n, err)
+    return err
+
+
+def test_bad_command_lines_are_one_sentence(tmp_path, capsys):
+    out = str(tmp_path / "s.json")
+    for bad in ("0", "-3"):
+        with pytest.raises(SystemExit) as ei:
+            main(["prune", "fashion-mnist", "--batch-size", bad, "-o", out])
+        assert ei.value.code == 2 and "--batch-size: must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "fashion-mnist", "--epochs", "0"])
+    assert "--epochs: must be at least 1" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        _one_line_error(capsys, ["prune", "fashion-mnist", "--device", "cuda", "--max-samples", "100", "-o", out],
+                        "--device cuda: no CUDA GPU is visible")
+        _one_line_error(capsys, ["train", "fashion-mnist", "--device", "cuda:1", "--max-samples", "100"],
+                        "no CUDA GPU is visible")
+    _one_line_error(capsys, ["prune", "fashion-mnist", "--device", "tpu", "--max-samples", "100", "-o", out], "tpu")
+    for method in ("adapruner", "influence", "el2n"):
+        _one_line_error(capsys, ["prune", "fashion-mnist", "--method", method, "--option", "bogus=1",
+                                 "--max-samples", "100", "--epochs", "1", "-o", out],
+                        f"method {method!r} has no option(s) bogus", "its options are")
+    assert not Path(out).exists()
+
+
+def test_selection_with_bad_dataset_size_and_missing_test_split_are_one_sentence(tmp_path, capsys):
+    import json as _json
+
+    p = tmp_path / "s.json"
+    d = _json.loads(Selection(kept=[0, 1], dataset_size=5, method="m").to_json())
+    for v in ("five", float("nan"), None):
+        d["dataset_size"] = v
+        p.write_text(_json.dumps(d))
+        _one_line_error(capsys, ["show", str(p)], "dataset_size must be a whole number")
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8, 3), 60 * i, dtype=np.uint8)).save(tmp_path / "imgs" / c / f"{i}.png")
+    err = _one_line_error(capsys, ["train", str(tmp_path / "imgs"), "--epochs", "1", "--model", "linear",
+                                   "--no-progress"], "has no test/ folder")
+    import re
+
+    from prunedata.cli import build_parser
+
+    # every option the hint names exists
+    known = {s for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions
+             for s in a.option_strings}
+    assert all(o in known for o in re.findall(r"--[a-z][a-z-]+", err)), err

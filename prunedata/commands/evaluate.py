@@ -28,6 +28,12 @@ from typing import Any, Dict, List
 logger = logging.getLogger(__name__)
 
 
+def _positive_int(text: str) -> int:
+    from ..cli import _positive_int as check
+
+    return check(text)
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="judge selections: unseen architectures vs random, proxy-set "
                               "architecture search, training time, transfer, pictures",
@@ -53,8 +59,8 @@ def register(subparsers) -> None:
                    help="comma-separated architecture names (prunedata.models or convnet-d2-w16-relu-batch-max)")
     g.add_argument("--model", default="cnn", help="architecture for --time-curves, --transfer and --plots")
     g.add_argument("--seeds", type=int, default=3, help="seeds per configuration")
-    g.add_argument("--epochs", type=int, default=3)
-    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--epochs", type=_positive_int, default=3)
+    g.add_argument("--batch-size", type=_positive_int, default=128)
     g.add_argument("--lr", type=float, default=0.05)
     g.add_argument("--device", default="cpu")
     g.add_argument("--no-full", action="store_true", help="skip the full-data runs")
@@ -160,6 +166,9 @@ def _load(args: argparse.Namespace) -> _Run:
     if not args.selections and not (args.proxy_search and _proxy_methods(args)):
         raise PruneDataError("give at least one SELECTION file (or --proxy-search with --proxy-methods and --dataset)")
     _require_before_training(args)
+    from ..cli import check_device
+
+    check_device(args.device)
     sels = [Selection.load(p) for p in args.selections]
     if sels:
         data_args = _dataset_args(sels, args)
@@ -182,6 +191,9 @@ def _load(args: argparse.Namespace) -> _Run:
     out = Path(args.output) if args.output else Path(args.selections[0] if args.selections else "proxy").with_suffix(
         ".eval.json")
     stem = str(out.with_suffix("")) if out.suffix == ".json" else str(out)
+    from .._io import check_writable
+
+    check_writable(out, "evaluation report")  # fail before the training runs, not after them
     report: Dict[str, Any] = {"command": "prunedata evaluate", "dataset": data_args, "selections": args.selections,
                               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "_out": str(out)}
     return _Run(args, train, test, sels, data_args, stem, report, show=not args.no_progress)
