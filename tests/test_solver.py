@@ -359,3 +359,40 @@ def test_bad_inputs_have_clear_errors():
         solve_pruning(S, eps=1.0, groups=np.zeros(10))
     with pytest.raises(PruneDataError, match="one label per row"):
         solve_pruning(S, remove=3, groups=np.zeros(4))
+
+
+def test_exact_generalization_honours_the_keep_floor():
+    # three cancelling pairs: removing all 6 rows sums to 0 (the MIP used to return that), any 5 sum
+    # to minus the sixth row; at least one sample must stay (default) or the given floor (max_removed)
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(3, 3)) + 1.0
+    S = np.concatenate([a, -a])
+    ex = solve_exact(S, eps=0.1, time_limit=60)
+    assert ex.num_removed == 4 and ex.status == "optimal" and ex.max_removed_bound == 4
+    capped = solve_pruning(S, eps=0.1, method="exact", max_removed=3, time_limit=60)
+    assert capped.num_removed == 2 and capped.kept.size == 4 and capped.objective <= 0.1
+    auto = solve_pruning(S, eps=0.1, method="auto", max_removed=2)       # n <= 120: the MIP too
+    assert auto.solver.startswith("exact") and auto.num_removed == 2
+    with pytest.raises(PruneDataError, match="max_removed"):
+        solve_exact(S, m=2, max_removed=3)
+
+
+def test_eps_scan_claims_optimality_only_with_a_proof():
+    # few enough sets to enumerate (the scan down from the certified bound), but the cardinality
+    # solves take the heuristic path (gram_max_n below n, as for 2,000 < n <= 20,000 by default):
+    # the heuristic misses the largest feasible size here, so it must not be reported as proven
+    rng = np.random.default_rng(11)
+    n, d = int(rng.integers(6, 11)), int(rng.integers(1, 4))
+    assert (n, d) == (6, 1)
+    S = rng.normal(size=(n, d)) * np.exp(rng.normal(size=(n, 1))) + rng.normal(size=d)
+    eps = 0.6367307069422632
+    best = max(k for k in range(1, n) if any(np.linalg.norm(S[list(c)].sum(0)) <= eps
+                                             for c in itertools.combinations(range(n), k)))
+    sol = solve_pruning(S, eps=eps, gram_max_n=2)
+    assert sol.objective <= eps + 1e-12
+    assert sol.max_removed_bound >= best
+    if sol.num_removed < best:
+        assert sol.status != "optimal"
+    # on the Gram-matrix path the same scan enumerates every set: optimal, and proven
+    full = solve_pruning(S, eps=eps)
+    assert full.status == "optimal" and full.num_removed == best == full.max_removed_bound

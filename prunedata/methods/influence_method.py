@@ -77,8 +77,11 @@ def influence_method(dataset: Any, keep_ratio: float, *, config: MethodConfig, e
         labels = labels_of(dataset)
         groups = labels if labels is not None else inf.features.y.cpu().numpy()
     if eps is not None:
+        if n - keep_min < 1:
+            raise PruneDataError(f"keep_ratio={keep_ratio} keeps all {n} samples; nothing to remove")
+        # the keep-ratio floor holds on every path (the exact MIP gets it as a constraint)
         sol = solve_pruning(inf.S, eps=eps, method=solver, time_limit=time_limit, exact_solver=exact_solver,
-                            **({} if solver == "exact" else {"max_removed": n - keep_min}))
+                            max_removed=n - keep_min)
     else:
         m = n - keep_min
         if m < 1:

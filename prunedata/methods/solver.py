@@ -1315,15 +1315,26 @@ def solve_generalization_fast(S: ArrayLike, eps: float, *, time_limit: Optional[
     steps = 0
     proven = False
     if hi >= 1 and sum(math.comb(n, k) for k in range(1, hi + 1)) <= card_kw.get("exhaustive_max", EXHAUSTIVE_MAX):
-        # few enough sets to enumerate them all: scan the sizes down from the certified bound (each an
-        # exhaustive cardinality solve); the first feasible size is the optimum, proven
+        # few enough sets to enumerate them all: scan the sizes down from the certified bound; the
+        # first feasible size is the optimum -- proven only if every size above it was enumerated
+        # (beyond gram_max_n rows the cardinality solver takes the heuristic path: size 1 is then
+        # scored exactly here, larger sizes are not proven)
+        proven = True
         for k in range(hi, 0, -1):
-            sol = solve_cardinality_fast(S, k, certify=False, **card_kw)
+            if k == 1 and gram is None:
+                norms = torch.linalg.vector_norm(S.to(torch.float64), dim=1)
+                j = int(torch.argmin(norms))
+                sol = PruningSolution(removed=np.array([j], dtype=np.int64), n=n, problem="cardinality",
+                                      objective=float(norms[j]), lower_bound=float(norms[j]), status="optimal",
+                                      time=0.0, solver="fast", info={"path": "exhaustive"})
+            else:
+                sol = solve_cardinality_fast(S, k, certify=False, seed=seed + steps, **card_kw)
             steps += 1
+            proven = proven and sol.info.get("path") == "exhaustive"
             if sol.objective <= eps:
                 best = sol
                 break
-        proven, hi = True, 0
+        hi = 0
     while lo < hi:
         left = t0 + time_limit - time.perf_counter()
         if left <= 0:
@@ -1379,8 +1390,12 @@ _TIME_PARAMS = {
 
 
 def solve_exact(S: ArrayLike, *, m: Optional[int] = None, eps: Optional[float] = None, solver: str = "SCIP",
-                time_limit: float = 60.0, verbose: bool = False) -> PruningSolution:
+                time_limit: float = 60.0, verbose: bool = False,
+                max_removed: Optional[int] = None) -> PruningSolution:
     """The mixed-integer program of the paper through cvxpy (one of ``m`` / ``eps``).
+
+    With ``eps``, at most ``max_removed`` samples are removed (default ``n - 1``: at least one is
+    kept, as on the fast path; the keep-ratio floor of a selection).
 
     Uses ``||R w||`` with ``S^T = Q R`` (``min(n, d)`` rows, same values). ``status`` is
     ``"optimal"`` when the solver proved optimality, ``"time_limit"`` when it stopped with an
@@ -1398,8 +1413,11 @@ def solve_exact(S: ArrayLike, *, m: Optional[int] = None, eps: Optional[float] =
         raise PruneDataError("give exactly one of m (remove m samples) or eps (largest eps-redundant set)")
     if m is not None:
         m = _check_m(m, n)
+        if max_removed is not None:
+            raise PruneDataError("max_removed caps the generalisation problem (eps=); with m= the count is fixed")
     else:
         eps = _check_eps(eps)
+        cap = n - 1 if max_removed is None else _check_m(max_removed, n)
     if solver not in cp.installed_solvers():
         raise PruneDataError(
             f"cvxpy solver {solver!r} is not installed (installed: {', '.join(cp.installed_solvers())}); "
@@ -1413,7 +1431,7 @@ def solve_exact(S: ArrayLike, *, m: Optional[int] = None, eps: Optional[float] =
     if m is not None:
         prob = cp.Problem(cp.Minimize(cp.norm(R @ w, 2)), [cp.sum(w) == m])
     else:
-        prob = cp.Problem(cp.Maximize(cp.sum(w)), [cp.norm(R @ w, 2) <= eps])
+        prob = cp.Problem(cp.Maximize(cp.sum(w)), [cp.norm(R @ w, 2) <= eps, cp.sum(w) <= cap])
     kw = _TIME_PARAMS.get(solver, lambda t: {})(time_limit)
     if solver not in _TIME_PARAMS:
         logger.warning("no time limit known for cvxpy solver %s; it may run long", solver)
@@ -1448,7 +1466,7 @@ def solve_exact(S: ArrayLike, *, m: Optional[int] = None, eps: Optional[float] =
             if m is not None and math.isfinite(db):
                 lb = max(0.0, min(objective, db))
             elif m is None and math.isfinite(db):
-                ub_count = int(math.floor(abs(db) + 1e-6))
+                ub_count = min(cap, int(math.floor(abs(db) + 1e-6)))
         except Exception:  # pragma: no cover - solver specific
             pass
     if m is None:
@@ -1491,7 +1509,8 @@ def solve_pruning(S: ArrayLike, *, remove: Optional[int] = None, keep: Optional[
     if method == "exact":
         if groups is not None:
             raise PruneDataError("groups (class-balanced quotas) are supported by the fast solver only; use method='fast'")
-        return solve_exact(S, m=remove, eps=eps, solver=exact_solver, time_limit=time_limit or 60.0)
+        cap = fast_kw.get("max_removed") if eps is not None else None
+        return solve_exact(S, m=remove, eps=eps, solver=exact_solver, time_limit=time_limit or 60.0, max_removed=cap)
     if eps is not None:
         if groups is not None:
             raise PruneDataError("groups apply to the cardinality problem (remove=/keep=), not to eps=")
