@@ -707,6 +707,126 @@ def _small_search(G: np.ndarray, m: int, gid: Optional[np.ndarray], deadline: fl
     return best_sel, swap_obj, iters, improved
 
 
+#: the tabu chains of the Gram-matrix path together evaluate about this many swap deltas per step
+#: (numpy call overhead dominates below it, memory and cache above it)
+TABU_BATCH_ELEMENTS = 200_000
+#: at most this many chains
+TABU_MAX_CHAINS = 32
+
+
+def _tabu_chains(G: np.ndarray, m: int, gid: Optional[np.ndarray], starts: np.ndarray, deadline: float,
+                 rng: np.random.Generator, *, target2: float = 0.0, patience: int = 1000,
+                 stall: int = 30) -> tuple:
+    """Swap tabu search on ``min w^T G w, |w| = m`` (Gram-matrix path), ``K`` chains advanced together.
+
+    Every step each chain takes its best swap (removed ``i`` out, kept ``j`` in; delta
+    ``(G_ii - 2 g_i) + (G_jj + 2 g_j) - 2 G_ij`` with ``g = G w``, the block ``2 G[removed, kept]``
+    kept up to date in O(n) per swap), even if it worsens the objective, except swaps of rows moved
+    in the last ``tenure`` steps (tabu; random tenure around ``min(m, n - m) / 8``) unless the swap
+    beats the chain's best (aspiration). A chain that has not improved its best for ``stall`` steps
+    is kicked from where it stands by a few random swaps. The chains share every numpy call (a
+    ``(K, m, n - m)`` delta array per step), which is what makes small problems fast: one chain is
+    call-overhead bound. Swaps stay within a group when ``gid`` is given (cross-group pairs are
+    ``+inf``). Stops at ``deadline``, when the best reaches ``target2`` (a certified bound: proven
+    optimal) or after ``patience`` kicks without a new overall best. ``starts`` is ``(K, n)`` bool.
+    Returns ``(best mask, best ||v||^2, steps, kicks)``.
+    """
+    K, n = starts.shape
+    nu = n - m
+    dg = np.diag(G).copy()
+    G2 = 2.0 * G
+    if gid is not None:
+        G2 = np.where(gid[:, None] == gid[None, :], G2, -np.inf)
+    si = np.stack([np.flatnonzero(s) for s in starts])
+    ui = np.stack([np.flatnonzero(~s) for s in starts])
+    ar = np.arange(K)
+    g = G[si].sum(1)
+    v2 = np.take_along_axis(g, si, 1).sum(1)
+    B = G2[si[:, :, None], ui[:, None, :]]
+    best2, best_si = v2.copy(), si.copy()
+    c0 = int(best2.argmin())
+    gbest2, gbest_si = float(best2[c0]), si[c0].copy()
+    tabu_until = np.zeros((K, n), dtype=np.int64)
+    tenure = max(2, min(m, nu) // 8)
+    last_imp = np.zeros(K, dtype=np.int64)
+    it = kicks = kicks_since = 0
+    kmax = max(3, int(math.sqrt(min(m, nu))) + 2)
+    while kicks_since < patience and gbest2 > target2 * (1 + 1e-9) and gbest2 > 1e-300:
+        if (it & 7) == 0 and time.perf_counter() > deadline:
+            break
+        gs = np.take_along_axis(g, si, 1)
+        gu = np.take_along_axis(g, ui, 1)
+        D = (dg[si] - 2.0 * gs)[:, :, None] + (dg[ui] + 2.0 * gu)[:, None, :]
+        D -= B
+        flat = D.reshape(K, -1)
+        k0 = flat.argmin(1)
+        asp = v2 + flat[ar, k0] < best2 * (1 - 1e-12)
+        rp = np.where(np.take_along_axis(tabu_until, si, 1) > it, np.inf, 0.0)
+        cp = np.where(np.take_along_axis(tabu_until, ui, 1) > it, np.inf, 0.0)
+        k1 = (D + rp[:, :, None] + cp[:, None, :]).reshape(K, -1).argmin(1)
+        k = np.where(asp, k0, k1)
+        a, b = np.divmod(k, nu)
+        dv = flat[ar, k]
+        ok = np.isfinite(dv)                     # a chain with every swap tabu (or cross-group) waits
+        i = si[ar, a]
+        j = np.where(ok, ui[ar, b], i)
+        si[ar, a] = j
+        ui[ar, b] = np.where(ok, i, ui[ar, b])
+        g += G[j] - G[i]
+        v2 += np.where(ok, dv, 0.0)
+        B[ar, a, :] = G2[j[:, None], ui]
+        B[ar, :, b] = G2[si, i[:, None]]
+        t = tenure + rng.integers(0, tenure + 1, size=K)
+        tabu_until[ar, i] = it + t
+        tabu_until[ar, j] = it + t
+        it += 1
+        imp = v2 < best2 * (1 - 1e-12)
+        for c in np.flatnonzero(imp):
+            v2[c] = float(g[c, si[c]].sum())          # re-sum: no drift in what is kept as best
+            if v2[c] < best2[c] * (1 - 1e-12):
+                best2[c], last_imp[c] = v2[c], it
+                best_si[c] = si[c]
+                if v2[c] < gbest2 * (1 - 1e-12):
+                    gbest2, gbest_si, kicks_since = float(v2[c]), si[c].copy(), 0
+        for c in np.flatnonzero(it - last_imp > stall):
+            s_, u_ = si[c].copy(), ui[c].copy()
+            for _ in range(int(rng.integers(2, kmax + 1))):
+                a_ = int(rng.integers(m))
+                if gid is None:
+                    b_ = int(rng.integers(nu))
+                else:
+                    cand = np.flatnonzero(gid[u_] == gid[s_[a_]])
+                    if cand.size == 0:
+                        continue
+                    b_ = int(cand[rng.integers(cand.size)])
+                s_[a_], u_[b_] = u_[b_], s_[a_]
+            si[c], ui[c] = s_, u_
+            g[c] = G[s_].sum(0)
+            v2[c] = float(g[c, s_].sum())
+            B[c] = G2[np.ix_(s_, u_)]
+            tabu_until[c] = 0
+            last_imp[c] = it
+            kicks += 1
+            kicks_since += 1
+    out = np.zeros(n, dtype=bool)
+    out[gbest_si] = True
+    return out, gbest2, it, kicks
+
+
+def _random_starts(n: int, m: int, gid: Optional[np.ndarray], quota: Optional[List[int]], k: int,
+                   rng: np.random.Generator) -> np.ndarray:
+    """``k`` random removal masks (per-group quotas when ``gid`` is given)."""
+    out = np.zeros((k, n), dtype=bool)
+    for c in range(k):
+        if gid is None:
+            out[c, rng.choice(n, m, replace=False)] = True
+        else:
+            for lab, q in enumerate(quota):
+                ix = np.flatnonzero(gid == lab)
+                out[c, rng.choice(ix, q, replace=False)] = True
+    return out
+
+
 def _ils_large(st: _State, best_sel: torch.Tensor, best2: float, pool: int, gid, gi, deadline: float,
                patience: int, gen: torch.Generator) -> tuple:
     """Iterated local search with pool swaps (large n): perturb k rows, local search, keep if better."""
@@ -983,8 +1103,15 @@ def _gram64(S: torch.Tensor) -> tuple:
 
 
 def _small_patience(n: int, m: int) -> int:
-    """Default number of perturbations without improvement for the Gram-matrix search."""
-    return int(min(40, max(8, math.sqrt(m * (n - m)) // 2)))
+    """Default number of tabu kicks (all chains together) without a new best on the Gram-matrix path:
+    about 50 per chain; on all but tiny problems the time limit ends the search first."""
+    chains = max(1, min(TABU_MAX_CHAINS, TABU_BATCH_ELEMENTS // max(1, m * (n - m))))
+    return int(50 * chains)
+
+
+def _small_time_limit(n: int) -> float:
+    """Default search time of the Gram-matrix path: 0.1 s at n <= 50, n / 500 s up to 1 s at n >= 500."""
+    return float(min(1.0, max(0.1, n / 500)))
 
 
 #: the fast solver enumerates every removal set (and so proves optimality) when there are at most
@@ -1068,8 +1195,17 @@ def _cardinality_small(S: torch.Tensor, m: int, g_arr: Optional[np.ndarray], *, 
     target2 = 0.0
     if certify:  # the free part of the certificate first: the ILS stops if it reaches it
         target2 = _small_bound(G, m, groups_idx, quota, sel.astype(np.float64), 0) ** 2
-    best_sel, obj_swap, iters, improved = _small_search(G, m, gid, t0 + time_limit, patience,
-                                                        np.random.default_rng(seed), sel, target2=target2)
+    rng = np.random.default_rng(seed)
+    deadline = t0 + time_limit
+    # greedy -> best-improvement swaps (no kicks), then tabu chains: one from there, the rest from
+    # random sets, all sharing each step (see _tabu_chains)
+    best_sel, obj_swap, _, _ = _small_search(G, m, gid, deadline, 0, rng, sel, target2=target2)
+    chains = int(max(1, min(TABU_MAX_CHAINS, TABU_BATCH_ELEMENTS // max(1, m * (n - m)))))
+    starts = np.concatenate([best_sel[None], _random_starts(n, m, gid, quota, chains - 1, rng)])
+    tabu_sel, tabu2, steps, kicks = _tabu_chains(G, m, gid, starts, deadline, rng, target2=target2,
+                                                    patience=patience)
+    if tabu2 < obj_swap ** 2:
+        best_sel = tabu_sel
     removed = np.flatnonzero(best_sel)
     objective = float(np.linalg.norm(A[removed].sum(0)))
     t_search = time.perf_counter() - t0
@@ -1086,8 +1222,9 @@ def _cardinality_small(S: torch.Tensor, m: int, g_arr: Optional[np.ndarray], *, 
     status = "optimal" if certify and objective - lb <= 1e-9 * max(objective, 1e-300) else "feasible"
     sol = PruningSolution(removed=removed, n=n, problem="cardinality", objective=objective, lower_bound=lb,
                           status=status, time=time.perf_counter() - t0, solver="fast", degenerate=degenerate,
-                          info={"greedy_objective": obj_greedy, "swap_objective": obj_swap, "ils_iterations": iters,
-                                "ils_improvements": improved, "ils_patience": patience, "seconds_greedy": t_greedy,
+                          info={"greedy_objective": obj_greedy, "swap_objective": obj_swap, "ils_iterations": kicks,
+                                "ils_patience": patience, "seconds_greedy": t_greedy,
+                                "tabu_chains": chains, "tabu_steps": steps, "tabu_kicks": kicks,
                                 "seconds_search": t_search, "seconds_bound": time.perf_counter() - t0 - t_search, "path": "gram",
                                 "bound_method": binfo.get("bound_method"),
                                 "relaxation_value": binfo.get("relaxation_value")})
@@ -1106,7 +1243,8 @@ def solve_cardinality_fast(S: ArrayLike, m: int, *, groups: Optional[Sequence[in
                            bound_time: Optional[float] = None, certify: bool = True,
                            small_patience: Optional[int] = None, gram_max_n: int = SMALL_N,
                            construct: str = "signed", construct_frac: float = 0.4,
-                           exhaustive_max: int = EXHAUSTIVE_MAX, _gram: Optional[tuple] = None) -> PruningSolution:
+                           exhaustive_max: int = EXHAUSTIVE_MAX, effort: float = 1.0,
+                           _gram: Optional[tuple] = None) -> PruningSolution:
     """Remove exactly ``m`` rows minimising ``||sum S_i||`` (per-group quotas when ``groups`` is given).
 
     With at most ``exhaustive_max`` possible removal sets every one is scored (proven optimal).
@@ -1130,10 +1268,15 @@ def solve_cardinality_fast(S: ArrayLike, m: int, *, groups: Optional[Sequence[in
     g_arr = _groups(groups, n)
     gi, quota = _group_index(g_arr, m, S.device)
     gid = None if g_arr is None else torch.as_tensor(np.unique(g_arr, return_inverse=True)[1], device=S.device)
+    if isinstance(effort, bool) or not isinstance(effort, (int, float)) or not (math.isfinite(effort) and effort > 0):
+        raise PruneDataError(f"effort must be a positive number (1 = default search time; 10 = ten times as long), "
+                             f"got {effort!r}")
     if time_limit is None:
-        time_limit = _default_time_limit(n, d)
+        time_limit = effort * (_small_time_limit(n) if n <= gram_max_n else _default_time_limit(n, d))
     if time_limit <= 0:
         raise PruneDataError(f"time_limit must be positive seconds, got {time_limit}")
+    if small_patience is None and n <= gram_max_n:
+        small_patience = int(math.ceil(effort * _small_patience(n, m)))
     deadline = t0 + time_limit
     gen = torch.Generator(device="cpu").manual_seed(seed)
     if n <= gram_max_n:
