@@ -712,11 +712,25 @@ def _small_search(G: np.ndarray, m: int, gid: Optional[np.ndarray], deadline: fl
 TABU_BATCH_ELEMENTS = 200_000
 #: at most this many chains
 TABU_MAX_CHAINS = 32
+#: candidate-list length on each side of a swap once the full neighbourhood is large
+TABU_CANDIDATES = 48
+#: share of the time limit for the relaxation that starts the tabu chains
+RELAX_SHARE = 0.25
+#: the greedy set is improved by plain best-improvement swaps first up to this many pairs m (n - m)
+TABU_DESCENT_MAX = 40_000
+START_MODE = "mixed"
+USE_KERNEL = True
+KERNEL_SIZE = 200
+KERNEL_SHARE = 0.6
+TABU_FULL_MAX_KERNEL = 25_000
+#: the full swap neighbourhood (m (n - m) pairs) is searched up to this size
+TABU_FULL_MAX = 10 ** 12
 
 
 def _tabu_chains(G: np.ndarray, m: int, gid: Optional[np.ndarray], starts: np.ndarray, deadline: float,
                  rng: np.random.Generator, *, target2: float = 0.0, patience: int = 1000,
-                 stall: int = 30) -> tuple:
+                 stall: int = 30, cand: Optional[int] = None, offset: Optional[np.ndarray] = None,
+                 const: float = 0.0) -> tuple:
     """Swap tabu search on ``min w^T G w, |w| = m`` (Gram-matrix path), ``K`` chains advanced together.
 
     Every step each chain takes its best swap (removed ``i`` out, kept ``j`` in; delta
@@ -740,9 +754,23 @@ def _tabu_chains(G: np.ndarray, m: int, gid: Optional[np.ndarray], starts: np.nd
     si = np.stack([np.flatnonzero(s) for s in starts])
     ui = np.stack([np.flatnonzero(~s) for s in starts])
     ar = np.arange(K)
-    g = G[si].sum(1)
-    v2 = np.take_along_axis(g, si, 1).sum(1)
-    B = G2[si[:, :, None], ui[:, None, :]]
+    # a sub-problem of a larger one (the rest fixed): g carries the fixed rows' part ``offset`` and
+    # ||v||^2 = sum_{removed} (g_i + offset_i) + const
+    h = np.zeros(n) if offset is None else offset
+
+    def full2(sel_rows, gc):
+        return float(gc[sel_rows].sum() + h[sel_rows].sum()) + const
+
+    g = G[si].sum(1) + h
+    v2 = np.take_along_axis(g, si, 1).sum(1) + h[si].sum(1) + const
+    # restricted candidate lists: only the `cand` removed rows whose un-removal alone costs least and
+    # the `cand` kept rows whose removal alone costs least are paired (no (m, n - m) block then)
+    restricted = cand is not None and (m > cand or nu > cand)
+    if restricted:
+        po_k, pi_k = min(cand, m), min(cand, nu)
+        B = None
+    else:
+        B = G2[si[:, :, None], ui[:, None, :]]
     best2, best_si = v2.copy(), si.copy()
     c0 = int(best2.argmin())
     gbest2, gbest_si = float(best2[c0]), si[c0].copy()
@@ -754,19 +782,35 @@ def _tabu_chains(G: np.ndarray, m: int, gid: Optional[np.ndarray], starts: np.nd
     while kicks_since < patience and gbest2 > target2 * (1 + 1e-9) and gbest2 > 1e-300:
         if (it & 7) == 0 and time.perf_counter() > deadline:
             break
-        gs = np.take_along_axis(g, si, 1)
-        gu = np.take_along_axis(g, ui, 1)
-        D = (dg[si] - 2.0 * gs)[:, :, None] + (dg[ui] + 2.0 * gu)[:, None, :]
-        D -= B
+        av = dg[si] - 2.0 * np.take_along_axis(g, si, 1)
+        cv = dg[ui] + 2.0 * np.take_along_axis(g, ui, 1)
+        if restricted:
+            po = np.argpartition(av, po_k - 1, axis=1)[:, :po_k] if po_k < m else np.broadcast_to(np.arange(m), (K, m))
+            pi = np.argpartition(cv, pi_k - 1, axis=1)[:, :pi_k] if pi_k < nu else np.broadcast_to(np.arange(nu), (K, nu))
+            rows = np.take_along_axis(si, po, 1)
+            cols = np.take_along_axis(ui, pi, 1)
+            D = np.take_along_axis(av, po, 1)[:, :, None] + np.take_along_axis(cv, pi, 1)[:, None, :]
+            D -= G2[rows[:, :, None], cols[:, None, :]]
+            width = pi.shape[1]
+            rtab = tabu_until[ar[:, None], rows] > it
+            ctab = tabu_until[ar[:, None], cols] > it
+        else:
+            D = av[:, :, None] + cv[:, None, :]
+            D -= B
+            width = nu
+            rtab = np.take_along_axis(tabu_until, si, 1) > it
+            ctab = np.take_along_axis(tabu_until, ui, 1) > it
         flat = D.reshape(K, -1)
         k0 = flat.argmin(1)
         asp = v2 + flat[ar, k0] < best2 * (1 - 1e-12)
-        rp = np.where(np.take_along_axis(tabu_until, si, 1) > it, np.inf, 0.0)
-        cp = np.where(np.take_along_axis(tabu_until, ui, 1) > it, np.inf, 0.0)
+        rp = np.where(rtab, np.inf, 0.0)
+        cp = np.where(ctab, np.inf, 0.0)
         k1 = (D + rp[:, :, None] + cp[:, None, :]).reshape(K, -1).argmin(1)
         k = np.where(asp, k0, k1)
-        a, b = np.divmod(k, nu)
+        a, b = np.divmod(k, width)
         dv = flat[ar, k]
+        if restricted:
+            a, b = po[ar, a], pi[ar, b]
         ok = np.isfinite(dv)                     # a chain with every swap tabu (or cross-group) waits
         i = si[ar, a]
         j = np.where(ok, ui[ar, b], i)
@@ -774,15 +818,16 @@ def _tabu_chains(G: np.ndarray, m: int, gid: Optional[np.ndarray], starts: np.nd
         ui[ar, b] = np.where(ok, i, ui[ar, b])
         g += G[j] - G[i]
         v2 += np.where(ok, dv, 0.0)
-        B[ar, a, :] = G2[j[:, None], ui]
-        B[ar, :, b] = G2[si, i[:, None]]
+        if B is not None:
+            B[ar, a, :] = G2[j[:, None], ui]
+            B[ar, :, b] = G2[si, i[:, None]]
         t = tenure + rng.integers(0, tenure + 1, size=K)
         tabu_until[ar, i] = it + t
         tabu_until[ar, j] = it + t
         it += 1
         imp = v2 < best2 * (1 - 1e-12)
         for c in np.flatnonzero(imp):
-            v2[c] = float(g[c, si[c]].sum())          # re-sum: no drift in what is kept as best
+            v2[c] = full2(si[c], g[c])                # re-sum: no drift in what is kept as best
             if v2[c] < best2[c] * (1 - 1e-12):
                 best2[c], last_imp[c] = v2[c], it
                 best_si[c] = si[c]
@@ -801,9 +846,10 @@ def _tabu_chains(G: np.ndarray, m: int, gid: Optional[np.ndarray], starts: np.nd
                     b_ = int(cand[rng.integers(cand.size)])
                 s_[a_], u_[b_] = u_[b_], s_[a_]
             si[c], ui[c] = s_, u_
-            g[c] = G[s_].sum(0)
-            v2[c] = float(g[c, s_].sum())
-            B[c] = G2[np.ix_(s_, u_)]
+            g[c] = G[s_].sum(0) + h
+            v2[c] = full2(s_, g[c])
+            if B is not None:
+                B[c] = G2[np.ix_(s_, u_)]
             tabu_until[c] = 0
             last_imp[c] = it
             kicks += 1
@@ -825,6 +871,92 @@ def _random_starts(n: int, m: int, gid: Optional[np.ndarray], quota: Optional[Li
                 ix = np.flatnonzero(gid == lab)
                 out[c, rng.choice(ix, q, replace=False)] = True
     return out
+
+
+def _fista_relaxation(G: np.ndarray, gl: List[np.ndarray], ql: List[int], deadline: float,
+                      iters: int = 300) -> tuple:
+    """Accelerated projected gradient (FISTA) on ``min w^T G w`` over the (grouped) capped simplex,
+    from the uniform point; at most ``iters`` steps of one ``G y`` product each, or until ``deadline``.
+    Returns ``(w, steps)``: a fractional point, used to start the search (randomised rounding) and
+    as a direction of the bound -- valid whatever its accuracy."""
+    n = G.shape[0]
+    x = np.random.default_rng(0).normal(size=n)
+    lip = 1.0
+    for _ in range(12):                              # power iteration for ||G||
+        x = G @ x
+        lip = float(np.linalg.norm(x))
+        if not lip > 0:
+            return None, 0
+        x /= lip
+    lip *= 1.25
+
+    def proj(z):
+        out = np.empty_like(z)
+        for ix, q in zip(gl, ql):
+            zi = z[ix]
+            lo, hi = float(zi.min()) - 1.0, float(zi.max())
+            for _ in range(50):
+                mid = 0.5 * (lo + hi)
+                if float(np.clip(zi - mid, 0.0, 1.0).sum()) > q:
+                    lo = mid
+                else:
+                    hi = mid
+            out[ix] = np.clip(zi - 0.5 * (lo + hi), 0.0, 1.0)
+        return out
+
+    w = np.empty(n)
+    for ix, q in zip(gl, ql):
+        w[ix] = q / max(ix.size, 1)
+    y, t, k = w.copy(), 1.0, 0
+    for k in range(1, iters + 1):
+        wn = proj(y - (G @ y) / lip)
+        tn = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
+        y = wn + ((t - 1.0) / tn) * (wn - w)
+        w, t = wn, tn
+        if time.perf_counter() > deadline:
+            break
+    return w, k
+
+
+def _rounded_starts(w: np.ndarray, gl: List[np.ndarray], ql: List[int], k: int,
+                    rng: np.random.Generator) -> np.ndarray:
+    """``k`` removal masks rounded from the fractional ``w``: the first takes the largest weights
+    (per group), the others sample without replacement with probabilities following ``w``."""
+    n = w.size
+    out = np.zeros((k, n), dtype=bool)
+    wp = np.maximum(w, 1e-12)
+    for c in range(k):
+        key = wp if c == 0 else np.log(rng.random(n)) / wp       # Efraimidis-Spirakis keys
+        for ix, q in zip(gl, ql):
+            if q > 0:
+                out[c, ix[np.argpartition(-key[ix], q - 1)[:q]]] = True
+    return out
+
+
+def _relaxation_kernel(G: np.ndarray, w: np.ndarray, m: int, size: int) -> Optional[tuple]:
+    """(kernel rows, rows fixed as removed) from a relaxation point ``w``: the fractional rows plus
+    the integral ones with the smallest reduced cost ``|G w + mu|`` (half on each side), ``size`` in
+    all; ``None`` when the relaxation is too fractional for that (n >> d: it is then ~0 anyway)."""
+    n = w.size
+    frac = (w > 1e-3) & (w < 1 - 1e-3)
+    if frac.sum() > size // 2 or size >= n:
+        return None
+    gw = G @ w
+    mu = -float(np.mean(gw[frac])) if frac.any() else -float(np.mean(gw))
+    r = np.abs(gw + mu)
+    one = np.flatnonzero((w >= 1 - 1e-3))
+    zero = np.flatnonzero((w <= 1e-3))
+    left = size - int(frac.sum())
+    k1 = min(one.size, left // 2)
+    k0 = min(zero.size, left - k1)
+    pick1 = one[np.argsort(r[one])[:k1]]
+    pick0 = zero[np.argsort(r[zero])[:k0]]
+    kix = np.sort(np.concatenate([np.flatnonzero(frac), pick1, pick0]))
+    fixed1 = np.setdiff1d(one, pick1)
+    mk = m - fixed1.size
+    if not 1 <= mk <= kix.size - 1:
+        return None
+    return kix, fixed1
 
 
 def _ils_large(st: _State, best_sel: torch.Tensor, best2: float, pool: int, gid, gi, deadline: float,
@@ -991,6 +1123,8 @@ def _small_bound(G: np.ndarray, m: int, groups_idx: Optional[List[np.ndarray]], 
             # at the relaxation's optimum the bound equals its value: nothing left to gain
             if conv and b >= nv * (1 - 1e-9):
                 return best
+    if time.perf_counter() + 1e-10 * n ** 3 > deadline:
+        return best          # not even one interior-point iteration (a Cholesky of n x n) fits
     if info is not None:
         info["bound_method"] = "interior point"
     for w in _ipm_relaxation(G, gl, ql, deadline, max_iter=iters):
@@ -1102,16 +1236,25 @@ def _gram64(S: torch.Tensor) -> tuple:
     return S64.numpy(), G.numpy()
 
 
+def _tabu_shape(n: int, m: int) -> tuple:
+    """(chains, candidate-list length or None) of the tabu search on the Gram-matrix path: the full
+    swap neighbourhood while ``m (n - m)`` is small, else ``TABU_CANDIDATES`` rows on each side."""
+    full = m * (n - m)
+    if full <= TABU_FULL_MAX:
+        return int(max(1, min(TABU_MAX_CHAINS, TABU_BATCH_ELEMENTS // max(1, full)))), None
+    per = TABU_CANDIDATES ** 2 + n
+    return int(max(1, min(TABU_MAX_CHAINS, TABU_BATCH_ELEMENTS // per))), TABU_CANDIDATES
+
+
 def _small_patience(n: int, m: int) -> int:
     """Default number of tabu kicks (all chains together) without a new best on the Gram-matrix path:
     about 50 per chain; on all but tiny problems the time limit ends the search first."""
-    chains = max(1, min(TABU_MAX_CHAINS, TABU_BATCH_ELEMENTS // max(1, m * (n - m))))
-    return int(50 * chains)
+    return int(50 * _tabu_shape(n, m)[0])
 
 
 def _small_time_limit(n: int) -> float:
-    """Default search time of the Gram-matrix path: 0.1 s at n <= 50, n / 500 s up to 1 s at n >= 500."""
-    return float(min(1.0, max(0.1, n / 500)))
+    """Default search time of the Gram-matrix path: 0.1 s at n <= 55, n / 550 s up to 0.8 s at n >= 440."""
+    return float(min(0.8, max(0.1, n / 550)))
 
 
 #: the fast solver enumerates every removal set (and so proves optimality) when there are at most
@@ -1197,13 +1340,49 @@ def _cardinality_small(S: torch.Tensor, m: int, g_arr: Optional[np.ndarray], *, 
         target2 = _small_bound(G, m, groups_idx, quota, sel.astype(np.float64), 0) ** 2
     rng = np.random.default_rng(seed)
     deadline = t0 + time_limit
-    # greedy -> best-improvement swaps (no kicks), then tabu chains: one from there, the rest from
-    # random sets, all sharing each step (see _tabu_chains)
-    best_sel, obj_swap, _, _ = _small_search(G, m, gid, deadline, 0, rng, sel, target2=target2)
-    chains = int(max(1, min(TABU_MAX_CHAINS, TABU_BATCH_ELEMENTS // max(1, m * (n - m)))))
-    starts = np.concatenate([best_sel[None], _random_starts(n, m, gid, quota, chains - 1, rng)])
+    gl = groups_idx if groups_idx is not None else [np.arange(n)]
+    ql = quota if quota is not None else [m]
+    chains, cand = _tabu_shape(n, m)
+    # the continuous relaxation (a share of the time): near-integral where n > d, so its roundings
+    # are far better starts than random sets (and it is a direction of the certificate)
+    w_rel, rel_steps = _fista_relaxation(G, gl, ql, t0 + RELAX_SHARE * time_limit)
+    t_relax = time.perf_counter() - t0 - t_greedy
+    # greedy -> best-improvement swaps (small problems), then tabu chains from there and from
+    # roundings of the relaxation, all sharing each step (see _tabu_chains)
+    if cand is None and m * (n - m) <= TABU_DESCENT_MAX:
+        best_sel, obj_swap, _, _ = _small_search(G, m, gid, deadline, 0, rng, sel, target2=target2)
+    else:
+        best_sel, obj_swap = sel, obj_greedy
+    if w_rel is not None and START_MODE != "random":
+        rs = _rounded_starts(w_rel, gl, ql, chains, rng)
+        if START_MODE == "mixed" and chains > 2:
+            rs[chains // 2:] = _random_starts(n, m, gid, quota, chains - chains // 2, rng)
+    else:
+        rs = _random_starts(n, m, gid, quota, chains, rng)
+    starts = np.concatenate([best_sel[None], rs[:chains - 1]]) if chains > 1 else rs[:1]
+    tabu_deadline = deadline
+    kern = None
+    if USE_KERNEL and gid is None and w_rel is not None and m * (n - m) > TABU_FULL_MAX_KERNEL:
+        kern = _relaxation_kernel(G, w_rel, m, KERNEL_SIZE)
+    if kern is not None:
+        # rows the relaxation leaves fractional or nearly so (small reduced cost) are searched with
+        # many chains; the others stay as the relaxation has them. A share of the time, then all
+        # rows again from the kernel's best
+        kix, fixed1 = kern
+        mk = m - fixed1.size
+        Gk = G[np.ix_(kix, kix)]
+        off = G[kix][:, fixed1].sum(1)
+        const = float(G[np.ix_(fixed1, fixed1)].sum())
+        kch, _ = _tabu_shape(kix.size, mk)
+        kst = _rounded_starts(w_rel[kix], [np.arange(kix.size)], [mk], kch, rng)
+        ksel, k2, ksteps, kkicks = _tabu_chains(Gk, mk, None, kst, t0 + KERNEL_SHARE * time_limit, rng,
+                                                 target2=target2, patience=patience, offset=off, const=const)
+        full_k = np.zeros(n, dtype=bool)
+        full_k[fixed1] = True
+        full_k[kix[ksel]] = True
+        starts = np.concatenate([full_k[None], starts[:chains - 1]])
     tabu_sel, tabu2, steps, kicks = _tabu_chains(G, m, gid, starts, deadline, rng, target2=target2,
-                                                    patience=patience)
+                                                    patience=patience, cand=cand)
     if tabu2 < obj_swap ** 2:
         best_sel = tabu_sel
     removed = np.flatnonzero(best_sel)
@@ -1214,9 +1393,11 @@ def _cardinality_small(S: torch.Tensor, m: int, g_arr: Optional[np.ndarray], *, 
         # the relaxation gets as much time as the search took (at least 1 ms), and enough for about
         # 20 interior-point iterations (n^3/3 flops each; ~2 s at n = 2,000 on 2 cores) in case the
         # active-set method cycles -- unless bound_time says otherwise
-        budget = bound_time if bound_time is not None else max(1e-3, t_search, 3e-10 * n ** 3)
+        budget = bound_time if bound_time is not None else max(1e-3, 0.1 * t_search, min(0.1, 3e-10 * n ** 3))
         lb = _small_bound(G, m, groups_idx, quota, best_sel.astype(np.float64), bound_iters,
                           deadline=time.perf_counter() + budget, info=binfo)
+        if w_rel is not None:    # the relaxation's point that started the search is a direction too
+            lb = max(lb, cardinality_lower_bound(S, m, [torch.from_numpy(A.T @ w_rel)], groups=g_arr, _trusted=True))
         lb = min(objective, max(lb, math.sqrt(target2)))
         degenerate = _degeneracy(None, A.sum(0), dg, lb, objective)
     status = "optimal" if certify and objective - lb <= 1e-9 * max(objective, 1e-300) else "feasible"
@@ -1225,6 +1406,7 @@ def _cardinality_small(S: torch.Tensor, m: int, g_arr: Optional[np.ndarray], *, 
                           info={"greedy_objective": obj_greedy, "swap_objective": obj_swap, "ils_iterations": kicks,
                                 "ils_patience": patience, "seconds_greedy": t_greedy,
                                 "tabu_chains": chains, "tabu_steps": steps, "tabu_kicks": kicks,
+                                "relax_steps": rel_steps, "seconds_relax": t_relax,
                                 "seconds_search": t_search, "seconds_bound": time.perf_counter() - t0 - t_search, "path": "gram",
                                 "bound_method": binfo.get("bound_method"),
                                 "relaxation_value": binfo.get("relaxation_value")})
