@@ -38,6 +38,8 @@ LAM = 5e-4
 FAMILY = [
     (100, 4, 30, 1), (100, 4, 50, 2), (150, 1, 60, 3), (200, 4, 100, 4), (300, 9, 150, 5),
     (400, 4, 200, 6), (600, 19, 240, 7), (1000, 4, 500, 8), (1000, 9, 400, 9), (2000, 9, 1000, 10),
+    (120, 1, 60, 11), (200, 9, 100, 12), (250, 4, 75, 13), (500, 9, 250, 14), (800, 4, 320, 15),
+    (1500, 19, 600, 16),
 ]
 
 
@@ -129,7 +131,10 @@ def cmd_build(args):
         S, idx, gn, steps = build_instance(X, labels, n, k, seed)
         name = name_of(n, k, m)
         p = DATA / f"{name}.npz"
-        np.savez_compressed(p, S=S, indices=idx.astype(np.int32))
+        if p.exists() and np.array_equal(np.load(p)["S"], S):
+            pass                                   # same data: keep the file (zip timestamps differ)
+        else:
+            np.savez_compressed(p, S=S, indices=idx.astype(np.int32))
         entries.append(dict(name=name, file=p.name, n=n, d=S.shape[1], m=m, pcs=k, seed=seed, lam=LAM,
                             grad_norm_at_optimum=gn, newton_steps=steps, sha256=sha256(p)))
         print(f"{name}: |grad| at optimum {gn:.2e} after {steps} Newton steps, {p.stat().st_size / 1e3:.0f} kB, "
