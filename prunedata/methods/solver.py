@@ -712,50 +712,53 @@ def _small_search(G: np.ndarray, m: int, gid: Optional[np.ndarray], deadline: fl
 TABU_BATCH_ELEMENTS = 200_000
 #: at most this many chains
 TABU_MAX_CHAINS = 32
-#: candidate-list length on each side of a swap once the full neighbourhood is large
-TABU_CANDIDATES = 48
+#: a chain is kicked after this many steps without improving its best
+TABU_STALL = 30
+#: tabu tenure: min(m, n - m) / this (plus a random part as large)
+TABU_TENURE_DIV = 8
 #: share of the time limit for the relaxation that starts the tabu chains
 RELAX_SHARE = 0.25
 #: the greedy set is improved by plain best-improvement swaps first up to this many pairs m (n - m)
 TABU_DESCENT_MAX = 40_000
+#: how the chains other than the first start: "mixed" (half from roundings of the relaxation, half
+#: random), "rounding" or "random"
 START_MODE = "mixed"
-USE_KERNEL = True
+#: the relaxation-kernel search runs when there are more than this many swap pairs m (n - m), on
+#: a kernel of this many rows, for this share of the time limit
+KERNEL_MIN_PAIRS = 25_000
 KERNEL_SIZE = 200
 KERNEL_SHARE = 0.6
-TABU_FULL_MAX_KERNEL = 25_000
-#: the full swap neighbourhood (m (n - m) pairs) is searched up to this size
-TABU_FULL_MAX = 10 ** 12
 
 
 def _tabu_chains(G: np.ndarray, m: int, gid: Optional[np.ndarray], starts: np.ndarray, deadline: float,
                  rng: np.random.Generator, *, target2: float = 0.0, patience: int = 1000,
-                 stall: int = 30, cand: Optional[int] = None, offset: Optional[np.ndarray] = None,
+                 stall: Optional[int] = None, offset: Optional[np.ndarray] = None,
                  const: float = 0.0) -> tuple:
     """Swap tabu search on ``min w^T G w, |w| = m`` (Gram-matrix path), ``K`` chains advanced together.
 
     Every step each chain takes its best swap (removed ``i`` out, kept ``j`` in; delta
     ``(G_ii - 2 g_i) + (G_jj + 2 g_j) - 2 G_ij`` with ``g = G w``, the block ``2 G[removed, kept]``
     kept up to date in O(n) per swap), even if it worsens the objective, except swaps of rows moved
-    in the last ``tenure`` steps (tabu; random tenure around ``min(m, n - m) / 8``) unless the swap
-    beats the chain's best (aspiration). A chain that has not improved its best for ``stall`` steps
-    is kicked from where it stands by a few random swaps. The chains share every numpy call (a
-    ``(K, m, n - m)`` delta array per step), which is what makes small problems fast: one chain is
-    call-overhead bound. Swaps stay within a group when ``gid`` is given (cross-group pairs are
-    ``+inf``). Stops at ``deadline``, when the best reaches ``target2`` (a certified bound: proven
-    optimal) or after ``patience`` kicks without a new overall best. ``starts`` is ``(K, n)`` bool.
-    Returns ``(best mask, best ||v||^2, steps, kicks)``.
+    in the last ``tenure`` steps (tabu; random tenure around ``min(m, n - m) / TABU_TENURE_DIV``)
+    unless the swap beats the chain's best (aspiration). A chain that has not improved its best for
+    ``stall`` steps is kicked from where it stands by a few random swaps. The chains share every
+    numpy call (a ``(K, m, n - m)`` float32 delta array per step; the chosen swap's delta is then
+    recomputed in float64), which is what makes small problems fast: one chain is call-overhead
+    bound. Swaps stay within a group when ``gid`` is given (cross-group pairs are ``+inf``).
+    ``offset``/``const``: a sub-problem of a larger one whose other rows are fixed, ``||v||^2 =
+    w^T G w + 2 w . offset + const``. Stops at ``deadline``, when the best reaches ``target2`` (a
+    certified bound: proven optimal) or after ``patience`` kicks without a new overall best.
+    ``starts`` is ``(K, n)`` bool. Returns ``(best mask, best ||v||^2, steps, kicks)``.
     """
     K, n = starts.shape
     nu = n - m
     dg = np.diag(G).copy()
-    G2 = 2.0 * G
+    G2 = (2.0 * G).astype(np.float32)
     if gid is not None:
-        G2 = np.where(gid[:, None] == gid[None, :], G2, -np.inf)
+        G2 = np.where(gid[:, None] == gid[None, :], G2, np.float32(-np.inf))
     si = np.stack([np.flatnonzero(s) for s in starts])
     ui = np.stack([np.flatnonzero(~s) for s in starts])
     ar = np.arange(K)
-    # a sub-problem of a larger one (the rest fixed): g carries the fixed rows' part ``offset`` and
-    # ||v||^2 = sum_{removed} (g_i + offset_i) + const
     h = np.zeros(n) if offset is None else offset
 
     def full2(sel_rows, gc):
@@ -763,64 +766,49 @@ def _tabu_chains(G: np.ndarray, m: int, gid: Optional[np.ndarray], starts: np.nd
 
     g = G[si].sum(1) + h
     v2 = np.take_along_axis(g, si, 1).sum(1) + h[si].sum(1) + const
-    # restricted candidate lists: only the `cand` removed rows whose un-removal alone costs least and
-    # the `cand` kept rows whose removal alone costs least are paired (no (m, n - m) block then)
-    restricted = cand is not None and (m > cand or nu > cand)
-    if restricted:
-        po_k, pi_k = min(cand, m), min(cand, nu)
-        B = None
-    else:
-        B = G2[si[:, :, None], ui[:, None, :]]
+    B = G2[si[:, :, None], ui[:, None, :]]
     best2, best_si = v2.copy(), si.copy()
     c0 = int(best2.argmin())
     gbest2, gbest_si = float(best2[c0]), si[c0].copy()
     tabu_until = np.zeros((K, n), dtype=np.int64)
-    tenure = max(2, min(m, nu) // 8)
+    tenure = max(2, min(m, nu) // TABU_TENURE_DIV)
+    if stall is None:
+        stall = TABU_STALL
     last_imp = np.zeros(K, dtype=np.int64)
     it = kicks = kicks_since = 0
     kmax = max(3, int(math.sqrt(min(m, nu))) + 2)
+    inf32 = np.float32(np.inf)
     while kicks_since < patience and gbest2 > target2 * (1 + 1e-9) and gbest2 > 1e-300:
         if (it & 7) == 0 and time.perf_counter() > deadline:
             break
-        av = dg[si] - 2.0 * np.take_along_axis(g, si, 1)
-        cv = dg[ui] + 2.0 * np.take_along_axis(g, ui, 1)
-        if restricted:
-            po = np.argpartition(av, po_k - 1, axis=1)[:, :po_k] if po_k < m else np.broadcast_to(np.arange(m), (K, m))
-            pi = np.argpartition(cv, pi_k - 1, axis=1)[:, :pi_k] if pi_k < nu else np.broadcast_to(np.arange(nu), (K, nu))
-            rows = np.take_along_axis(si, po, 1)
-            cols = np.take_along_axis(ui, pi, 1)
-            D = np.take_along_axis(av, po, 1)[:, :, None] + np.take_along_axis(cv, pi, 1)[:, None, :]
-            D -= G2[rows[:, :, None], cols[:, None, :]]
-            width = pi.shape[1]
-            rtab = tabu_until[ar[:, None], rows] > it
-            ctab = tabu_until[ar[:, None], cols] > it
-        else:
-            D = av[:, :, None] + cv[:, None, :]
-            D -= B
-            width = nu
-            rtab = np.take_along_axis(tabu_until, si, 1) > it
-            ctab = np.take_along_axis(tabu_until, ui, 1) > it
-        flat = D.reshape(K, -1)
+        gs = np.take_along_axis(g, si, 1)
+        gu = np.take_along_axis(g, ui, 1)
+        av = (dg[si] - 2.0 * gs).astype(np.float32)
+        cv = (dg[ui] + 2.0 * gu).astype(np.float32)
+        D = av[:, :, None] + cv[:, None, :]
+        D -= B
+        flat = D.reshape(K, nu * m)
         k0 = flat.argmin(1)
-        asp = v2 + flat[ar, k0] < best2 * (1 - 1e-12)
-        rp = np.where(rtab, np.inf, 0.0)
-        cp = np.where(ctab, np.inf, 0.0)
-        k1 = (D + rp[:, :, None] + cp[:, None, :]).reshape(K, -1).argmin(1)
-        k = np.where(asp, k0, k1)
-        a, b = np.divmod(k, width)
-        dv = flat[ar, k]
-        if restricted:
-            a, b = po[ar, a], pi[ar, b]
-        ok = np.isfinite(dv)                     # a chain with every swap tabu (or cross-group) waits
+        a0, b0 = np.divmod(k0, nu)
+        i0, j0 = si[ar, a0], ui[ar, b0]
+        dv0 = dg[i0] - 2.0 * gs[ar, a0] + dg[j0] + 2.0 * gu[ar, b0] - 2.0 * G[i0, j0]
+        asp = (v2 + dv0 < best2 * (1 - 1e-12)) & np.isfinite(flat[ar, k0])
+        rtab = np.take_along_axis(tabu_until, si, 1) > it
+        ctab = np.take_along_axis(tabu_until, ui, 1) > it
+        D[rtab] = inf32
+        D.transpose(0, 2, 1)[ctab] = inf32
+        k = np.where(asp, k0, flat.argmin(1))
+        a, b = np.divmod(k, nu)
+        ok = asp | np.isfinite(flat[ar, k])      # a chain with every swap tabu (or cross-group) waits
         i = si[ar, a]
         j = np.where(ok, ui[ar, b], i)
+        dv = np.where(ok, dg[i] - 2.0 * gs[ar, a] + dg[j] + 2.0 * gu[ar, b] - 2.0 * G[i, j], 0.0)
         si[ar, a] = j
         ui[ar, b] = np.where(ok, i, ui[ar, b])
         g += G[j] - G[i]
-        v2 += np.where(ok, dv, 0.0)
-        if B is not None:
-            B[ar, a, :] = G2[j[:, None], ui]
-            B[ar, :, b] = G2[si, i[:, None]]
+        v2 += dv
+        B[ar, a, :] = G2[j[:, None], ui]
+        B[ar, :, b] = G2[si, i[:, None]]
         t = tenure + rng.integers(0, tenure + 1, size=K)
         tabu_until[ar, i] = it + t
         tabu_until[ar, j] = it + t
@@ -848,8 +836,7 @@ def _tabu_chains(G: np.ndarray, m: int, gid: Optional[np.ndarray], starts: np.nd
             si[c], ui[c] = s_, u_
             g[c] = G[s_].sum(0) + h
             v2[c] = full2(s_, g[c])
-            if B is not None:
-                B[c] = G2[np.ix_(s_, u_)]
+            B[c] = G2[np.ix_(s_, u_)]
             tabu_until[c] = 0
             last_imp[c] = it
             kicks += 1
@@ -1236,20 +1223,16 @@ def _gram64(S: torch.Tensor) -> tuple:
     return S64.numpy(), G.numpy()
 
 
-def _tabu_shape(n: int, m: int) -> tuple:
-    """(chains, candidate-list length or None) of the tabu search on the Gram-matrix path: the full
-    swap neighbourhood while ``m (n - m)`` is small, else ``TABU_CANDIDATES`` rows on each side."""
-    full = m * (n - m)
-    if full <= TABU_FULL_MAX:
-        return int(max(1, min(TABU_MAX_CHAINS, TABU_BATCH_ELEMENTS // max(1, full)))), None
-    per = TABU_CANDIDATES ** 2 + n
-    return int(max(1, min(TABU_MAX_CHAINS, TABU_BATCH_ELEMENTS // per))), TABU_CANDIDATES
+def _tabu_chains_for(n: int, m: int) -> int:
+    """Number of tabu chains on the Gram-matrix path: ``TABU_BATCH_ELEMENTS`` swap deltas per step
+    in all, at most ``TABU_MAX_CHAINS``."""
+    return int(max(1, min(TABU_MAX_CHAINS, TABU_BATCH_ELEMENTS // max(1, m * (n - m)))))
 
 
 def _small_patience(n: int, m: int) -> int:
     """Default number of tabu kicks (all chains together) without a new best on the Gram-matrix path:
     about 50 per chain; on all but tiny problems the time limit ends the search first."""
-    return int(50 * _tabu_shape(n, m)[0])
+    return int(50 * _tabu_chains_for(n, m))
 
 
 def _small_time_limit(n: int) -> float:
@@ -1342,14 +1325,14 @@ def _cardinality_small(S: torch.Tensor, m: int, g_arr: Optional[np.ndarray], *, 
     deadline = t0 + time_limit
     gl = groups_idx if groups_idx is not None else [np.arange(n)]
     ql = quota if quota is not None else [m]
-    chains, cand = _tabu_shape(n, m)
+    chains = _tabu_chains_for(n, m)
     # the continuous relaxation (a share of the time): near-integral where n > d, so its roundings
     # are far better starts than random sets (and it is a direction of the certificate)
     w_rel, rel_steps = _fista_relaxation(G, gl, ql, t0 + RELAX_SHARE * time_limit)
     t_relax = time.perf_counter() - t0 - t_greedy
     # greedy -> best-improvement swaps (small problems), then tabu chains from there and from
     # roundings of the relaxation, all sharing each step (see _tabu_chains)
-    if cand is None and m * (n - m) <= TABU_DESCENT_MAX:
+    if m * (n - m) <= TABU_DESCENT_MAX:
         best_sel, obj_swap, _, _ = _small_search(G, m, gid, deadline, 0, rng, sel, target2=target2)
     else:
         best_sel, obj_swap = sel, obj_greedy
@@ -1362,7 +1345,7 @@ def _cardinality_small(S: torch.Tensor, m: int, g_arr: Optional[np.ndarray], *, 
     starts = np.concatenate([best_sel[None], rs[:chains - 1]]) if chains > 1 else rs[:1]
     tabu_deadline = deadline
     kern = None
-    if USE_KERNEL and gid is None and w_rel is not None and m * (n - m) > TABU_FULL_MAX_KERNEL:
+    if gid is None and w_rel is not None and m * (n - m) > KERNEL_MIN_PAIRS:
         kern = _relaxation_kernel(G, w_rel, m, KERNEL_SIZE)
     if kern is not None:
         # rows the relaxation leaves fractional or nearly so (small reduced cost) are searched with
@@ -1373,7 +1356,7 @@ def _cardinality_small(S: torch.Tensor, m: int, g_arr: Optional[np.ndarray], *, 
         Gk = G[np.ix_(kix, kix)]
         off = G[kix][:, fixed1].sum(1)
         const = float(G[np.ix_(fixed1, fixed1)].sum())
-        kch, _ = _tabu_shape(kix.size, mk)
+        kch = _tabu_chains_for(kix.size, mk)
         kst = _rounded_starts(w_rel[kix], [np.arange(kix.size)], [mk], kch, rng)
         ksel, k2, ksteps, kkicks = _tabu_chains(Gk, mk, None, kst, t0 + KERNEL_SHARE * time_limit, rng,
                                                  target2=target2, patience=patience, offset=off, const=const)
@@ -1382,7 +1365,7 @@ def _cardinality_small(S: torch.Tensor, m: int, g_arr: Optional[np.ndarray], *, 
         full_k[kix[ksel]] = True
         starts = np.concatenate([full_k[None], starts[:chains - 1]])
     tabu_sel, tabu2, steps, kicks = _tabu_chains(G, m, gid, starts, deadline, rng, target2=target2,
-                                                    patience=patience, cand=cand)
+                                                    patience=patience)
     if tabu2 < obj_swap ** 2:
         best_sel = tabu_sel
     removed = np.flatnonzero(best_sel)
