@@ -716,8 +716,9 @@ TABU_MAX_CHAINS = 32
 TABU_STALL = 30
 #: tabu tenure: min(m, n - m) / this (plus a random part as large)
 TABU_TENURE_DIV = 8
-#: share of the time limit for the relaxation that starts the tabu chains
+#: share of the time limit for the relaxation that starts the tabu chains (from this many swap pairs)
 RELAX_SHARE = 0.25
+RELAX_MIN_PAIRS = 500
 #: the greedy set is improved by plain best-improvement swaps first up to this many pairs m (n - m)
 TABU_DESCENT_MAX = 40_000
 #: how the chains other than the first start: "mixed" (half from roundings of the relaxation, half
@@ -860,6 +861,36 @@ def _random_starts(n: int, m: int, gid: Optional[np.ndarray], quota: Optional[Li
     return out
 
 
+def _proj_capped_simplex_np(z: np.ndarray, q: float) -> np.ndarray:
+    """Exact Euclidean projection onto ``{0 <= w <= 1, sum w = q}``: ``f(tau) = sum clip(z - tau, 0, 1)``
+    is piecewise linear with breakpoints ``z_i`` and ``z_i - 1``; evaluate it at all of them (sorted
+    ``z``, cumulative sums) and interpolate where it crosses ``q``."""
+    k = z.size
+    if q <= 0:
+        return np.zeros(k)
+    if q >= k:
+        return np.ones(k)
+    zs = np.sort(z)
+    cs = np.concatenate([[0.0], np.cumsum(zs)])
+    taus = np.sort(np.concatenate([zs, zs - 1.0]))
+
+    def f(t):
+        hi = np.searchsorted(zs, t + 1.0, side="left")
+        lo = np.searchsorted(zs, t, side="right")
+        return (k - hi) + (cs[hi] - cs[lo]) - t * (hi - lo)
+
+    ft = f(taus)                                   # non-increasing in tau
+    j = int(np.searchsorted(-ft, -q, side="left"))  # first breakpoint with f <= q
+    if j == 0:
+        tau = taus[0]
+    elif j >= taus.size:
+        tau = taus[-1]
+    else:
+        t0, t1, f0, f1 = taus[j - 1], taus[j], ft[j - 1], ft[j]
+        tau = t1 if f0 == f1 else t0 + (f0 - q) * (t1 - t0) / (f0 - f1)
+    return np.clip(z - tau, 0.0, 1.0)
+
+
 def _fista_relaxation(G: np.ndarray, gl: List[np.ndarray], ql: List[int], deadline: float,
                       iters: int = 300) -> tuple:
     """Accelerated projected gradient (FISTA) on ``min w^T G w`` over the (grouped) capped simplex,
@@ -880,15 +911,7 @@ def _fista_relaxation(G: np.ndarray, gl: List[np.ndarray], ql: List[int], deadli
     def proj(z):
         out = np.empty_like(z)
         for ix, q in zip(gl, ql):
-            zi = z[ix]
-            lo, hi = float(zi.min()) - 1.0, float(zi.max())
-            for _ in range(50):
-                mid = 0.5 * (lo + hi)
-                if float(np.clip(zi - mid, 0.0, 1.0).sum()) > q:
-                    lo = mid
-                else:
-                    hi = mid
-            out[ix] = np.clip(zi - 0.5 * (lo + hi), 0.0, 1.0)
+            out[ix] = _proj_capped_simplex_np(z[ix], q)
         return out
 
     w = np.empty(n)
@@ -1231,8 +1254,9 @@ def _tabu_chains_for(n: int, m: int) -> int:
 
 def _small_patience(n: int, m: int) -> int:
     """Default number of tabu kicks (all chains together) without a new best on the Gram-matrix path:
-    about 50 per chain; on all but tiny problems the time limit ends the search first."""
-    return int(50 * _tabu_chains_for(n, m))
+    50 per chain (fewer for tiny problems: ``m (n - m) / 10``, at least 2); on all but tiny problems
+    the time limit ends the search first."""
+    return int(_tabu_chains_for(n, m) * min(50, max(2, m * (n - m) // 10)))
 
 
 def _small_time_limit(n: int) -> float:
@@ -1328,7 +1352,9 @@ def _cardinality_small(S: torch.Tensor, m: int, g_arr: Optional[np.ndarray], *, 
     chains = _tabu_chains_for(n, m)
     # the continuous relaxation (a share of the time): near-integral where n > d, so its roundings
     # are far better starts than random sets (and it is a direction of the certificate)
-    w_rel, rel_steps = _fista_relaxation(G, gl, ql, t0 + RELAX_SHARE * time_limit)
+    w_rel, rel_steps = None, 0
+    if m * (n - m) >= RELAX_MIN_PAIRS:     # tiny problems: random starts do as well
+        w_rel, rel_steps = _fista_relaxation(G, gl, ql, t0 + RELAX_SHARE * time_limit)
     t_relax = time.perf_counter() - t0 - t_greedy
     # greedy -> best-improvement swaps (small problems), then tabu chains from there and from
     # roundings of the relaxation, all sharing each step (see _tabu_chains)
