@@ -268,3 +268,7 @@ def test_registered_method_refit_head_option(small_fmnist):
     sel = select("influence", small_fmnist, 0.5, config=cfg, model=net, refit_head=True)
     assert sel.params["refit_head"] is True and sel.num_kept == 150
     assert sel.metrics["head_refit"]["grad_norm_after"] < 1e-5
+    with pytest.raises(PruneDataError, match="refit_head"):
+        select("influence", small_fmnist, 0.5, config=cfg, model=net, refit_head="yes")
+    with pytest.raises(PruneDataError, match="effort"):
+        select("influence", small_fmnist, 0.5, config=cfg, model=net, effort=0)

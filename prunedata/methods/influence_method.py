@@ -58,6 +58,8 @@ def influence_method(dataset: Any, keep_ratio: float, *, config: MethodConfig, e
     (where influence functions are derived; the proxy's own head is left as trained).
     ``effort``: the fast selection solver's search time as a multiple of its default.
     """
+    if not isinstance(refit_head, bool):
+        raise PruneDataError(f"refit_head must be true or false, got {refit_head!r}")
     n = len(dataset)
     if n < 2:
         raise PruneDataError(f"influence pruning needs at least 2 samples, got {n}")

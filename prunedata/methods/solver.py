@@ -1416,6 +1416,7 @@ def _cardinality_small(S: torch.Tensor, m: int, g_arr: Optional[np.ndarray], *, 
                                 "ils_patience": patience, "seconds_greedy": t_greedy,
                                 "tabu_chains": chains, "tabu_steps": steps, "tabu_kicks": kicks,
                                 "relax_steps": rel_steps, "seconds_relax": t_relax,
+                                "kernel_rows": None if kern is None else int(kern[0].size),
                                 "seconds_search": t_search, "seconds_bound": time.perf_counter() - t0 - t_search, "path": "gram",
                                 "bound_method": binfo.get("bound_method"),
                                 "relaxation_value": binfo.get("relaxation_value")})
