@@ -714,6 +714,8 @@ TABU_BATCH_ELEMENTS = 200_000
 TABU_MAX_CHAINS = 32
 #: a chain is kicked after this many steps without improving its best
 TABU_STALL = 30
+#: probability that a stalled chain is kicked from the overall best set rather than from where it is
+TABU_FROM_BEST = 0.0
 #: tabu tenure: min(m, n - m) / this (plus a random part as large)
 TABU_TENURE_DIV = 8
 #: share of the time limit for the relaxation that starts the tabu chains (from this many swap pairs)
@@ -823,7 +825,13 @@ def _tabu_chains(G: np.ndarray, m: int, gid: Optional[np.ndarray], starts: np.nd
                 if v2[c] < gbest2 * (1 - 1e-12):
                     gbest2, gbest_si, kicks_since = float(v2[c]), si[c].copy(), 0
         for c in np.flatnonzero(it - last_imp > stall):
-            s_, u_ = si[c].copy(), ui[c].copy()
+            if TABU_FROM_BEST > 0 and rng.random() < TABU_FROM_BEST:
+                s_ = gbest_si.copy()                  # intensify: kick the overall best instead
+                mask_ = np.zeros(n, dtype=bool)
+                mask_[s_] = True
+                u_ = np.flatnonzero(~mask_)
+            else:
+                s_, u_ = si[c].copy(), ui[c].copy()
             for _ in range(int(rng.integers(2, kmax + 1))):
                 a_ = int(rng.integers(m))
                 if gid is None:
@@ -1259,6 +1267,11 @@ def _small_patience(n: int, m: int) -> int:
     return int(_tabu_chains_for(n, m) * min(50, max(2, m * (n - m) // 10)))
 
 
+def _ils_patience(n: int, m: int) -> int:
+    """Default number of perturbations without improvement of the iterated local search (n <= d)."""
+    return int(min(40, max(8, math.sqrt(m * (n - m)) // 2)))
+
+
 def _small_time_limit(n: int) -> float:
     """Default search time of the Gram-matrix path: 0.1 s at n <= 55, n / 550 s up to 0.8 s at n >= 440."""
     return float(min(0.8, max(0.1, n / 550)))
@@ -1297,6 +1310,57 @@ def _cardinality_exhaustive(A: np.ndarray, G: np.ndarray, m: int, gid: Optional[
                           info={"path": "exhaustive", "bound_method": "exhaustive", "sets": math.comb(n, m)})
     logger.info("%r", sol)
     return sol
+
+
+def _tabu_path(G, m, gid, quota, gl, ql, sel, obj_greedy, target2, patience, t0, time_limit, t_greedy, rng):
+    """The Gram-matrix search for n > d: relaxation, (kernel) tabu chains; see _cardinality_small."""
+    n = G.shape[0]
+    deadline = t0 + time_limit
+    chains = _tabu_chains_for(n, m)
+    # the continuous relaxation (a share of the time): near-integral where n > d, so its roundings
+    # are far better starts than random sets (and it is a direction of the certificate)
+    w_rel, rel_steps = None, 0
+    if m * (n - m) >= RELAX_MIN_PAIRS:     # tiny problems: random starts do as well
+        w_rel, rel_steps = _fista_relaxation(G, gl, ql, t0 + RELAX_SHARE * time_limit)
+    t_relax = time.perf_counter() - t0 - t_greedy
+    # greedy -> best-improvement swaps (small problems), then tabu chains from there and from
+    # roundings of the relaxation, all sharing each step (see _tabu_chains)
+    if m * (n - m) <= TABU_DESCENT_MAX:
+        best_sel, obj_swap, _, _ = _small_search(G, m, gid, deadline, 0, rng, sel, target2=target2)
+    else:
+        best_sel, obj_swap = sel, obj_greedy
+    if w_rel is not None and START_MODE != "random":
+        rs = _rounded_starts(w_rel, gl, ql, chains, rng)
+        if START_MODE == "mixed" and chains > 2:
+            rs[chains // 2:] = _random_starts(n, m, gid, quota, chains - chains // 2, rng)
+    else:
+        rs = _random_starts(n, m, gid, quota, chains, rng)
+    starts = np.concatenate([best_sel[None], rs[:chains - 1]]) if chains > 1 else rs[:1]
+    kern = None
+    if gid is None and w_rel is not None and m * (n - m) > KERNEL_MIN_PAIRS:
+        kern = _relaxation_kernel(G, w_rel, m, KERNEL_SIZE)
+    if kern is not None:
+        # rows the relaxation leaves fractional or nearly so (small reduced cost) are searched with
+        # many chains; the others stay as the relaxation has them. A share of the time, then all
+        # rows again from the kernel's best
+        kix, fixed1 = kern
+        mk = m - fixed1.size
+        Gk = G[np.ix_(kix, kix)]
+        off = G[kix][:, fixed1].sum(1)
+        const = float(G[np.ix_(fixed1, fixed1)].sum())
+        kch = _tabu_chains_for(kix.size, mk)
+        kst = _rounded_starts(w_rel[kix], [np.arange(kix.size)], [mk], kch, rng)
+        ksel, k2, ksteps, kkicks = _tabu_chains(Gk, mk, None, kst, t0 + KERNEL_SHARE * time_limit, rng,
+                                                 target2=target2, patience=patience, offset=off, const=const)
+        full_k = np.zeros(n, dtype=bool)
+        full_k[fixed1] = True
+        full_k[kix[ksel]] = True
+        starts = np.concatenate([full_k[None], starts[:chains - 1]])
+    tabu_sel, tabu2, steps, kicks = _tabu_chains(G, m, gid, starts, deadline, rng, target2=target2,
+                                                    patience=patience)
+    if tabu2 < obj_swap ** 2:
+        best_sel = tabu_sel
+    return best_sel, obj_swap, chains, steps, kicks, rel_steps, w_rel, kern, t_relax
 
 
 def _cardinality_small(S: torch.Tensor, m: int, g_arr: Optional[np.ndarray], *, time_limit: float, seed: int,
@@ -1349,60 +1413,30 @@ def _cardinality_small(S: torch.Tensor, m: int, g_arr: Optional[np.ndarray], *, 
     deadline = t0 + time_limit
     gl = groups_idx if groups_idx is not None else [np.arange(n)]
     ql = quota if quota is not None else [m]
-    chains = _tabu_chains_for(n, m)
-    # the continuous relaxation (a share of the time): near-integral where n > d, so its roundings
-    # are far better starts than random sets (and it is a direction of the certificate)
-    w_rel, rel_steps = None, 0
-    if m * (n - m) >= RELAX_MIN_PAIRS:     # tiny problems: random starts do as well
-        w_rel, rel_steps = _fista_relaxation(G, gl, ql, t0 + RELAX_SHARE * time_limit)
-    t_relax = time.perf_counter() - t0 - t_greedy
-    # greedy -> best-improvement swaps (small problems), then tabu chains from there and from
-    # roundings of the relaxation, all sharing each step (see _tabu_chains)
-    if m * (n - m) <= TABU_DESCENT_MAX:
-        best_sel, obj_swap, _, _ = _small_search(G, m, gid, deadline, 0, rng, sel, target2=target2)
+    if A.shape[1] >= n:
+        # n <= d: many sets cancel almost exactly; greedy -> swaps -> iterated local search with a
+        # patience finds SCIP's optimum in milliseconds (benchmarks/solver.py, d = 1,290)
+        best_sel, obj_swap, kicks, _ = _small_search(G, m, gid, deadline, patience, rng, sel, target2=target2)
+        chains = steps = rel_steps = 0
+        w_rel, kern, t_relax = None, None, 0.0
     else:
-        best_sel, obj_swap = sel, obj_greedy
-    if w_rel is not None and START_MODE != "random":
-        rs = _rounded_starts(w_rel, gl, ql, chains, rng)
-        if START_MODE == "mixed" and chains > 2:
-            rs[chains // 2:] = _random_starts(n, m, gid, quota, chains - chains // 2, rng)
-    else:
-        rs = _random_starts(n, m, gid, quota, chains, rng)
-    starts = np.concatenate([best_sel[None], rs[:chains - 1]]) if chains > 1 else rs[:1]
-    tabu_deadline = deadline
-    kern = None
-    if gid is None and w_rel is not None and m * (n - m) > KERNEL_MIN_PAIRS:
-        kern = _relaxation_kernel(G, w_rel, m, KERNEL_SIZE)
-    if kern is not None:
-        # rows the relaxation leaves fractional or nearly so (small reduced cost) are searched with
-        # many chains; the others stay as the relaxation has them. A share of the time, then all
-        # rows again from the kernel's best
-        kix, fixed1 = kern
-        mk = m - fixed1.size
-        Gk = G[np.ix_(kix, kix)]
-        off = G[kix][:, fixed1].sum(1)
-        const = float(G[np.ix_(fixed1, fixed1)].sum())
-        kch = _tabu_chains_for(kix.size, mk)
-        kst = _rounded_starts(w_rel[kix], [np.arange(kix.size)], [mk], kch, rng)
-        ksel, k2, ksteps, kkicks = _tabu_chains(Gk, mk, None, kst, t0 + KERNEL_SHARE * time_limit, rng,
-                                                 target2=target2, patience=patience, offset=off, const=const)
-        full_k = np.zeros(n, dtype=bool)
-        full_k[fixed1] = True
-        full_k[kix[ksel]] = True
-        starts = np.concatenate([full_k[None], starts[:chains - 1]])
-    tabu_sel, tabu2, steps, kicks = _tabu_chains(G, m, gid, starts, deadline, rng, target2=target2,
-                                                    patience=patience)
-    if tabu2 < obj_swap ** 2:
-        best_sel = tabu_sel
+        best_sel, obj_swap, chains, steps, kicks, rel_steps, w_rel, kern, t_relax = _tabu_path(
+            G, m, gid, quota, gl, ql, sel, obj_greedy, target2, patience, t0, time_limit, t_greedy, rng)
     removed = np.flatnonzero(best_sel)
     objective = float(np.linalg.norm(A[removed].sum(0)))
     t_search = time.perf_counter() - t0
     lb, degenerate, binfo = 0.0, {}, {}
     if certify:
-        # the relaxation gets as much time as the search took (at least 1 ms), and enough for about
-        # 20 interior-point iterations (n^3/3 flops each; ~2 s at n = 2,000 on 2 cores) in case the
-        # active-set method cycles -- unless bound_time says otherwise
-        budget = bound_time if bound_time is not None else max(1e-3, 0.1 * t_search, min(0.1, 3e-10 * n ** 3))
+        # n <= d: the relaxation gets as much time as the search took (at least 1 ms), and enough for
+        # about 20 interior-point iterations in case the active-set method cycles; n > d (the search
+        # used its whole time limit): a tenth of the search, at least 1 ms or the same 20 iterations
+        # up to 0.1 s -- unless bound_time says otherwise
+        if bound_time is not None:
+            budget = bound_time
+        elif A.shape[1] >= n:
+            budget = max(1e-3, t_search, 3e-10 * n ** 3)
+        else:
+            budget = max(1e-3, 0.1 * t_search, min(0.1, 3e-10 * n ** 3))
         lb = _small_bound(G, m, groups_idx, quota, best_sel.astype(np.float64), bound_iters,
                           deadline=time.perf_counter() + budget, info=binfo)
         if w_rel is not None:    # the relaxation's point that started the search is a direction too
@@ -1463,12 +1497,16 @@ def solve_cardinality_fast(S: ArrayLike, m: int, *, groups: Optional[Sequence[in
     if isinstance(effort, bool) or not isinstance(effort, (int, float)) or not (math.isfinite(effort) and effort > 0):
         raise PruneDataError(f"effort must be a positive number (1 = default search time; 10 = ten times as long), "
                              f"got {effort!r}")
+    # the Gram-matrix path with more rows than dimensions (n > d) runs the relaxation + tabu search
+    # for its time limit; with n <= d (many sets cancel almost exactly) iterated local search stops
+    # after a patience of perturbations without improvement
+    tabu = n <= gram_max_n and n > d
     if time_limit is None:
-        time_limit = effort * (_small_time_limit(n) if n <= gram_max_n else _default_time_limit(n, d))
+        time_limit = effort * (_small_time_limit(n) if tabu else _default_time_limit(n, d))
     if time_limit <= 0:
         raise PruneDataError(f"time_limit must be positive seconds, got {time_limit}")
     if small_patience is None and n <= gram_max_n:
-        small_patience = int(math.ceil(effort * _small_patience(n, m)))
+        small_patience = int(math.ceil(effort * (_small_patience(n, m) if tabu else _ils_patience(n, m))))
     deadline = t0 + time_limit
     gen = torch.Generator(device="cpu").manual_seed(seed)
     if n <= gram_max_n:
