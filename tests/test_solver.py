@@ -435,7 +435,7 @@ def test_gram_path_reaches_scip_optimum_on_real_n_gt_d_instance():
     assert scip["status"] == "optimal"
     sol = solve_pruning(S, remove=scip["m"], effort=10)
     assert sol.objective <= scip["objective"] * 1.001
-    assert sol.info["tabu_chains"] > 1 and sol.info["relax_steps"] > 0
+    assert sol.info["tabu_chains"] > 1
     assert sol.lower_bound <= scip["objective"] + 1e-9
     with pytest.raises(PruneDataError, match="effort"):
         solve_pruning(S, remove=10, effort=-1)
