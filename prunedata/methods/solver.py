@@ -723,6 +723,8 @@ TABU_TENURE_DIV = 8
 #: n = 100 the relaxation's quarter of the 0.18 s is better spent searching)
 RELAX_SHARE = 0.25
 RELAX_MIN_PAIRS = 3000
+#: at most this many accelerated projected-gradient steps on the relaxation
+RELAX_ITERS = 300
 #: the greedy set is improved by plain best-improvement swaps first up to this many pairs m (n - m)
 TABU_DESCENT_MAX = 40_000
 #: how the chains other than the first start: "mixed" (half from roundings of the relaxation, half
@@ -1323,7 +1325,7 @@ def _tabu_path(G, m, gid, quota, gl, ql, sel, obj_greedy, target2, patience, t0,
     # are far better starts than random sets (and it is a direction of the certificate)
     w_rel, rel_steps = None, 0
     if m * (n - m) >= RELAX_MIN_PAIRS:     # small problems: random starts do as well
-        w_rel, rel_steps = _fista_relaxation(G, gl, ql, t0 + RELAX_SHARE * time_limit)
+        w_rel, rel_steps = _fista_relaxation(G, gl, ql, t0 + RELAX_SHARE * time_limit, iters=RELAX_ITERS)
     t_relax = time.perf_counter() - t0 - t_greedy
     # greedy -> best-improvement swaps (small problems), then tabu chains from there and from
     # roundings of the relaxation, all sharing each step (see _tabu_chains)
