@@ -34,6 +34,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import PruneDataError
@@ -46,7 +47,7 @@ __all__ = [
     "find_linear_layer", "Features", "collect_features", "head_params", "head_probs", "per_sample_grads",
     "HessianSum", "accumulate_hessian", "finalize_hessian", "KFACSum", "accumulate_kfac",
     "ExactSolver", "KFACSolver", "hvp", "cg_solve", "influence_matrix", "InfluenceResult",
-    "compute_influence", "choose_solver",
+    "compute_influence", "choose_solver", "refit_head",
 ]
 
 #: ``solver="auto"`` factors the Hessian exactly up to this many head parameters (d*d*8 bytes: 288 MB)
@@ -80,6 +81,57 @@ def per_sample_grads(h: torch.Tensor, y: torch.Tensor, W: torch.Tensor, b: Optio
     r[torch.arange(r.shape[0], device=r.device), y.to(r.device)] -= 1.0
     x = _aug(h, b)
     return (r[:, :, None] * x[:, None, :]).reshape(h.shape[0], -1)
+
+
+def refit_head(h: torch.Tensor, y: torch.Tensor, W: torch.Tensor, b: Optional[torch.Tensor], damping: float, *,
+               max_iter: int = 500, tol: float = 1e-9) -> Tuple[torch.Tensor, Optional[torch.Tensor], Dict[str, Any]]:
+    """The head at the optimum of ``mean_i CE(W h_i + b, y_i) + damping/2 ||[W | b]||^2`` on frozen
+    features ``h`` (L-BFGS with strong-Wolfe line search from the given ``W, b``, in ``W``'s dtype).
+
+    Influence functions assume the parameters minimise the training loss; a proxy trained a few
+    epochs has a head far from that on its own features. Refitting the (convex) last layer makes
+    the sum of the per-sample gradients equal ``-damping * theta`` as the theory needs. Returns
+    ``(W, b, info)`` with the gradient norm before and after and the iterations used; the model
+    itself is not changed. ``tol``: stop when the gradient's max-norm falls below it.
+    """
+    _check_damping(damping)
+    dt = W.dtype
+    h = h.to(dt)
+    y = y.to(h.device)
+    T = (W if b is None else torch.cat([W, b[:, None]], 1)).detach().clone()
+    F_ = W.shape[1]
+
+    def loss_of(Tv):
+        logits = h @ Tv[:, :F_].T
+        if b is not None:
+            logits = logits + Tv[:, F_]
+        return F.cross_entropy(logits, y) + 0.5 * damping * (Tv * Tv).sum()
+
+    def grad_norm(Tv):
+        Tv = Tv.detach().clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(loss_of(Tv), Tv)
+        return float(g.norm())
+
+    g0 = grad_norm(T)
+    T.requires_grad_(True)
+    opt = torch.optim.LBFGS([T], lr=1, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-15,
+                            history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_of(T)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    T = T.detach()
+    g1 = grad_norm(T)
+    iters = int(opt.state[opt._params[0]].get("n_iter", 0))
+    info = {"grad_norm_before": g0, "grad_norm_after": g1, "iterations": iters}
+    logger.info("refit head to its optimum on frozen features: |grad| %.3g -> %.3g in %d L-BFGS iterations",
+                g0, g1, iters)
+    return T[:, :F_].contiguous(), (None if b is None else T[:, F_].contiguous()), info
 
 
 # --------------------------------------------------------------------------- Hessian (exact)
@@ -330,6 +382,8 @@ class InfluenceResult:
     layer_name: str
     timings: Dict[str, float] = field(default_factory=dict)
     solver: Any = None
+    #: how the head was obtained (``refit_head``: gradient norms before/after the refit)
+    info: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -363,10 +417,15 @@ def compute_influence(model: nn.Module, dataset: Any = None, *, layer: Union[Non
                       features: Optional[Features] = None, damping: float = 5e-4, solver: str = "auto",
                       batch_size: int = 512, device: Union[str, torch.device, None] = None,
                       dtype: torch.dtype = torch.float64, out_dtype: torch.dtype = torch.float32,
-                      num_workers: int = 0, show_progress: bool = True, indices: Optional[Sequence[int]] = None,
+                      num_workers: int = 0, show_progress: bool = True, refit: bool = False,
+                      refit_iters: int = 500, indices: Optional[Sequence[int]] = None,
                       reduce: Optional[Callable[[torch.Tensor, str], Any]] = None,
                       agree: Optional[Callable[[Callable[[], Any], str], Any]] = None) -> InfluenceResult:
     """Features -> per-sample gradients -> (damped) Hessian solve -> ``S`` for every sample.
+
+    ``refit=True`` first moves the head to the optimum of its regularised training loss on the
+    frozen features (:func:`refit_head`, ``damping`` as the L2 weight, at most ``refit_iters``
+    L-BFGS iterations), where the influence approximation is derived; the model is not changed.
 
     ``solver``: ``"exact"`` (Cholesky, needs ``d^2`` memory), ``"kfac"`` (eigenvalue-corrected
     K-FAC, any size) or ``"auto"`` (exact up to :data:`EXACT_MAX_DIM` head parameters ``d = C*(F+1)``).
@@ -393,6 +452,15 @@ def compute_influence(model: nn.Module, dataset: Any = None, *, layer: Union[Non
     n = len(dataset) if indices is not None else len(features)
     W, b = head_params(head, dtype)
     W, b = W.to(features.h.device), None if b is None else b.to(features.h.device)
+    info: Dict[str, Any] = {"refit": bool(refit)}
+    if refit and reduce is not None:
+        raise PruneDataError("refit=True is not available for influence computed across processes yet; refit the "
+                             "head in one process, or compute influence without refit")
+    if refit:
+        t0 = time.perf_counter()
+        W, b, rinfo = refit_head(features.h, features.y, W, b, damping, max_iter=refit_iters)
+        info.update(rinfo)
+        t["refit"] = time.perf_counter() - t0
     d = W.shape[0] * (W.shape[1] + (0 if b is None else 1))
     kind = choose_solver(d, solver)
     logger.info("influence: %d samples, head %s with d=%d parameters, %s Hessian solve", len(features), name, d, kind)
@@ -426,4 +494,4 @@ def compute_influence(model: nn.Module, dataset: Any = None, *, layer: Union[Non
                          show_progress=show_progress)
     t["solve"] = time.perf_counter() - t0
     return InfluenceResult(S=S, features=features, W=W, b=b, damping=float(damping), solver_name=kind,
-                           layer_name=name, timings=t, solver=slv)
+                           layer_name=name, timings=t, solver=slv, info=info)
