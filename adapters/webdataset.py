@@ -56,7 +56,7 @@ import torch
 
 from prunedata._io import atomic_write_text
 from prunedata.adapruner import AdaPruner
-from prunedata.errors import PruneDataError, SelectionFormatError, SelectionMismatchError
+from prunedata.errors import OptionError, PruneDataError, SelectionFormatError, SelectionMismatchError
 from prunedata.identity import keys_fingerprint
 from prunedata.progress import progress
 from prunedata.selection import Selection
@@ -240,7 +240,8 @@ def iter_raw_samples(urls: UrlsLike, *, keep: Optional[Callable[[str, str], bool
                         pending = {"__key__": prefix, "__url__": url}
                         want = keep is None or keep(prefix, url)
                     if suffix in pending:
-                        raise ValueError(f"{fname}: duplicate file name in tar file (sample {prefix!r})")
+                        raise PruneDataError(f"{fname}: duplicate file name in tar file (sample {prefix!r}); the shard "
+                                             "is corrupt or was written twice into one tar")
                     if want and read_data:
                         fh = tf.extractfile(ti)
                         pending[suffix] = fh.read() if fh is not None else b""
@@ -550,7 +551,7 @@ def _resolve_selection(selection: Union[Selection, str, Path], manifest: Optiona
     if isinstance(selection, (str, Path)):
         selection = Selection.load(selection)
     if not isinstance(selection, Selection):
-        raise TypeError(f"expected a prunedata Selection (or a path to one), got {type(selection).__name__}")
+        raise OptionError(f"expected a prunedata Selection (or a path to one), got {type(selection).__name__}")
     if selection.id_kind == "index":
         if manifest is None:
             raise SelectionFormatError(
@@ -942,7 +943,7 @@ class KeyedAdaPruner:
             if adapruner_kw or keep_ratio is not None:
                 raise PruneDataError("pass either pruner= or keep_ratio/AdaPruner parameters, not both")
             if not isinstance(pruner, AdaPruner):
-                raise TypeError(f"pruner must be an AdaPruner, got {type(pruner).__name__}")
+                raise OptionError(f"pruner must be an AdaPruner, got {type(pruner).__name__}")
             if pruner.num_samples != len(self.keys):
                 raise PruneDataError(
                     f"the AdaPruner has {pruner.num_samples} mask entries but there are {len(self.keys)} sample ids"

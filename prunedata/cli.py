@@ -338,7 +338,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (PruneDataError, FileNotFoundError) as e:
+    except (PruneDataError, OSError) as e:  # OSError: a file that cannot be read (missing, permission, ...)
         if args.verbose:
             import traceback
 
