@@ -791,6 +791,11 @@ def write_pruned_shards(source: UrlsLike, selection: Union[Selection, str, Path]
             )
     if (out_dir / MANIFEST_NAME).exists() and not overwrite:
         raise PruneDataError(f"{out_dir / MANIFEST_NAME} already exists; pass overwrite=True or choose another out_dir")
+    stale = [p for p in out_dir.iterdir() if p.name.startswith(".") and p.name.endswith(".partial") and p.is_file()]
+    for p in stale:  # shards a killed writer left half-written: never part of a manifest
+        p.unlink()
+    if stale:
+        logger.info("removed %d half-written shard(s) left by an interrupted run in %s", len(stale), out_dir)
     sel_info = {"method": sel.method, "fingerprint": sel.fingerprint, "dataset_size": sel.dataset_size,
                 "num_kept": sel.num_kept, "id_scheme": scheme}
     written: List[ShardInfo] = []
