@@ -136,6 +136,8 @@ def test_bad_command_lines_are_one_sentence(tmp_path, capsys):
         _one_line_error(capsys, ["prune", "fashion-mnist", "--method", method, "--option", "bogus=1",
                                  "--max-samples", "100", "--epochs", "1", "-o", out],
                         f"method {method!r} has no option(s) bogus", "its options are")
+    _one_line_error(capsys, ["prune", "fashion-mnist", "--resume", "--max-samples", "100", "-o", out],
+                    "--resume continues from a checkpoint: give the file with --checkpoint")
     assert not Path(out).exists()
 
 
