@@ -56,7 +56,7 @@ import torch
 
 from prunedata._io import atomic_write_text
 from prunedata.adapruner import AdaPruner
-from prunedata.errors import PruneDataError, SelectionFormatError, SelectionMismatchError
+from prunedata.errors import OptionError, PruneDataError, SelectionFormatError, SelectionMismatchError
 from prunedata.identity import keys_fingerprint
 from prunedata.progress import progress
 from prunedata.selection import Selection
@@ -240,7 +240,8 @@ def iter_raw_samples(urls: UrlsLike, *, keep: Optional[Callable[[str, str], bool
                         pending = {"__key__": prefix, "__url__": url}
                         want = keep is None or keep(prefix, url)
                     if suffix in pending:
-                        raise ValueError(f"{fname}: duplicate file name in tar file (sample {prefix!r})")
+                        raise PruneDataError(f"{fname}: duplicate file name in tar file (sample {prefix!r}); the shard "
+                                             "is corrupt or was written twice into one tar")
                     if want and read_data:
                         fh = tf.extractfile(ti)
                         pending[suffix] = fh.read() if fh is not None else b""
@@ -550,7 +551,7 @@ def _resolve_selection(selection: Union[Selection, str, Path], manifest: Optiona
     if isinstance(selection, (str, Path)):
         selection = Selection.load(selection)
     if not isinstance(selection, Selection):
-        raise TypeError(f"expected a prunedata Selection (or a path to one), got {type(selection).__name__}")
+        raise OptionError(f"expected a prunedata Selection (or a path to one), got {type(selection).__name__}")
     if selection.id_kind == "index":
         if manifest is None:
             raise SelectionFormatError(
@@ -790,6 +791,11 @@ def write_pruned_shards(source: UrlsLike, selection: Union[Selection, str, Path]
             )
     if (out_dir / MANIFEST_NAME).exists() and not overwrite:
         raise PruneDataError(f"{out_dir / MANIFEST_NAME} already exists; pass overwrite=True or choose another out_dir")
+    stale = [p for p in out_dir.iterdir() if p.name.startswith(".") and p.name.endswith(".partial") and p.is_file()]
+    for p in stale:  # shards a killed writer left half-written: never part of a manifest
+        p.unlink()
+    if stale:
+        logger.info("removed %d half-written shard(s) left by an interrupted run in %s", len(stale), out_dir)
     sel_info = {"method": sel.method, "fingerprint": sel.fingerprint, "dataset_size": sel.dataset_size,
                 "num_kept": sel.num_kept, "id_scheme": scheme}
     written: List[ShardInfo] = []
@@ -942,7 +948,7 @@ class KeyedAdaPruner:
             if adapruner_kw or keep_ratio is not None:
                 raise PruneDataError("pass either pruner= or keep_ratio/AdaPruner parameters, not both")
             if not isinstance(pruner, AdaPruner):
-                raise TypeError(f"pruner must be an AdaPruner, got {type(pruner).__name__}")
+                raise OptionError(f"pruner must be an AdaPruner, got {type(pruner).__name__}")
             if pruner.num_samples != len(self.keys):
                 raise PruneDataError(
                     f"the AdaPruner has {pruner.num_samples} mask entries but there are {len(self.keys)} sample ids"

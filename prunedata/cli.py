@@ -47,6 +47,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if (args.checkpoint or args.resume) and args.method == "random":
         raise PruneDataError("--checkpoint/--resume apply to methods that train a model; random trains none, "
                              "drop them")
+    if args.resume and not args.checkpoint:
+        raise PruneDataError("--resume continues from a checkpoint: give the file with --checkpoint FILE")
     opts: dict = {}
     for kv in args.option or []:
         if "=" not in kv:
@@ -338,7 +340,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (PruneDataError, FileNotFoundError) as e:
+    except (PruneDataError, OSError) as e:  # OSError: a file that cannot be read (missing, permission, ...)
         if args.verbose:
             import traceback
 

@@ -35,7 +35,9 @@ class IndexedDataset:
 
     def __init__(self, dataset: Any):
         if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
-            raise TypeError(
+            from .errors import OptionError
+
+            raise OptionError(
                 f"IndexedDataset needs a map-style dataset with __getitem__ and __len__, got "
                 f"{type(dataset).__name__}. For streams use prunedata.adapters.webdataset, which keys "
                 "samples by __key__."

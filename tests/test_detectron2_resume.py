@@ -61,13 +61,16 @@ _KILL = textwrap.dedent("""
                                    seed=3)
     cfg.SOLVER.CHECKPOINT_PERIOD = 6
 
-    class Kill(HookBase):
-        def after_step(self):
-            if self.trainer.iter == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
+    from prunedata import _io
+    real_replace = _io.os.replace
 
+    def replace(src, dst):  # SIGKILL while the checkpoint of iteration `kill_at` is being put in place
+        if str(dst).endswith("model_%07d.pth" % kill_at):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_replace(src, dst)
+
+    _io.os.replace = replace
     t = AdaPrunerTrainer(cfg, keep_ratio=0.5, mask_lr=3.0, warmup_epochs=1)
-    t.register_hooks([Kill()])
     t.resume_or_load(resume=False)
     t.train()
 """)
@@ -82,11 +85,13 @@ def test_killed_detectron2_run_resumes_to_the_uninterrupted_selection(voc, tmp_p
         full.resume_or_load(resume=False)
         full.train()
         ref = Selection.load(full.selection_path)
-        # a real process, SIGKILLed after iteration 9 (the checkpoint of iteration 5 and 11 ... only 5 is written)
+        # a real process, SIGKILLed mid-run while writing the checkpoint of iteration 11 (that of 5 is whole)
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-        r = subprocess.run([sys.executable, "-c", _KILL, str(voc), str(tmp_path / "b"), "9"], env=env,
+        r = subprocess.run([sys.executable, "-c", _KILL, str(voc), str(tmp_path / "b"), "11"], env=env,
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
+        assert not (tmp_path / "b" / "model_0000011.pth").exists()  # never a truncated checkpoint
+        assert (tmp_path / "b" / "last_checkpoint").read_text() == "model_0000005.pth"
         ck = torch.load(tmp_path / "b" / "model_0000005.pth", weights_only=False)
         assert "adapruner" in ck["trainer"]["_trainer"]  # the pruner state is in Detectron2's checkpoint
         assert not (tmp_path / "b" / "adapruner_selection.json").exists()
@@ -102,6 +107,7 @@ def test_killed_detectron2_run_resumes_to_the_uninterrupted_selection(voc, tmp_p
     assert np.array_equal(sel.kept, ref.kept)
     assert [h["samples"] for h in resumed.pruner.history] == [h["samples"] for h in full.pruner.history]
     assert ref.params["loss_mode"] == "microbatch" and ref.params["loss_mode_requested"] == "auto"
+    assert not [p.name for p in (tmp_path / "b").iterdir() if p.name.endswith(".tmp")]  # the killed write's temp is gone
 
 
 def test_detectron2_resume_refuses_another_recipe_and_a_foreign_checkpoint(voc, tmp_path):

@@ -430,3 +430,34 @@ def test_cli_killed_and_resumed_gives_the_uninterrupted_selection(tmp_path, refe
     np.testing.assert_array_equal(sel.scores, reference.scores)
     assert sel.params["proxy"]["lr"] == reference.params["proxy"]["lr"]
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # killed writers' temps cleaned
+
+
+def test_pruned_shard_writer_killed_mid_shard_leaves_no_partial_after_the_rerun(shard_set, tmp_path):
+    urls, keys, sel = shard_set
+    out = tmp_path / "out"
+    code = textwrap.dedent(f"""
+        import os, signal, sys
+        import webdataset as wds
+        from prunedata.adapters import webdataset as pwds
+        from prunedata.selection import Selection
+        real = wds.TarWriter.write
+        n = [0]
+        def write(self, rec):
+            n[0] += 1
+            if n[0] == 25:  # in the second shard
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(self, rec)
+        wds.TarWriter.write = write
+        pwds.write_pruned_shards({urls!r}, Selection.load(sys.argv[1]), {str(out)!r}, show_progress=False)
+    """)
+    sel.save(tmp_path / "sel.json")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "sel.json")], env=_env(), capture_output=True,
+                       text=True, timeout=120)
+    _fault()
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    assert any(p.name.endswith(".partial") for p in out.iterdir())
+    man = pwds.load_manifest(out)
+    assert not man.complete  # what the killed run recorded is marked unfinished
+    done = pwds.write_pruned_shards(urls, sel, out, overwrite=True, show_progress=False)
+    assert done.complete and done.ids() == [k for k in keys if k in sel.key_set]
+    assert not [p.name for p in out.iterdir() if p.name.endswith((".partial", ".tmp"))]

@@ -136,6 +136,8 @@ def test_bad_command_lines_are_one_sentence(tmp_path, capsys):
         _one_line_error(capsys, ["prune", "fashion-mnist", "--method", method, "--option", "bogus=1",
                                  "--max-samples", "100", "--epochs", "1", "-o", out],
                         f"method {method!r} has no option(s) bogus", "its options are")
+    _one_line_error(capsys, ["prune", "fashion-mnist", "--resume", "--max-samples", "100", "-o", out],
+                    "--resume continues from a checkpoint: give the file with --checkpoint")
     assert not Path(out).exists()
 
 
@@ -164,3 +166,17 @@ def test_selection_with_bad_dataset_size_and_missing_test_split_are_one_sentence
     known = {s for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions
              for s in a.option_strings}
     assert all(o in known for o in re.findall(r"--[a-z][a-z-]+", err)), err
+
+
+def test_bad_option_values_and_unreadable_files_are_one_sentence(tmp_path, capsys):
+    out = str(tmp_path / "s.json")
+    _one_line_error(capsys, ["prune", "fashion-mnist", "--option", "warmup_epochs=\"two\"", "--max-samples", "100",
+                             "--epochs", "1", "-o", out], "bad value among the adapruner options", "warmup_epochs")
+    (tmp_path / "dir.json").mkdir()
+    _one_line_error(capsys, ["show", str(tmp_path / "dir.json")], "dir.json")
+    from prunedata.errors import OptionError, PruneDataError
+    from prunedata.identity import IndexedDataset
+
+    with pytest.raises(OptionError, match="map-style dataset") as ei:
+        IndexedDataset(iter([1, 2]))
+    assert isinstance(ei.value, TypeError) and isinstance(ei.value, PruneDataError)  # old callers still catch it

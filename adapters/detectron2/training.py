@@ -45,6 +45,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 import torch
 
 from prunedata.adapruner import AdaPruner
+from prunedata._io import atomic_torch_save, atomic_write_text
 from prunedata.checkpoint import check_recipe, rng_state, set_rng_state
 
 import numpy as np
@@ -55,6 +56,7 @@ from ._require import require_detectron2
 
 require_detectron2()
 
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader  # noqa: E402
 from detectron2.data.build import filter_images_with_only_crowd_annotations  # noqa: E402
 from detectron2.data.samplers import TrainingSampler  # noqa: E402
@@ -287,6 +289,8 @@ class AdaPrunerTrainer(DefaultTrainer):
         if int(cfg.SEED) >= 0:  # as detectron2's default_setup: the model's initialisation follows cfg.SEED
             seed_all_rng(int(cfg.SEED))
         super().__init__(cfg)
+        if type(self.checkpointer) is DetectionCheckpointer:  # same object the hooks hold, now writing atomically
+            self.checkpointer.__class__ = AtomicDetectionCheckpointer
         old = self._trainer
         self._trainer = AdaPrunerSimpleTrainer(
             old.model, old.data_loader, old.optimizer, self.pruner, epoch_length=len(used),
@@ -348,6 +352,33 @@ class AdaPrunerTrainer(DefaultTrainer):
         used = self._trainer.mode_used or resolve_mode(self._trainer.model, self.loss_mode)
         return detection_selection(self.pruner, self.records, self.dataset_name,
                                    extra_params={"loss_mode": used, "loss_mode_requested": self.loss_mode})
+
+
+class AtomicDetectionCheckpointer(DetectionCheckpointer):
+    """``DetectionCheckpointer`` whose checkpoint files and ``last_checkpoint`` tag are written atomically
+    on local disks (temporary file, fsync, rename): a process killed while saving leaves the previous
+    checkpoint in charge, never a truncated one (remote ``save_dir`` URLs use Detectron2's own writer)."""
+
+    def _local(self) -> bool:
+        return bool(self.save_dir) and "://" not in str(self.save_dir)
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        if not self.save_to_disk or not self._local():
+            return super().save(name, **kwargs)
+        data: Dict[str, Any] = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        path = os.path.join(self.save_dir, basename)
+        self.logger.info("Saving checkpoint to %s", path)
+        atomic_torch_save(data, path)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        if not self._local():
+            return super().tag_last_checkpoint(last_filename_basename)
+        atomic_write_text(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)
 
 
 def _plain(obj: Any) -> Any:
