@@ -1499,8 +1499,8 @@ def solve_cardinality_fast(S: ArrayLike, m: int, *, groups: Optional[Sequence[in
     the search (n <= d) or a tenth of it (n > d), and at least about 20 interior-point iterations up to
     0.1 s, unless ``bound_time`` is given. ``effort`` multiplies the default time limit and patience
     (``effort=20`` reached SCIP's proven optimum on the n > d family of benchmarks/solver.py).
-    The n > d search is time-limited, so its result can depend on the machine's load (the n <= d and
-    large paths stop on patience or sweeps as before).
+    The n > d search is time-limited, so its result can depend on the machine's load (as on the
+    large path; the n <= d path stops on its patience).
     """
     t0 = time.perf_counter()
     S = _as_matrix(S)
