@@ -14,8 +14,12 @@ Two paths behind :func:`solve_pruning`:
 * ``method="fast"``: with at most ``EXHAUSTIVE_MAX`` candidate sets, all of them (proven optimal);
   up to ``SMALL_N`` rows, on the full Gram matrix ``S S^T`` (numpy, tiny ones
   single-threaded): one-at-a-time greedy, best-improvement swap search with the swap-delta block
-  updated in O(n) per swap, iterated local search (patience ~ sqrt(m (n - m)) / 2, 8..40
-  perturbations without improvement), stopping early if it reaches the certificate. Above: a
+  updated in O(n) per swap, then -- with n <= d -- iterated local search (patience ~ sqrt(m (n - m)) / 2,
+  8..40 perturbations without improvement); with n > d (the usual shape: many samples, a small
+  head) the continuous relaxation (FISTA), a kernel search around its fractional rows and swap tabu
+  search with up to 32 chains sharing each numpy step, from the greedy set, roundings of the
+  relaxation and random sets, for the time limit (default n/550 s within 0.1..0.8 s; ``effort``
+  scales it), stopping early if it reaches the certificate. Above: a
   self-balancing signed construction (``w = m/n + delta``, each row in random order takes the delta
   that keeps ``||v||`` smallest, then sweeps of single flips; count repaired exactly), then swap
   local search on candidate pools with exact pair deltas (a Gram matrix of the pool) and iterated
@@ -1486,10 +1490,17 @@ def solve_cardinality_fast(S: ArrayLike, m: int, *, groups: Optional[Sequence[in
     seconds (default scales with n*d, at most 30 s) or ``ils_patience`` perturbations without
     improvement. Then a lower bound from the relaxation (at most ``bound_iters`` gradient steps or
     ``bound_time`` seconds; ``certify=False`` skips it and reports a bound of 0). Up to
-    ``gram_max_n`` rows the search runs on the full Gram matrix (exact best-improvement swaps,
-    ``small_patience`` perturbations without improvement, default from :func:`_small_patience`)
-    instead; there the certificate (the relaxation solved exactly: active set, else interior point) gets as
-    much time as the search, and at least about 20 interior-point iterations, unless ``bound_time`` is given.
+    ``gram_max_n`` rows the search runs on the full Gram matrix instead: with n <= d exact
+    best-improvement swaps and iterated local search (``small_patience`` perturbations without
+    improvement, default from :func:`_ils_patience`); with n > d the relaxation, kernel and tabu
+    chains of :func:`_tabu_path` for the whole time limit (default :func:`_small_time_limit`;
+    ``small_patience`` then counts kicks without a new best, default :func:`_small_patience`). There the
+    certificate (the relaxation solved exactly: active set, else interior point) gets as much time as
+    the search (n <= d) or a tenth of it (n > d), and at least about 20 interior-point iterations up to
+    0.1 s, unless ``bound_time`` is given. ``effort`` multiplies the default time limit and patience
+    (``effort=20`` reached SCIP's proven optimum on the n > d family of benchmarks/solver.py).
+    The n > d search is time-limited, so its result can depend on the machine's load (as on the
+    large path; the n <= d path stops on its patience).
     """
     t0 = time.perf_counter()
     S = _as_matrix(S)
