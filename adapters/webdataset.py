@@ -56,7 +56,7 @@ import torch
 
 from prunedata._io import atomic_write_text
 from prunedata.adapruner import AdaPruner
-from prunedata.errors import PruneDataError, SelectionFormatError, SelectionMismatchError
+from prunedata.errors import OptionError, PruneDataError, SelectionFormatError, SelectionMismatchError
 from prunedata.identity import keys_fingerprint
 from prunedata.progress import progress
 from prunedata.selection import Selection
@@ -78,7 +78,7 @@ __all__ = [
     "ID_SCHEMES", "ManifestError", "ShardInfo", "ShardManifest", "shard_name", "sample_id", "expand_shards",
     "scan_shards", "load_manifest", "keyed_selection", "to_keyed", "to_index", "kept_per_shard",
     "SelectKeys", "KeepFiles", "select_keys", "pruned_webdataset", "iter_raw_samples",
-    "write_pruned_shards", "KeyedAdaPruner",
+    "write_pruned_shards", "KeyedAdaPruner", "IncompleteShardError",
 ]
 
 ID_SCHEMES = ("key", "shard/key")
@@ -92,6 +92,10 @@ UrlsLike = Union[str, Sequence[str], "ShardManifest", Path]
 
 class ManifestError(PruneDataError):
     """A shard manifest is unreadable or inconsistent (duplicate ids, unknown format, ...)."""
+
+
+class IncompleteShardError(PruneDataError):
+    """A shard yielded fewer kept samples than the selection recorded for it (truncated or corrupt)."""
 
 
 # --------------------------------------------------------------------------- ids
@@ -236,7 +240,8 @@ def iter_raw_samples(urls: UrlsLike, *, keep: Optional[Callable[[str, str], bool
                         pending = {"__key__": prefix, "__url__": url}
                         want = keep is None or keep(prefix, url)
                     if suffix in pending:
-                        raise ValueError(f"{fname}: duplicate file name in tar file (sample {prefix!r})")
+                        raise PruneDataError(f"{fname}: duplicate file name in tar file (sample {prefix!r}); the shard "
+                                             "is corrupt or was written twice into one tar")
                     if want and read_data:
                         fh = tf.extractfile(ti)
                         pending[suffix] = fh.read() if fh is not None else b""
@@ -546,7 +551,7 @@ def _resolve_selection(selection: Union[Selection, str, Path], manifest: Optiona
     if isinstance(selection, (str, Path)):
         selection = Selection.load(selection)
     if not isinstance(selection, Selection):
-        raise TypeError(f"expected a prunedata Selection (or a path to one), got {type(selection).__name__}")
+        raise OptionError(f"expected a prunedata Selection (or a path to one), got {type(selection).__name__}")
     if selection.id_kind == "index":
         if manifest is None:
             raise SelectionFormatError(
@@ -577,14 +582,23 @@ class SelectKeys:
     invert: keep the *pruned* samples instead (e.g. to inspect what was dropped).
     check_shards: when the selection records its shards (``extra["shards"]``), raise
         :class:`SelectionMismatchError` on a sample from a shard it does not know.
-    handler: webdataset exception handler for samples without ``__key__``.
+    handler: webdataset exception handler for samples without ``__key__`` and for incomplete shards.
+    check_counts: when the selection records how many samples it keeps of each shard
+        (``extra["shards"]``, written by :func:`keyed_selection`), a shard that yields fewer of them
+        (cut off, even exactly at a file boundary, where tar reading sees a clean end) raises
+        :class:`IncompleteShardError` -- or, with a continuing handler such as
+        ``wds.warn_and_continue``, is reported through it (a warning) and reading goes on. Each pass
+        over a shard is counted while its samples arrive in shard order (the stage's place, right
+        after ``tarfile_to_samples``); a shard cut before its first kept sample yields nothing and
+        cannot be told from one this worker was not given.
 
     Attributes ``num_seen`` / ``num_kept`` count this process's samples (each DataLoader worker
     has its own copy).
     """
 
     def __init__(self, selection: Union[Selection, str, Path], *, manifest: Union[ShardManifest, str, Path, None] = None,
-                 invert: bool = False, check_shards: bool = True, handler: Handler = reraise_exception):
+                 invert: bool = False, check_shards: bool = True, handler: Handler = reraise_exception,
+                 check_counts: bool = True):
         manifest = load_manifest(manifest) if manifest is not None else None
         self.selection = _resolve_selection(selection, manifest)
         self.id_scheme = _check_scheme(self.selection.extra.get("id_scheme", "key"))
@@ -593,13 +607,31 @@ class SelectKeys:
         self.handler = handler
         shards = self.selection.extra.get("shards") or []
         self.shard_names = frozenset(s["name"] for s in shards) if (check_shards and shards) else None
+        self.expected: Optional[Dict[str, int]] = None
+        if check_counts and shards:
+            self.expected = {s["name"]: int(s["num_samples"]) - int(s["num_kept"]) if invert else int(s["num_kept"])
+                             for s in shards}
         self.num_seen = 0
         self.num_kept = 0
+        self.incomplete: List[Dict[str, Any]] = []
+
+    def _short_shard(self, url: Optional[str], got: int) -> Optional[IncompleteShardError]:
+        """The error for a pass over ``url`` that yielded ``got`` samples, if fewer than recorded."""
+        if self.expected is None or url is None:
+            return None
+        want = self.expected.get(shard_name(url))
+        if want is None or got >= want:
+            return None
+        self.incomplete.append({"url": url, "kept_read": got, "kept_recorded": want})
+        return IncompleteShardError(
+            f"shard {url} gave {got} of the {want} samples the selection keeps from it: the shard is truncated "
+            "or corrupt (restore it, or pass handler=wds.warn_and_continue to go on without the missing samples)")
 
     def __call__(self, src: Iterable[Dict[str, Any]]) -> Iterator[Dict[str, Any]]:
         keep, invert, scheme = self.keep, self.invert, self.id_scheme
         names = self.shard_names
         last_url = None
+        pass_url, pass_kept = None, 0  # the shard being read and its kept samples so far
         for sample in src:
             try:
                 key = sample["__key__"]
@@ -615,8 +647,14 @@ class SelectKeys:
                         )
                     last_url = url
                 sid = key if scheme == "key" else sample_id(key, url, scheme)
-            except SelectionMismatchError:
-                raise
+                if url != pass_url:
+                    short = self._short_shard(pass_url, pass_kept)
+                    pass_url, pass_kept = url, 0
+                    if short is not None:
+                        raise short
+            except (SelectionMismatchError, IncompleteShardError) as exn:
+                if isinstance(exn, SelectionMismatchError) or not self.handler(exn):
+                    raise
             except Exception as exn:  # noqa: BLE001
                 if not isinstance(exn, PruneDataError):
                     exn = PruneDataError(
@@ -629,7 +667,11 @@ class SelectKeys:
             self.num_seen += 1
             if (sid in keep) != invert:
                 self.num_kept += 1
+                pass_kept += 1
                 yield sample
+        short = self._short_shard(pass_url, pass_kept)
+        if short is not None and not self.handler(short):
+            raise short
 
     def files(self) -> "KeepFiles":
         """A ``select_files`` predicate for ``wds.WebDataset``/``tarfile_to_samples``: skips reading
@@ -706,7 +748,8 @@ def write_pruned_shards(source: UrlsLike, selection: Union[Selection, str, Path]
     on an error and at the end. On an error the shard in progress is closed with the whole
     samples written so far, recorded, and the error re-raised (default handler) -- or, with a
     continuing handler, the rest of the broken source shard is skipped and listed under
-    ``extra["errors"]``. Returns the manifest of the written shards.
+    ``extra["errors"]``, the shard written from it is marked ``"partial": true`` and the manifest
+    stays ``complete: false``. Returns the manifest of the written shards.
     """
     out_dir = Path(out_dir)
     man = load_manifest(manifest) if manifest is not None else None
@@ -748,6 +791,11 @@ def write_pruned_shards(source: UrlsLike, selection: Union[Selection, str, Path]
             )
     if (out_dir / MANIFEST_NAME).exists() and not overwrite:
         raise PruneDataError(f"{out_dir / MANIFEST_NAME} already exists; pass overwrite=True or choose another out_dir")
+    stale = [p for p in out_dir.iterdir() if p.name.startswith(".") and p.name.endswith(".partial") and p.is_file()]
+    for p in stale:  # shards a killed writer left half-written: never part of a manifest
+        p.unlink()
+    if stale:
+        logger.info("removed %d half-written shard(s) left by an interrupted run in %s", len(stale), out_dir)
     sel_info = {"method": sel.method, "fingerprint": sel.fingerprint, "dataset_size": sel.dataset_size,
                 "num_kept": sel.num_kept, "id_scheme": scheme}
     written: List[ShardInfo] = []
@@ -784,8 +832,10 @@ def write_pruned_shards(source: UrlsLike, selection: Union[Selection, str, Path]
         state["fh"].close()
         if state["keys"]:
             os.replace(state["tmp"], state["final"])
-            written.append(ShardInfo(url=str(state["final"]), keys=list(state["keys"]),
-                                     extra={"source": state["src"]} if not repack else {}))
+            info_extra: Dict[str, Any] = {"source": state["src"]} if not repack else {}
+            if not repack and any(e["url"] == state["src"] for e in errors):
+                info_extra["partial"] = True  # its source broke off: the samples after the break are missing
+            written.append(ShardInfo(url=str(state["final"]), keys=list(state["keys"]), extra=info_extra))
             if time.monotonic() - state["saved"] >= float(manifest_every):
                 save_manifest(False)
                 state["saved"] = time.monotonic()
@@ -826,7 +876,10 @@ def write_pruned_shards(source: UrlsLike, selection: Union[Selection, str, Path]
         finally:
             save_manifest(False, error=f"{type(exn).__name__}: {exn}")
         raise
-    out = save_manifest(True)
+    out = save_manifest(not errors)  # skipped samples (continuing handler): not complete
+    if errors:
+        logger.warning("pruned shards in %s lack the samples after the break in %d source shard(s) (%s); the "
+                       "manifest says complete: false", out_dir, len(errors), ", ".join(e["url"] for e in errors))
     logger.info("wrote %d pruned shards with %d samples to %s", len(written), out.num_samples, out_dir)
     return out
 
@@ -855,11 +908,20 @@ class KeyedAdaPruner:
 
     Parameters: ``ids`` -- the full id set (a :class:`ShardManifest`, a path to one, or a sequence of
     ids); ``keep_ratio`` and ``**adapruner_kw`` build the ``AdaPruner``, or pass ``pruner=`` (an
-    ``AdaPruner`` or subclass with one entry per id) to use your own.
+    ``AdaPruner`` or subclass with one entry per id) to use your own. ``warn_repeats`` (default
+    True): warn once when an id comes back within one epoch -- the sign of a stream whose shards are
+    not split over DataLoader workers (``wds.split_by_worker``) or ranks, where every worker streams
+    every shard and the mask sees each sample several times per epoch. Set it to False for streams
+    that sample with replacement (``resampled=True``).
+
+    Resume: ``state_dict()`` / ``load_state_dict()`` hold the mask, its optimiser and schedule position
+    (``prunedata.checkpoint.save_checkpoint(path, pruner=keyed, model=..., optimizer=..., epoch=...)``
+    writes it with the model); restored, the run continues to the selection of an uninterrupted one.
     """
 
     def __init__(self, ids: Union[ShardManifest, str, Path, Sequence[str]], keep_ratio: Optional[float] = None, *,
-                 pruner: Optional[AdaPruner] = None, id_scheme: Optional[str] = None, **adapruner_kw):
+                 pruner: Optional[AdaPruner] = None, id_scheme: Optional[str] = None, warn_repeats: bool = True,
+                 **adapruner_kw):
         manifest: Optional[ShardManifest] = None
         if isinstance(ids, (ShardManifest, Path)) or (isinstance(ids, str)):
             manifest = load_manifest(ids)
@@ -886,13 +948,16 @@ class KeyedAdaPruner:
             if adapruner_kw or keep_ratio is not None:
                 raise PruneDataError("pass either pruner= or keep_ratio/AdaPruner parameters, not both")
             if not isinstance(pruner, AdaPruner):
-                raise TypeError(f"pruner must be an AdaPruner, got {type(pruner).__name__}")
+                raise OptionError(f"pruner must be an AdaPruner, got {type(pruner).__name__}")
             if pruner.num_samples != len(self.keys):
                 raise PruneDataError(
                     f"the AdaPruner has {pruner.num_samples} mask entries but there are {len(self.keys)} sample ids"
                 )
         self.pruner = pruner
         self.fingerprint = keys_fingerprint(self.keys)
+        self.warn_repeats = bool(warn_repeats)
+        self._epoch_seen = torch.zeros(len(self.keys), dtype=torch.bool)
+        self._warned_repeat = False
 
     @classmethod
     def from_manifest(cls, manifest: Union[ShardManifest, str, Path], keep_ratio: Optional[float] = None,
@@ -930,7 +995,22 @@ class KeyedAdaPruner:
     # AdaPruner API
     def loss(self, keys: Sequence[str], losses: torch.Tensor, urls: Optional[Sequence[str]] = None) -> torch.Tensor:
         """Combined AdaPruner objective for a batch with ids ``keys`` (see :meth:`AdaPruner.loss`)."""
-        return self.pruner.loss(self.positions(keys, urls), losses)
+        pos = self.positions(keys, urls)
+        if self.warn_repeats and not self._warned_repeat:
+            self._check_repeats(pos)
+        return self.pruner.loss(pos, losses)
+
+    def _check_repeats(self, pos: torch.Tensor) -> None:
+        again = self._epoch_seen[pos] | (torch.bincount(pos, minlength=len(self.keys))[pos] > 1)
+        self._epoch_seen[pos] = True
+        if bool(again.any()):
+            self._warned_repeat = True
+            k = self.keys[int(pos[again.nonzero()[0, 0]])]
+            logger.warning(
+                "KeyedAdaPruner: sample %r came back within epoch %d -- the stream shows samples more than once per "
+                "epoch, so the mask learns from repeated samples. Split the shards over DataLoader workers and "
+                "ranks (wds.split_by_worker / wds.split_by_node, as pruned_webdataset does), or pass "
+                "warn_repeats=False if you sample with replacement (resampled=True)", k, self.pruner.epoch)
 
     def weights(self, keys: Sequence[str], urls: Optional[Sequence[str]] = None) -> torch.Tensor:
         """Detached soft weights of the batch's samples (see :meth:`AdaPruner.weights`)."""
@@ -944,9 +1024,11 @@ class KeyedAdaPruner:
         self.pruner.step()
 
     def set_epoch(self, epoch: int) -> None:
+        self._epoch_seen.zero_()
         self.pruner.set_epoch(epoch)
 
     def end_epoch(self) -> Dict[str, Any]:
+        self._epoch_seen.zero_()
         return self.pruner.end_epoch()
 
     @property

@@ -336,7 +336,7 @@ class _Labelled:
 def _with_labels(ds: Any, spec: str):
     import numpy as np
 
-    from .datasets import labels_of
+    from .labels import labels_of
 
     if labels_of(ds) is not None:
         return ds
@@ -397,10 +397,11 @@ def stratified_subset(ds: Any, n: int):
     import numpy as np
     import torch
 
-    from .datasets import _stratified_prefix, labels_of
+    from .datasets import stratified_prefix
+    from .labels import labels_of
 
     labels = labels_of(ds)
-    idx = _stratified_prefix(labels, n) if labels is not None else np.arange(n)
+    idx = stratified_prefix(labels, n) if labels is not None else np.arange(n)
     sub = torch.utils.data.Subset(ds, idx.tolist())
     if labels is not None:
         sub.targets = labels[idx]  # type: ignore[attr-defined]
@@ -422,7 +423,7 @@ def input_shape(ds: Any) -> Tuple[int, ...]:
 
 
 def num_classes(ds: Any) -> int:
-    from .datasets import labels_of
+    from .labels import labels_of
 
     classes = getattr(ds, "classes", None)
     lab = labels_of(ds)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ._io import PathLike, atomic_torch_save
-from .errors import PruneDataError
+from .errors import CheckpointError, RecipeMismatchError
 
 logger = logging.getLogger(__name__)
 
@@ -56,35 +56,93 @@ def _read_state(path: Path, map_location: Any = "cpu") -> Dict[str, Any]:
     try:
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
-        raise PruneDataError(f"cannot read checkpoint {path}: {e}. Delete it to start over.") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot read checkpoint {path} ({first}); it is damaged or not a checkpoint: "
+                              "delete it to start over") from e
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
-        raise PruneDataError(f"{path} is not a prunedata checkpoint (version {CHECKPOINT_VERSION})")
+        raise CheckpointError(f"{path} is not a prunedata checkpoint (version {CHECKPOINT_VERSION}); point "
+                              "--checkpoint at another file or delete it")
     return state
+
+
+def _flat(d: Any, prefix: str = "") -> Dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix or "recipe": d}
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        out.update(_flat(v, key) if isinstance(v, dict) else {key: v})
+    return out
+
+
+def check_recipe(path: PathLike, found: Optional[Dict[str, Any]], recipe: Dict[str, Any], what: str = "run") -> None:
+    """Refuse (:class:`RecipeMismatchError`, naming the differing fields) a checkpoint whose recorded
+    recipe is not ``recipe``."""
+    if found == recipe:
+        return
+    hint = ("resume with the checkpoint's settings, or delete it (or point --checkpoint elsewhere) to start over")
+    if not isinstance(found, dict):
+        raise RecipeMismatchError(f"checkpoint {path} was not written by a {what} (it records no recipe of one); "
+                                  f"{hint}")
+    job_a, job_b = found.get("job"), recipe.get("job")
+    if job_a != job_b:
+        raise RecipeMismatchError(f"checkpoint {path} was written by {job_a or 'another job'}, not by this "
+                                  f"{job_b or what}; {hint}")
+    a, b = _flat(found), _flat(recipe)
+    diffs = [f"{k}: {a.get(k, '(missing)')!r} in the checkpoint, {b.get(k, '(missing)')!r} now"
+             for k in sorted(set(a) | set(b), key=lambda k: (list(b).index(k) if k in b else len(b), k))
+             if a.get(k, "\0missing") != b.get(k, "\0missing")]
+    raise RecipeMismatchError(f"checkpoint {path} is from another {what} ({'; '.join(diffs)}); {hint}")
+
+
+def model_signature(model: torch.nn.Module) -> Dict[str, Any]:
+    """Class name and parameter count of ``model`` (what a recipe records to recognise it)."""
+    return {"model": type(model).__name__, "model_parameters": int(sum(p.numel() for p in model.state_dict().values()
+                                                                        if torch.is_tensor(p)))}
 
 
 def _restore(state: Dict[str, Any], *, model: Optional[torch.nn.Module] = None,
              optimizer: Optional[torch.optim.Optimizer] = None, sampler: Any = None, pruner: Any = None,
-             scheduler: Any = None) -> int:
-    if model is not None:
-        model.load_state_dict(state["model"])
-    if optimizer is not None:
-        optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None and "scheduler" in state:
-        scheduler.load_state_dict(state["scheduler"])
-    if sampler is not None:
-        sampler.load_state_dict(state["sampler"])
-    elif pruner is not None:
-        pruner.load_state_dict(state["sampler"]["pruner"] if "sampler" in state else state["pruner"])
-    set_rng_state(state["rng"])
+             scheduler: Any = None, path: Any = "checkpoint") -> int:
+    try:
+        if model is not None:
+            model.load_state_dict(state["model"])
+        if optimizer is not None:
+            optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and "scheduler" in state:
+            scheduler.load_state_dict(state["scheduler"])
+        if sampler is not None:
+            sampler.load_state_dict(state["sampler"])
+        elif pruner is not None:
+            pruner.load_state_dict(state["sampler"]["pruner"] if "sampler" in state else state["pruner"])
+        set_rng_state(state["rng"])
+    except CheckpointError:
+        raise
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        if isinstance(e, ValueError) and type(e).__module__.startswith("prunedata"):
+            raise
+        what = f"the entry {e}" if isinstance(e, KeyError) else (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"checkpoint {path} does not fit this run ({what}): it was written for another model, "
+                              "method or optimiser; delete it (or point --checkpoint elsewhere) to start over") from e
     return int(state["epoch"])
 
 
 def load_checkpoint(path: PathLike, *, model: Optional[torch.nn.Module] = None,
                     optimizer: Optional[torch.optim.Optimizer] = None, sampler: Any = None, pruner: Any = None,
-                    scheduler: Any = None, map_location: Any = "cpu") -> int:
-    """Restore the objects given and the RNG state; returns the epoch to continue from."""
-    return _restore(_read_state(Path(path), map_location), model=model, optimizer=optimizer, sampler=sampler,
-                    pruner=pruner, scheduler=scheduler)
+                    scheduler: Any = None, map_location: Any = "cpu", recipe: Optional[Dict[str, Any]] = None,
+                    what: str = "run") -> int:
+    """Restore the objects given and the RNG state; returns the epoch to continue from. With
+    ``recipe``, a checkpoint written with another recipe (``extra["recipe"]``) is refused first."""
+    state = _read_state(Path(path), map_location)
+    if recipe is not None:
+        found = (state.get("extra") or {}).get("recipe")
+        if found is None and "sampler" in state and recipe.get("job") == "adapruner":
+            logger.warning("checkpoint %s records no recipe (an older prunedata wrote it): its settings cannot be "
+                           "checked against this run's", path)
+        else:
+            check_recipe(path, found, recipe, what)
+    return _restore(state, model=model, optimizer=optimizer, sampler=sampler, pruner=pruner, scheduler=scheduler,
+                    path=path)
 
 
 def save_training_checkpoint(path: PathLike, recipe: Dict[str, Any], *, epoch: int, model: torch.nn.Module,
@@ -105,9 +163,17 @@ def resume_training(path: PathLike, recipe: Dict[str, Any], *, model: torch.nn.M
     path = Path(path)
     state = _read_state(path)
     extra = state.get("extra") or {}
-    if extra.get("recipe") != recipe:
-        raise PruneDataError(f"checkpoint {path} is from another {what} ({extra.get('recipe')}), not this one "
-                             f"({recipe}); delete it or point --checkpoint elsewhere")
-    epoch = _restore(state, model=model, optimizer=optimizer, scheduler=scheduler)
+    check_recipe(path, extra.get("recipe"), recipe, what)
+    epoch = _restore(state, model=model, optimizer=optimizer, scheduler=scheduler, path=path)
     generator.set_state(extra["loader_generator"])
     return epoch, extra.get("user_state")
+
+
+def adapruner_recipe(model: torch.nn.Module, num_samples: int, pruner: Any, optimizer: torch.optim.Optimizer, *,
+                     batch_size: int, seed: int) -> Dict[str, Any]:
+    """What an AdaPruner training run's checkpoint must agree on to be resumed: model, dataset size,
+    batch size, seed, optimiser and its learning rate, and every AdaPruner parameter (keep ratio, ...)."""
+    opt = {k: v for k, v in optimizer.defaults.items() if isinstance(v, (bool, int, float, str))}
+    return {"job": "adapruner", **model_signature(model), "samples": int(num_samples), "batch_size": int(batch_size),
+            "seed": int(seed), "lr": float(optimizer.param_groups[0]["lr"]), "optimizer": type(optimizer).__name__,
+            "optimizer_settings": opt, "pruner": dict(pruner.params())}

@@ -47,6 +47,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if (args.checkpoint or args.resume) and args.method == "random":
         raise PruneDataError("--checkpoint/--resume apply to methods that train a model; random trains none, "
                              "drop them")
+    if args.resume and not args.checkpoint:
+        raise PruneDataError("--resume continues from a checkpoint: give the file with --checkpoint FILE")
     opts: dict = {}
     for kv in args.option or []:
         if "=" not in kv:
@@ -56,6 +58,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
             opts[k] = json.loads(v)
         except json.JSONDecodeError:
             opts[k] = v
+    check_device(args.device)
+    _check_output(args.output, "selection file")
+    _check_output(args.report or str(Path(args.output).with_suffix(".report.txt")), "report")
+    if args.checkpoint:
+        _check_output(args.checkpoint, "checkpoint")
+        if Path(args.checkpoint).exists() and not args.resume:
+            logger.warning("checkpoint %s exists and will be overwritten (add --resume to continue from it)",
+                           args.checkpoint)
     ds = load_dataset(args.dataset, train=True, max_samples=args.max_samples, root=args.root, download=args.download)
     cfg = MethodConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                        device=args.device, class_balanced=args.class_balanced, num_workers=args.num_workers,
@@ -69,7 +79,15 @@ def cmd_prune(args: argparse.Namespace) -> int:
     sel.metrics.setdefault("seconds", round(time.perf_counter() - t0, 2))
     for k, v in _dataset_params(args).items():
         sel.params.setdefault(k, v)
-    out = sel.save(args.output)
+    from .errors import OutputError
+
+    try:
+        out = sel.save(args.output)
+    except OutputError as e:
+        if args.checkpoint and Path(args.checkpoint).exists():
+            raise OutputError(f"{e}. The trained state is kept in {args.checkpoint}: rerun with --resume (and the "
+                              "same options) to write the selection without training again") from None
+        raise
     report = _report(sel, ds)
     report_path = Path(args.report) if args.report else out.with_suffix(".report.txt")
     from ._io import atomic_write_text
@@ -81,7 +99,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _report(sel, ds) -> str:
-    from .datasets import labels_of
+    from .labels import labels_of
 
     lines = [sel.summary()]
     lab = labels_of(ds)
@@ -112,6 +130,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .selection import Selection
     from .training import evaluate, fit
 
+    check_device(args.device)
+    _check_output(args.output, "result file")
     sel = None
     if args.selection:
         sel = Selection.load(args.selection)
@@ -126,7 +146,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         what = f"{len(data)} of {len(train)} samples ({sel.method})"
     else:
         data, what = train, f"all {len(train)} samples"
-    _check_output(args.output)
     torch.manual_seed(args.seed)
     model = make_model(args.model, **_model_kw(train))
     t0 = time.perf_counter()
@@ -144,17 +163,57 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_output(path: Optional[str]) -> None:
-    """Fail before the work when the output's folder does not exist and cannot be made."""
+def _check_output(path: Optional[str], what: str = "output") -> None:
+    """Fail before the work when ``path`` could not be written at the end (folder cannot be made,
+    read-only or full filesystem, no permission)."""
     if not path:
         return
+    from ._io import check_writable
+
+    check_writable(path, what)
+
+
+def check_device(device: str) -> None:
+    """Fail before the work when ``--device`` names no usable device."""
     from .errors import PruneDataError
 
-    parent = Path(path).expanduser().resolve().parent
+    import torch
+
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PruneDataError(f"cannot create the folder of the output {path}: {e.strerror}; choose another -o") from None
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise PruneDataError(f"--device {device!r} is not a device name ({e}); use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise PruneDataError(f"--device {device}: no CUDA GPU is visible to PyTorch here; use --device cpu (or "
+                                 "install a CUDA build of torch / check CUDA_VISIBLE_DEVICES)")
+        if dev.index is not None and dev.index >= n:
+            raise PruneDataError(f"--device {device}: only {n} CUDA GPU(s) are visible (cuda:0..cuda:{n - 1})")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise PruneDataError(f"--device {device}: Apple's MPS backend is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise PruneDataError(f"--device {device}: prunedata's command line trains on cpu, cuda or mps")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
+    return v
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -170,7 +229,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         d = sel.to_dict()
         if ds is not None:
-            from .datasets import labels_of
+            from .labels import labels_of
 
             lab = labels_of(ds)
             if lab is not None:
@@ -207,8 +266,8 @@ def add_dataset_args(p: argparse.ArgumentParser, *, positional: bool = True) -> 
 
 def _common_training(p: argparse.ArgumentParser, epochs: int) -> None:
     p.add_argument("--model", default="cnn", help="architecture name (prunedata.models.MODELS), default cnn")
-    p.add_argument("--epochs", type=int, default=epochs)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--epochs", type=_positive_int, default=epochs)
+    p.add_argument("--batch-size", type=_positive_int, default=128)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
@@ -235,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", default=None, help="text report path (default: next to the selection)")
     p.add_argument("--checkpoint", default=None, help="checkpoint file of the model a method trains (AdaPruner, influence and baseline proxies), written every epoch")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint (a finished proxy is reused, e.g. for another keep ratio)")
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--num-workers", type=_non_negative_int, default=0)
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="method option, e.g. --option warmup_epochs=1 --option scale=100")
     p.add_argument("--quick", action="store_true", help="smoke run: 6000 samples, 4 epochs")
@@ -281,7 +340,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (PruneDataError, FileNotFoundError) as e:
+    except (PruneDataError, OSError) as e:  # OSError: a file that cannot be read (missing, permission, ...)
         if args.verbose:
             import traceback
 

@@ -12,6 +12,7 @@ import torch
 
 from ._io import PathLike
 from .errors import PruneDataError
+from .labels import labels_of
 from .selection import Selection
 
 logger = logging.getLogger(__name__)
@@ -70,24 +71,6 @@ class PrunedDataset(torch.utils.data.Dataset):
     def __repr__(self) -> str:
         return (f"PrunedDataset({type(self.dataset).__name__}, kept {len(self)} of "
                 f"{self.selection.dataset_size}, method={self.selection.method!r})")
-
-
-def labels_of(dataset: Any) -> Optional[np.ndarray]:
-    """Labels of every sample as an int array, if the dataset exposes them cheaply."""
-    while True:
-        for attr in ("targets", "labels"):
-            lab = getattr(dataset, attr, None)
-            if lab is not None and not callable(lab):
-                arr = np.asarray(lab.cpu() if hasattr(lab, "cpu") else lab)
-                if arr.ndim == 1 and arr.size == len(dataset):
-                    return arr.astype(np.int64)
-        if isinstance(dataset, torch.utils.data.Subset):
-            inner = labels_of(dataset.dataset)
-            return None if inner is None else inner[np.asarray(dataset.indices)]
-        inner = getattr(dataset, "dataset", None)
-        if inner is None or inner is dataset or len(inner) != len(dataset):
-            return None
-        dataset = inner
 
 
 # --------------------------------------------------------------------------- Fashion-MNIST
@@ -169,7 +152,7 @@ class FashionMNIST(torch.utils.data.Dataset):
         if max_samples is not None and max_samples < len(targets):
             if max_samples <= 0:
                 raise PruneDataError(f"max_samples must be positive, got {max_samples}")
-            idx = _stratified_prefix(targets, max_samples)
+            idx = stratified_prefix(targets, max_samples)
             data, targets = data[idx], targets[idx]
         self.train = bool(train)
         self.data = torch.from_numpy(np.ascontiguousarray(data))
@@ -200,7 +183,7 @@ class FashionMNIST(torch.utils.data.Dataset):
         return self._x, self.targets
 
 
-def _stratified_prefix(targets: np.ndarray, n: int) -> np.ndarray:
+def stratified_prefix(targets: np.ndarray, n: int) -> np.ndarray:
     """First ``n`` indices of a deterministic round-robin-over-classes order, sorted."""
     classes = np.unique(targets)
     per = [np.flatnonzero(targets == c) for c in classes]

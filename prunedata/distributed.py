@@ -48,16 +48,15 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
 from ._io import PathLike
 from .adapruner import AdaPruner, AdaPrunerSampler
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import adapruner_recipe, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .loop import Checkpointer
 from .errors import PruneDataError
-from .identity import IndexedDataset
-from .progress import progress
 from .selection import Selection
-from .training import per_sample_ce, seed_everything
+from .training import JointTraining, per_sample_ce
 
 logger = logging.getLogger(__name__)
 
@@ -484,66 +483,81 @@ def train_adapruner_ddp(model: torch.nn.Module, dataset: Any, pruner: AdaPruner,
     if world > 1 and len(dataset) % world:
         logger.warning("%d samples do not split evenly over %d ranks: the sampler repeats %d samples per epoch",
                        len(dataset), world, world - len(dataset) % world)
+    from .loop import Recipe, train
+
+    recipe = Recipe(epochs=pruner.epochs, batch_size=batch_size, lr=lr, seed=seed, device=str(device),
+                    schedule="constant")
     model.to(device)
-    if optimizer is None:
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    optimizer = optimizer if optimizer is not None else recipe.optimizer(model.parameters())
     sampler = AdaPrunerSampler(pruner, seed=seed, num_replicas=world, rank=rank)
-    start = 0
-    ckpt_here = checkpoint is not None and Path(checkpoint).exists()
-    if resume and checkpoint is not None:
-        found = all_gather_object(ckpt_here, what="checking the checkpoint on every rank")
-        if any(found) and not all(found):
-            raise DistributedError(
-                f"checkpoint {checkpoint} exists on ranks {[i for i, f in enumerate(found) if f]} but not on "
-                f"{[i for i, f in enumerate(found) if not f]}: put it on a filesystem that every rank sees"
-            )
-    if resume and ckpt_here:
-        start = _load_ddp_checkpoint(checkpoint, model, optimizer, sampler)
-    else:
-        if resume and checkpoint is not None:
-            logger.info("no checkpoint at %s yet: starting from epoch 0", checkpoint)
-        seed_everything(seed)
+    key = adapruner_recipe(model, len(dataset), pruner, optimizer, batch_size=batch_size, seed=seed)
+    ckpt = _DDPCheckpointer(checkpoint, key, sampler, model, world) if checkpoint is not None else None
+    if resume and ckpt is not None and not ckpt.exists():
+        logger.info("no checkpoint at %s yet: starting from epoch 0", checkpoint)
     net: torch.nn.Module = model
     if world > 1:
         with collective_guard("wrapping the model in DistributedDataParallel"):
             net = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None, **(ddp_kwargs or {}))
-    loader = DataLoader(IndexedDataset(dataset), batch_size=batch_size, sampler=sampler,
-                        num_workers=num_workers, persistent_workers=False)
-    for epoch in range(start, pruner.epochs):
-        sampler.set_epoch(epoch)
-        net.train()
-        t0 = time.perf_counter()
-        hint = _resume_hint(checkpoint)
-        bar = progress(loader, desc=f"adapruner epoch {epoch + 1}/{pruner.epochs}",
-                       disable=(not show_progress) or rank != 0)
-        for step, (idx, (x, y)) in enumerate(bar):
-            if on_step is not None:
-                on_step(epoch, step)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with collective_guard(f"forward/backward of epoch {epoch}, step {step} (DDP gradient all-reduce)", hint):
-                loss = sampler.loss(idx, loss_fn(net(x), y))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-            optimizer.step()
-            with collective_guard(f"mask update of epoch {epoch}, step {step}", hint):
-                sampler.step()
-        with collective_guard(f"end of epoch {epoch}", hint):
-            rec = sampler.end_epoch()
-        rec["seconds"] = time.perf_counter() - t0
-        if checkpoint is not None:
-            rngs = all_gather_object(rng_state(), what=f"gathering RNG states for the checkpoint of epoch {epoch}")
-            run_on_main(save_checkpoint, checkpoint, model=model, optimizer=optimizer, sampler=sampler,
-                        epoch=epoch + 1, extra={"world_size": world, "rng_per_rank": rngs},
-                        what=f"write the checkpoint {checkpoint}")
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
-            break
+    train(net, dataset, recipe, hooks=[_DDPJointTraining(sampler, loss_fn, checkpoint, on_step)], with_ids=True,
+          num_workers=num_workers, optimizer=optimizer, sampler=sampler, checkpointer=ckpt, resume=resume,
+          stop_after_epoch=stop_after_epoch, show_progress=show_progress and rank == 0, desc="adapruner", log=logger)
     return sampler
 
 
+class _DDPJointTraining(JointTraining):
+    """Joint training under DDP: each step and the end of each epoch run under a collective guard
+    (a dead rank fails the others with a hint how to resume); ``on_step(epoch, step)`` before each step."""
+
+    def __init__(self, sampler: AdaPrunerSampler, loss_fn: Callable, checkpoint: Optional[PathLike],
+                 on_step: Optional[Callable[[int, int], None]]):
+        super().__init__(sampler, loss_fn)
+        self.checkpoint, self.on_step = checkpoint, on_step
+
+    def around_step(self, epoch: int, index: int) -> Any:
+        if self.on_step is not None:
+            self.on_step(epoch, index - 1)
+        return collective_guard(f"epoch {epoch}, step {index - 1} (forward/backward with the DDP gradient "
+                                "all-reduce, mask update)",
+                                _resume_hint(self.checkpoint))
+
+    def after_epoch(self, epoch: int, model: torch.nn.Module) -> None:
+        with collective_guard(f"end of epoch {epoch - 1}", _resume_hint(self.checkpoint)):
+            super().after_epoch(epoch, model)
+
+
+class _DDPCheckpointer(Checkpointer):
+    """Rank 0 writes model, optimiser, mask, epoch and every rank's RNG state; every rank resumes from it."""
+
+    def __init__(self, path: PathLike, recipe: Dict[str, Any], sampler: AdaPrunerSampler, model: torch.nn.Module,
+                 world: int):
+        super().__init__(path, recipe, "AdaPruner run")
+        self.sampler, self.model, self.world = sampler, model, world
+
+    def exists(self) -> bool:
+        here = Path(self.path).exists()
+        found = all_gather_object(here, what="checking the checkpoint on every rank")
+        if any(found) and not all(found):
+            raise DistributedError(
+                f"checkpoint {self.path} exists on ranks {[i for i, f in enumerate(found) if f]} but not on "
+                f"{[i for i, f in enumerate(found) if not f]}: put it on a filesystem that every rank sees"
+            )
+        return here
+
+    def save(self, epoch, model, optimizer, scheduler, generator, hook_state) -> None:
+        rngs = all_gather_object(rng_state(), what=f"gathering RNG states for the checkpoint of epoch {epoch - 1}")
+        run_on_main(save_checkpoint, self.path, model=self.model, optimizer=optimizer, sampler=self.sampler,
+                    epoch=epoch, extra={"world_size": self.world, "rng_per_rank": rngs, "recipe": self.recipe},
+                    what=f"write the checkpoint {self.path}")
+
+    def load(self, model, optimizer, scheduler, generator) -> tuple:
+        return _load_ddp_checkpoint(self.path, self.model, optimizer, self.sampler, self.recipe), None
+
+
 def _load_ddp_checkpoint(path: PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                         sampler: AdaPrunerSampler) -> int:
-    start = load_checkpoint(path, model=model, optimizer=optimizer, sampler=sampler)
+                         sampler: AdaPrunerSampler, recipe: Optional[Dict[str, Any]] = None) -> int:
+    start = load_checkpoint(path, model=model, optimizer=optimizer, sampler=sampler, recipe=recipe,
+                            what="AdaPruner run")
     extra = torch.load(path, map_location="cpu", weights_only=False).get("extra") or {}
     world, rank = get_world_size(), get_rank()
     rngs = extra.get("rng_per_rank")
@@ -642,58 +656,22 @@ def distributed_influence(model: torch.nn.Module, dataset: Any, *, layer: Any = 
     (rows in dataset order); with ``gather=False`` each rank returns its shard's rows
     (``result.features.indices`` says which). Call on every rank with the same model.
     """
-    from .methods.influence import (Features, InfluenceResult, KFACSolver, ExactSolver, accumulate_hessian,
-                                    accumulate_kfac, choose_solver, collect_features, find_linear_layer,
-                                    finalize_hessian, head_params, influence_matrix)
+    from .methods.influence import Features, compute_influence
 
     n = len(dataset)
     _check_shardable(n)
-    name, head = find_linear_layer(model, layer)
     idx = shard_indices(n)
-    show = show_progress and is_main_process()
-    t: Dict[str, float] = {}
-    t0 = time.perf_counter()
-    feats = _agree(lambda: collect_features(model, dataset, head, indices=idx, batch_size=batch_size, device=device,
-                                            show_progress=show), "collecting the head features")
-    t["features"] = time.perf_counter() - t0
-    dev = feats.h.device
-    W, b = head_params(head, dtype)
-    W, b = W.to(dev), None if b is None else b.to(dev)
-    d = W.shape[0] * (W.shape[1] + (0 if b is None else 1))
-    kind = choose_solver(d, solver)
-    t0 = time.perf_counter()
-    hb = 4096
-    count = torch.tensor([len(feats)], dtype=torch.long)
-    all_reduce(count, what="sum of the sample counts")
-    if kind == "exact":
-        hs = None
-        for s in range(0, len(feats), hb):
-            hs = accumulate_hessian(feats.h[s:s + hb], W, b, hs)
-        all_reduce(hs.sum, what="all-reduce of the Hessian sum")
-        hs.count = int(count[0])
-        slv: Any = _agree(lambda: ExactSolver(finalize_hessian(hs, damping)), "factoring the Hessian")
-    else:
-        ks = None
-        for s in range(0, len(feats), hb):
-            ks = accumulate_kfac(feats.h[s:s + hb], W, b, ks)
-        all_reduce(ks.A, what="all-reduce of the K-FAC factor A")
-        all_reduce(ks.B, what="all-reduce of the K-FAC factor B")
-        ks.count = int(count[0])
-        # the eigenvalue correction sums over this rank's samples / n (all samples): add the ranks' parts
-        slv = _agree(lambda: KFACSolver(ks, damping, h=feats.h, W=W, b=b), "building the K-FAC solver")
-        all_reduce(slv.lam, what="all-reduce of the K-FAC eigenvalue correction")
-    t["hessian"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    S = influence_matrix(feats.h, feats.y, W, b, slv, n_total=n, out_dtype=out_dtype, show_progress=show)
-    t["solve"] = time.perf_counter() - t0
+    res = compute_influence(model, dataset, layer=layer, damping=damping, solver=solver, batch_size=batch_size,
+                            device=device, dtype=dtype, out_dtype=out_dtype, show_progress=show_progress and is_main_process(),
+                            indices=idx, reduce=lambda t, what: all_reduce(t, what=what), agree=_agree)
     if gather:
         t0 = time.perf_counter()
-        S = gather_rows(idx, S, n, what="gathering the influence rows S").to(dev)
-        h = gather_rows(idx, feats.h, n, what="gathering the head features").to(dev)
-        y = gather_rows(idx, feats.y, n, what="gathering the labels").to(dev)
-        feats = Features(h, y, np.arange(n, dtype=np.int64))
-        t["gather"] = time.perf_counter() - t0
+        dev = res.features.h.device
+        res.S = gather_rows(idx, res.S, n, what="gathering the influence rows S").to(dev)
+        h = gather_rows(idx, res.features.h, n, what="gathering the head features").to(dev)
+        y = gather_rows(idx, res.features.y, n, what="gathering the labels").to(dev)
+        res.features = Features(h, y, np.arange(n, dtype=np.int64))
+        res.timings["gather"] = time.perf_counter() - t0
     logger.info("distributed influence: rank %d of %d scored %d of %d samples, d=%d, %s Hessian", get_rank(),
-                get_world_size(), len(idx), n, d, kind)
-    return InfluenceResult(S=S, features=feats, W=W, b=b, damping=float(damping), solver_name=kind, layer_name=name,
-                           timings=t, solver=slv)
+                get_world_size(), len(idx), n, res.dim, res.solver_name)
+    return res

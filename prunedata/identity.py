@@ -17,6 +17,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from .labels import labels_of
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["IndexedDataset", "with_indices", "dataset_fingerprint", "keys_fingerprint"]
@@ -33,7 +35,9 @@ class IndexedDataset:
 
     def __init__(self, dataset: Any):
         if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
-            raise TypeError(
+            from .errors import OptionError
+
+            raise OptionError(
                 f"IndexedDataset needs a map-style dataset with __getitem__ and __len__, got "
                 f"{type(dataset).__name__}. For streams use prunedata.adapters.webdataset, which keys "
                 "samples by __key__."
@@ -106,18 +110,6 @@ def _feed(h: "hashlib._Hash", obj: Any, depth: int = 0) -> None:
         h.update(f"O{type(obj).__name__}".encode())
 
 
-def _labels_of(dataset: Any):
-    for attr in ("targets", "labels"):
-        lab = getattr(dataset, attr, None)
-        if lab is not None and not callable(lab):
-            try:
-                if len(lab) == len(dataset):
-                    return np.asarray(lab.cpu() if hasattr(lab, "cpu") else lab)
-            except TypeError:
-                continue
-    return None
-
-
 def dataset_fingerprint(dataset: Any, probes: int = _PROBES) -> str:
     """A short content hash identifying ``dataset``.
 
@@ -133,7 +125,7 @@ def dataset_fingerprint(dataset: Any, probes: int = _PROBES) -> str:
     n = len(dataset)
     h = hashlib.sha256()
     h.update(f"len={n}".encode())
-    labels = _labels_of(dataset)
+    labels = labels_of(dataset, follow=False, cast=False)
     if labels is not None:
         h.update(b"labels")
         h.update(np.ascontiguousarray(labels.astype(np.int64, copy=False)).tobytes())

@@ -52,19 +52,13 @@ def _save(fig, path: PathLike) -> Path:
 @torch.no_grad()
 def penultimate_features(model: torch.nn.Module, dataset: Any, *, batch_size: int = 1024,
                          device: str = "cpu") -> np.ndarray:
-    """Inputs of the model's last linear layer ``.fc`` for every sample of ``dataset``."""
-    fc = getattr(model, "fc", None)
-    if not isinstance(fc, torch.nn.Module):
-        raise PruneDataError(f"{type(model).__name__} has no head `.fc`; pass features computed another way")
-    feats = []
-    hook = fc.register_forward_hook(lambda m, inp, out: feats.append(inp[0].detach().flatten(1).cpu()))
-    try:
-        model.eval().to(device)
-        for x, _ in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
-            model(x.to(device))
-    finally:
-        hook.remove()
-    return torch.cat(feats).numpy()
+    """Inputs of the model's head for every sample of ``dataset`` as a numpy array, for the 2-D
+    embedding plots (:func:`prunedata.features.collect_features`)."""
+    from .features import collect_features
+
+    model.to(device)
+    return collect_features(model, dataset, batch_size=batch_size, device=device,
+                            show_progress=False).h.flatten(1).float().cpu().numpy()
 
 
 def embed_2d(features: np.ndarray, *, method: str = "pca", seed: int = 0) -> np.ndarray:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import gzip
 import json
+import math
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -85,12 +86,12 @@ class Selection:
     created: Optional[str] = None
 
     def __post_init__(self) -> None:
-        self.dataset_size = int(self.dataset_size)
+        self.dataset_size = _count(self.dataset_size, "dataset_size")
         if self.dataset_size < 0:
             raise SelectionFormatError(f"dataset_size must be >= 0, got {self.dataset_size}")
         if self.id_kind not in ("index", "key"):
             raise SelectionFormatError(f"id_kind must be 'index' or 'key', got {self.id_kind!r}")
-        kept = np.asarray(self.kept if self.kept is not None else [], dtype=np.int64).reshape(-1)
+        kept = _integer_ids(self.kept if self.kept is not None else [])
         if kept.size:
             kept = np.unique(kept)
             if kept[0] < 0 or kept[-1] >= self.dataset_size:
@@ -316,9 +317,13 @@ class Selection:
                 f"selection format version {version} is not supported by this prunedata (reads "
                 f"version {FORMAT_VERSION}); upgrade prunedata or re-create the selection"
             )
+        kept_raw = d.get("kept", [])
+        if not isinstance(kept_raw, list):
+            raise SelectionFormatError(f"selection file's 'kept' must be a list of sample ids, got "
+                                       f"{type(kept_raw).__name__}")
         try:
             sel = cls(
-                kept=np.asarray(d.get("kept", []), dtype=np.int64),
+                kept=kept_raw,
                 dataset_size=d["dataset_size"],
                 method=d.get("method", "unknown"),
                 params=d.get("params") or {},
@@ -333,7 +338,13 @@ class Selection:
             )
         except KeyError as e:
             raise SelectionFormatError(f"selection file lacks the field {e}") from None
-        if "num_kept" in d and int(d["num_kept"]) != sel.num_kept:
+        listed = len(d.get("keys") or []) if sel.id_kind == "key" else len(kept_raw)
+        if listed != sel.num_kept:
+            raise SelectionFormatError(
+                f"selection file lists {listed} ids but only {sel.num_kept} distinct ones ({listed - sel.num_kept} "
+                "duplicated): the file was edited or damaged; re-create it"
+            )
+        if "num_kept" in d and _count(d["num_kept"], "num_kept") != sel.num_kept:
             raise SelectionFormatError(
                 f"selection file says num_kept={d['num_kept']} but lists {sel.num_kept} ids: the file "
                 "was edited or damaged"
@@ -362,6 +373,45 @@ class Selection:
         if dataset is not None:
             sel.check(dataset, strict=strict)
         return sel
+
+
+def _count(value: Any, name: str) -> int:
+    """``value`` as a non-negative int, refusing text, booleans, NaN and fractions."""
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if not ok and isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+        ok = True
+    if not ok:
+        raise SelectionFormatError(f"{name} must be a whole number of samples, got {value!r}: the selection file "
+                                   "was edited or damaged; re-create it")
+    if int(value) < 0:
+        raise SelectionFormatError(f"{name} must be >= 0, got {value}")
+    return int(value)
+
+
+def _integer_ids(values: Any) -> np.ndarray:
+    """Sample ids as int64, refusing fractions, NaN, booleans and text (never truncating them)."""
+    if isinstance(values, (list, tuple)) and any(isinstance(v, (bool, str)) or v is None for v in values):
+        bad = [v for v in values if isinstance(v, (bool, str)) or v is None]
+        raise SelectionFormatError(f"kept ids must be whole numbers (sample indices); found {bad[:3]}: the selection "
+                                   "was edited or damaged; re-create it")
+    arr = np.asarray(values)
+    if arr.dtype == object or arr.dtype.kind in "USb":
+        bad = [v for v in arr.reshape(-1).tolist()
+               if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer())]
+        if bad or arr.dtype.kind == "b":
+            raise SelectionFormatError(f"kept ids must be whole numbers (sample indices); found {bad[:3] or 'booleans'}"
+                                       ": the selection was edited or damaged; re-create it")
+        arr = np.asarray([float(v) for v in arr.reshape(-1).tolist()])
+    if arr.dtype.kind == "f":
+        flat = arr.reshape(-1)
+        bad_mask = ~np.isfinite(flat) | (flat != np.round(flat))
+        if bad_mask.any():
+            raise SelectionFormatError(f"kept ids must be whole numbers (sample indices); found "
+                                       f"{flat[bad_mask][:3].tolist()}: the selection was edited or damaged; "
+                                       "re-create it")
+    elif arr.size and arr.dtype.kind not in "iu":
+        raise SelectionFormatError(f"kept ids must be whole numbers (sample indices), got dtype {arr.dtype}")
+    return arr.astype(np.int64).reshape(-1)
 
 
 def load_selection(path: PathLike, dataset: Any = None, *, strict: bool = True) -> Selection:

@@ -6,9 +6,7 @@ These are conveniences for the CLI, benchmarks and examples; the library's piece
 from __future__ import annotations
 
 import logging
-import random
 import time
-from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 import numpy as np
@@ -18,17 +16,10 @@ from torch.utils.data import DataLoader
 
 from ._io import PathLike
 from .adapruner import AdaPruner, AdaPrunerSampler
-from .checkpoint import load_checkpoint, resume_training, save_checkpoint, save_training_checkpoint
-from .identity import IndexedDataset
-from .progress import progress
+from .checkpoint import adapruner_recipe, load_checkpoint, model_signature, save_checkpoint
+from .loop import Checkpointer, Recipe, Step, TrainHook, seed_everything, test, train  # noqa: F401 (seed_everything: re-exported)
 
 logger = logging.getLogger(__name__)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
 
 
 def per_sample_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -47,94 +38,80 @@ def train_adapruner(model: torch.nn.Module, dataset: Any, pruner: AdaPruner, *,
     written atomically after every epoch; ``resume=True`` continues from it, giving the same
     selection as an uninterrupted run. ``stop_after_epoch=k`` stops after ``k`` epochs (testing).
     """
+    recipe = Recipe(epochs=pruner.epochs, batch_size=batch_size, lr=lr, seed=seed, device=str(device),
+                    schedule="constant")
     model.to(device)
-    if optimizer is None:
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    optimizer = optimizer if optimizer is not None else recipe.optimizer(model.parameters())
     sampler = AdaPrunerSampler(pruner, seed=seed)
-    start = 0
-    if resume and checkpoint is not None and Path(checkpoint).exists():
-        start = load_checkpoint(checkpoint, model=model, optimizer=optimizer, sampler=sampler)
-        logger.info("resumed from %s at epoch %d", checkpoint, start)
-    else:
-        seed_everything(seed)
-    loader = DataLoader(IndexedDataset(dataset), batch_size=batch_size, sampler=sampler,
-                        num_workers=num_workers, persistent_workers=False)
-    for epoch in range(start, pruner.epochs):
-        sampler.set_epoch(epoch)
-        model.train()
-        t0 = time.perf_counter()
-        bar = progress(loader, desc=f"adapruner epoch {epoch + 1}/{pruner.epochs}", disable=not show_progress)
-        for idx, (x, y) in bar:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = sampler.loss(idx, loss_fn(model(x), y))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            sampler.step()
-        rec = sampler.end_epoch()
-        rec["seconds"] = time.perf_counter() - t0
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, model=model, optimizer=optimizer, sampler=sampler, epoch=epoch + 1)
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
-            break
+    key = adapruner_recipe(model, len(dataset), pruner, optimizer, batch_size=batch_size, seed=seed)
+    train(model, dataset, recipe, hooks=[JointTraining(sampler, loss_fn)], with_ids=True, num_workers=num_workers,
+          optimizer=optimizer, sampler=sampler, stop_after_epoch=stop_after_epoch, show_progress=show_progress,
+          desc="adapruner", log=logger,
+          checkpointer=_SamplerCheckpointer(checkpoint, key, sampler) if checkpoint is not None else None,
+          resume=resume)
     return sampler
+
+
+class JointTraining(TrainHook):
+    """The AdaPruner part of joint training: the mask-weighted objective, a mask step after each
+    optimiser step, the epoch's record (with its wall time) at the end of each epoch."""
+
+    def __init__(self, sampler: AdaPrunerSampler, loss_fn: Callable):
+        self.sampler, self.loss_fn, self.t0 = sampler, loss_fn, 0.0
+
+    def objective(self, logits, targets, ids):
+        return self.sampler.loss(ids, self.loss_fn(logits, targets))
+
+    def before_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+        self.t0 = time.perf_counter()
+
+    def after_step(self, step: Step) -> None:
+        self.sampler.step()
+
+    def after_epoch(self, epoch: int, model: torch.nn.Module) -> None:
+        self.sampler.end_epoch()["seconds"] = time.perf_counter() - self.t0
+
+
+class _SamplerCheckpointer(Checkpointer):
+    """AdaPruner's checkpoint: model, optimiser, the sampler with its mask, RNG and the run's recipe."""
+
+    def __init__(self, path: PathLike, recipe: Dict[str, Any], sampler: AdaPrunerSampler):
+        super().__init__(path, recipe, "AdaPruner run")
+        self.sampler = sampler
+
+    def save(self, epoch, model, optimizer, scheduler, generator, hook_state) -> None:
+        save_checkpoint(self.path, model=model, optimizer=optimizer, sampler=self.sampler, epoch=epoch,
+                        extra={"recipe": self.recipe})
+
+    def load(self, model, optimizer, scheduler, generator) -> tuple:
+        return load_checkpoint(self.path, model=model, optimizer=optimizer, sampler=self.sampler,
+                               recipe=self.recipe, what=self.what), None
 
 
 def fit(model: torch.nn.Module, dataset: Any, *, epochs: int = 2, batch_size: int = 128, lr: float = 0.05,
         seed: int = 0, device: Any = "cpu", num_workers: int = 0, show_progress: bool = True,
         desc: str = "train", checkpoint: Optional[PathLike] = None, resume: bool = False,
         stop_after_epoch: Optional[int] = None) -> torch.nn.Module:
-    """Train ``model`` from its current state on ``dataset`` with SGD + cosine schedule.
+    """Train ``model`` from its current state on ``dataset`` with SGD + cosine schedule
+    (:class:`~prunedata.loop.Recipe`, run by :func:`prunedata.loop.train`).
 
     With ``checkpoint`` the model, optimiser, schedule, shuffling generator and RNG state are written
     atomically after every epoch; ``resume=True`` continues from it (a finished run is not trained
     again) and ends with the same weights as an uninterrupted run. A checkpoint of another recipe or
     dataset size is refused. ``stop_after_epoch=k`` stops after ``k`` epochs (testing).
     """
-    model.to(device)
-    g = torch.Generator()
-    g.manual_seed(seed)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=g, num_workers=num_workers)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    steps = max(1, epochs * len(loader))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    recipe = {"epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr), "seed": int(seed),
-              "samples": len(dataset), "model": type(model).__name__}
-    start = 0
-    if resume and checkpoint is not None and Path(checkpoint).exists():
-        start, _ = resume_training(checkpoint, recipe, model=model, optimizer=opt, scheduler=sched, generator=g)
-        logger.info("resumed %s from %s at epoch %d of %d", desc, checkpoint, start, epochs)
-    else:
-        seed_everything(seed)
-    for epoch in range(start, epochs):
-        model.train()
-        for x, y in progress(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}", disable=not show_progress):
-            x, y = x.to(device), y.to(device)
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        if checkpoint is not None:
-            save_training_checkpoint(checkpoint, recipe, epoch=epoch + 1, model=model, optimizer=opt,
-                                     scheduler=sched, generator=g)
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
-            break
+    recipe = Recipe(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=str(device))
+    key = {"job": desc, "epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr), "seed": int(seed),
+           "samples": len(dataset), **model_signature(model)}
+    train(model, dataset, recipe, num_workers=num_workers, checkpoint=checkpoint, resume=resume,
+          checkpoint_recipe=key, stop_after_epoch=stop_after_epoch, show_progress=show_progress, desc=desc, log=logger)
     return model
 
 
-@torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset: Any, *, batch_size: int = 1024, device: Any = "cpu") -> Dict[str, float]:
-    """Accuracy and mean cross-entropy of ``model`` on ``dataset``."""
-    model.eval().to(device)
-    correct, total, loss_sum = 0, 0, 0.0
-    for x, y in DataLoader(dataset, batch_size=batch_size):
-        x, y = x.to(device), y.to(device)
-        out = model(x)
-        loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
-        correct += int((out.argmax(1) == y).sum())
-        total += int(y.numel())
-    return {"accuracy": correct / max(total, 1), "loss": loss_sum / max(total, 1), "n": total}
+    """Accuracy and mean cross-entropy of ``model`` on ``dataset`` (:func:`prunedata.loop.test`)."""
+    return test(model, dataset, batch_size=batch_size, device=device)
 
 
 @torch.no_grad()

@@ -42,6 +42,7 @@ def _worker(argv) -> int:
     p.add_argument("--hang-at", default=None, help="EPOCH:STEP at which rank 1 stops responding")
     p.add_argument("--n", type=int, default=N)
     p.add_argument("--model-path", default=None)
+    p.add_argument("--batch-size", type=int, default=B_RANK)
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     from prunedata.datasets import FashionMNIST
@@ -69,7 +70,7 @@ def _worker(argv) -> int:
             if a.hang_at and (epoch, step) == tuple(map(int, a.hang_at.split(":"))):
                 time.sleep(600)
 
-        sampler = train_adapruner_ddp(model, ds, pruner, batch_size=B_RANK, seed=SEED, checkpoint=a.checkpoint,
+        sampler = train_adapruner_ddp(model, ds, pruner, batch_size=a.batch_size, seed=SEED, checkpoint=a.checkpoint,
                                       resume=a.resume, show_progress=False, on_step=on_step)
         path = save_selection(sampler.selection(ds), a.out)
         from prunedata import Selection
@@ -266,6 +267,19 @@ def test_killed_rank_fails_fast_then_resume_matches(ddp_run, tmp_path):
     r0 = torch.load(tmp_path / "sel.json.rank0.pt", weights_only=False)
     f0 = torch.load(ddp_run / "sel.json.rank0.pt", weights_only=False)
     assert torch.allclose(r0["mask"], f0["mask"], atol=1e-6)
+
+
+@pytest.mark.distributed
+def test_resume_from_a_checkpoint_of_another_batch_size_is_refused_on_every_rank(ddp_run, tmp_path):
+    # issue 17: the checkpoint's recipe is checked before anything is restored, the same way on all ranks
+    shutil.copy(ddp_run / "ck.pt", tmp_path / "ck.pt")
+    args = ["adapruner", "--out", str(tmp_path / "sel.json"), "--checkpoint", str(tmp_path / "ck.pt"), "--resume",
+            "--batch-size", str(2 * B_RANK)]
+    res = _wait(_launch(args, tmp_path), 90)
+    for code, _, err in res:
+        assert code == 2, err[-3000:]
+        assert f"batch_size: {B_RANK} in the checkpoint, {2 * B_RANK} now" in err
+    assert not (tmp_path / "sel.json").exists()
 
 
 @pytest.mark.distributed

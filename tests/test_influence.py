@@ -228,3 +228,47 @@ def test_proxy_training_checkpoints_and_resumes(small_fmnist, tmp_path, caplog):
     assert sum("at epoch 1 of 1" in r.getMessage() for r in caplog.records) == 2
     assert np.array_equal(a.kept, b.kept)
     assert c.num_kept == 120
+
+
+def test_refit_head_reaches_the_optimum_and_makes_the_gradients_cancel():
+    # a briefly trained proxy's head is far from the optimum of its regularised loss; refitting it on
+    # the frozen features brings the gradient to ~0, so sum_i S_i = -(H + lam I)^-1 lam theta exactly
+    from prunedata.methods.influence import refit_head
+
+    ds = FashionMNIST(train=True, max_samples=300)
+    torch.manual_seed(0)
+    net = _Net()
+    lam = 1e-2
+    feats = collect_features(net, ds, batch_size=100, show_progress=False)
+    W0, b0 = head_params(net.head)
+    plain = compute_influence(net, features=feats, damping=lam, show_progress=False)
+    ref = compute_influence(net, features=feats, damping=lam, refit=True, show_progress=False)
+    info = ref.info
+    assert info["refit"] and info["grad_norm_after"] < 1e-6 < info["grad_norm_before"]
+    assert plain.info == {"refit": False}
+    torch.testing.assert_close(net.head.weight.detach().double(), W0)      # the model is not changed
+    assert not torch.allclose(ref.W, W0)
+    theta = torch.cat([ref.W, ref.b[:, None]], 1).reshape(-1)
+    expected = -ref.solver.solve(lam * theta[None])[0]
+    torch.testing.assert_close(ref.S.double().sum(0), expected, rtol=1e-4, atol=1e-7)
+    # without the refit the rows do not sum to that (the head is not at its optimum)
+    theta0 = torch.cat([W0, b0[:, None]], 1).reshape(-1)
+    gap = (plain.S.double().sum(0) + plain.solver.solve(lam * theta0[None])[0]).norm()
+    assert gap > 100 * (ref.S.double().sum(0) - expected).norm()
+    # refit_head on its own: same optimum from the same start
+    W1, b1, _ = refit_head(feats.h, feats.y, W0, b0, lam)
+    torch.testing.assert_close(W1, ref.W, rtol=1e-5, atol=1e-6)
+    with pytest.raises(PruneDataError, match="damping"):
+        refit_head(feats.h, feats.y, W0, b0, 0.0)
+
+
+def test_registered_method_refit_head_option(small_fmnist):
+    cfg = MethodConfig(model="mlp", epochs=1, batch_size=64, show_progress=False)
+    net = cfg.make_model()
+    sel = select("influence", small_fmnist, 0.5, config=cfg, model=net, refit_head=True)
+    assert sel.params["refit_head"] is True and sel.num_kept == 150
+    assert sel.metrics["head_refit"]["grad_norm_after"] < 1e-5
+    with pytest.raises(PruneDataError, match="refit_head"):
+        select("influence", small_fmnist, 0.5, config=cfg, model=net, refit_head="yes")
+    with pytest.raises(PruneDataError, match="effort"):
+        select("influence", small_fmnist, 0.5, config=cfg, model=net, effort=0)

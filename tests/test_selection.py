@@ -158,3 +158,38 @@ def test_class_counts():
                                                      2: {"kept": 0, "total": 2}}
     with pytest.raises(SelectionMismatchError):
         sel.class_counts([0, 1])
+
+
+# --------------------------------------------------------------------------- issue 17: ids and sizes refused, not truncated
+def _saved_dict(tmp_path):
+    sel = Selection(kept=list(range(0, 300, 1)), dataset_size=400)
+    return json.loads(sel.to_json())
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda d: d["kept"].__setitem__(7, d["kept"][7] + 0.5), r"whole numbers.*7\.5"),
+    (lambda d: d["kept"].__setitem__(3, "3"), "whole numbers"),
+    (lambda d: d["kept"].__setitem__(3, True), "whole numbers"),
+    (lambda d: d.update(dataset_size="many"), "dataset_size must be a whole number.*'many'"),
+    (lambda d: d.update(dataset_size=float("nan")), "dataset_size must be a whole number.*nan"),
+    (lambda d: d.update(dataset_size=400.5), "dataset_size must be a whole number"),
+])
+def test_non_integer_ids_and_sizes_are_refused_not_truncated(tmp_path, edit, match):
+    d = _saved_dict(tmp_path)
+    edit(d)
+    p = tmp_path / "s.json"
+    p.write_text(json.dumps(d))
+    with pytest.raises(SelectionFormatError, match=match):
+        Selection.load(p)
+
+
+def test_duplicated_id_message_counts_the_ids_the_file_lists(tmp_path):
+    d = _saved_dict(tmp_path)
+    d["kept"].append(5)  # 301 ids listed, 300 distinct; num_kept still says 300
+    p = tmp_path / "s.json"
+    p.write_text(json.dumps(d))
+    with pytest.raises(SelectionFormatError, match="lists 301 ids but only 300 distinct ones"):
+        Selection.load(p)
+    d["kept"] = [float(k) for k in d["kept"][:-1]]  # whole-number floats are ids, loaded exactly
+    p.write_text(json.dumps(d))
+    assert Selection.load(p).kept.tolist() == list(range(300))

@@ -362,7 +362,9 @@ def test_writer_keeps_what_it_wrote_when_a_shard_breaks(shards, selection, tmp_p
     # with a continuing handler the writer finishes and lists the error
     with pytest.warns(UserWarning):
         done = pwds.write_pruned_shards(broken, selection, tmp_path / "out2", handler=wds.warn_and_continue)
-    assert done.complete and done.extra["errors"][0]["url"] == broken[2]
+    # ... but the shard it skipped part of is not complete (issue 17): neither is the manifest
+    assert not done.complete and done.extra["errors"][0]["url"] == broken[2]
+    assert [s.extra.get("partial", False) for s in done.shards] == [False, False, True, False]
     assert done.shards[-1].name == "train-000003.tar"
 
 

@@ -27,7 +27,7 @@ from ._require import INSTALL_HINT, require_detectron2
 _EXPORTS = {
     "datasets": ("AnnotationError", "VOC_CLASSES", "load_voc", "load_yolo", "register_voc", "register_yolo",
                  "register_pruned", "detection_fingerprint", "index_records", "read_class_names"),
-    "losses": ("PerImageLosses", "per_image_losses", "supports_heads_mode"),
+    "losses": ("PerImageLosses", "per_image_losses", "supports_heads_mode", "batchnorm_layers", "resolve_mode"),
     "configs": ("small_faster_rcnn_config",),
     "synthetic": ("make_voc_dataset", "make_yolo_dataset", "SHAPE_CLASSES"),
     "training": ("AdaPrunerSimpleTrainer", "AdaPrunerTrainer", "batch_indices", "detection_selection",

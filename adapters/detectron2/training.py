@@ -21,11 +21,20 @@ copied through the dataset mapper), per-image losses from :func:`per_image_losse
 that is back-propagated is AdaPruner's ``mean_i(w_i * l_i)`` plus its mask terms. The schedule
 (warm-up, alpha ramp) is per epoch; Detectron2 counts iterations, so the epoch is
 ``iteration * images_per_batch // epoch_length`` (Detectron2's ``TrainingSampler`` visits every
-image once per ``epoch_length`` images). The pruner's state is saved in Detectron2 checkpoints
-with the trainer's.
+image once per ``epoch_length`` images).
+
+Resume. The pruner's state (mask, its optimiser, schedule position, the epoch's statistics), the
+SGD optimiser's state, the RNG states and the data stream's seed go into Detectron2's own checkpoints
+(``model_XXXXXXX.pth``/``model_final.pth``, under the ``trainer`` entry; Detectron2 0.6's
+``DefaultTrainer`` itself saves only the iteration and hook states), so
+``AdaPrunerTrainer(...).resume_or_load(resume=True)`` continues the mask where the checkpoint left it
+and, with the data stream resumed at the same image (``DATALOADER.NUM_WORKERS = 0``), ends with the
+selection of an uninterrupted run. A checkpoint of another recipe (dataset, keep ratio or other
+AdaPruner parameter, images per batch, learning rate, seed, loss mode) is refused with the field named.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -36,21 +45,28 @@ from typing import Any, Dict, Optional, Sequence, Union
 import torch
 
 from prunedata.adapruner import AdaPruner
-from prunedata.errors import PruneDataError
+from prunedata._io import atomic_torch_save, atomic_write_text
+from prunedata.checkpoint import check_recipe, rng_state, set_rng_state
+
+import numpy as np
+from prunedata.errors import CheckpointError, PruneDataError
 from prunedata.selection import Selection
 
 from ._require import require_detectron2
 
 require_detectron2()
 
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader  # noqa: E402
 from detectron2.data.build import filter_images_with_only_crowd_annotations  # noqa: E402
+from detectron2.data.samplers import TrainingSampler  # noqa: E402
 from detectron2.engine import DefaultTrainer, SimpleTrainer  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
+from detectron2.utils.env import seed_all_rng  # noqa: E402
 from detectron2.utils.events import get_event_storage  # noqa: E402
 
 from .datasets import INDEX_KEY, detection_fingerprint, index_records  # noqa: E402
-from .losses import MODES, per_image_losses  # noqa: E402
+from .losses import MODES, per_image_losses, resolve_mode  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +164,7 @@ class AdaPrunerSimpleTrainer(SimpleTrainer):
             raise PruneDataError(f"epoch_length must be positive, got {epoch_length}")
         self.images_per_batch = int(images_per_batch) if images_per_batch else None
         self.loss_mode = loss_mode
+        self.mode_used: Optional[str] = None  #: the per-image loss mode "auto" resolved to (set at the first step)
         self.last_losses = None
 
     def sync_epoch(self, iteration: int) -> None:
@@ -167,7 +184,9 @@ class AdaPrunerSimpleTrainer(SimpleTrainer):
             self.images_per_batch = len(data) * comm.get_world_size()
         self.sync_epoch(self.iter)
         ids = batch_indices(data)
-        out = per_image_losses(self.model, data, self.loss_mode)
+        if self.mode_used is None:
+            self.mode_used = resolve_mode(self.model, self.loss_mode)
+        out = per_image_losses(self.model, data, self.mode_used)
         total = self.pruner.loss(ids, out.losses)
         self.optimizer.zero_grad()
         total.backward()
@@ -192,13 +211,21 @@ class AdaPrunerSimpleTrainer(SimpleTrainer):
 
     def state_dict(self):
         ret = super().state_dict()
-        ret["adapruner"] = self.pruner.state_dict()
+        ret["adapruner"] = _plain(self.pruner.state_dict())
+        # the running statistics of the epoch in progress (Detectron2 checkpoints fall mid-epoch)
+        ret["adapruner_epoch_stats"] = _plain({k: v.detach().clone() if torch.is_tensor(v) else v
+                                               for k, v in vars(self.pruner._epoch_stats).items()})
         return ret
 
     def load_state_dict(self, state_dict):
+        if "adapruner" not in state_dict:
+            raise CheckpointError(
+                "this Detectron2 checkpoint holds no AdaPruner state (another trainer wrote it): resume it with "
+                "the trainer that wrote it, or start AdaPruner training from its weights with resume=False")
         super().load_state_dict(state_dict)
-        if "adapruner" in state_dict:
-            self.pruner.load_state_dict(state_dict["adapruner"])
+        self.pruner.load_state_dict(state_dict["adapruner"])
+        for k, v in (state_dict.get("adapruner_epoch_stats") or {}).items():
+            setattr(self.pruner._epoch_stats, k, v)
 
 
 class AdaPrunerTrainer(DefaultTrainer):
@@ -208,7 +235,12 @@ class AdaPrunerTrainer(DefaultTrainer):
     when given, ``MAX_ITER`` must cover it. Other keyword arguments go to
     :class:`~prunedata.adapruner.AdaPruner` (``warmup_epochs``, ``alpha_init``, ``alpha_final``,
     ``scale``, ``tolerance``, ``mask_lr``, ...). After training the selection is written to
-    ``selection_path`` (default ``OUTPUT_DIR/adapruner_selection.json``).
+    ``selection_path`` (default ``OUTPUT_DIR/adapruner_selection.json``) -- only when training ran to
+    ``MAX_ITER`` (a run stopped by an error writes none; resume it). With ``cfg.SEED >= 0`` the global
+    RNGs are seeded from it before the model is built (as ``default_setup`` does), and the data stream's
+    shuffling uses it. ``loss_mode``: see :func:`~prunedata.adapters.detectron2.losses.resolve_mode`;
+    the selection records the mode used (``params["loss_mode"]``) and the one asked for
+    (``params["loss_mode_requested"]``).
     """
 
     def __init__(self, cfg, keep_ratio: float, *, epochs: Optional[int] = None, loss_mode: str = "auto",
@@ -248,8 +280,17 @@ class AdaPrunerTrainer(DefaultTrainer):
                 )
         self.pruner = AdaPruner(len(records), keep_ratio, epochs=int(epochs), **pruner_kwargs)
         self.loss_mode = loss_mode
+        self._sampler = _ResumableSampler(len(used), int(cfg.SEED) if int(cfg.SEED) >= 0 else None)
+        self._recipe = {"job": "adapruner detectron2", "dataset": self.dataset_name,
+                        "fingerprint": detection_fingerprint(records), "images": len(used), "ims_per_batch": ims,
+                        "base_lr": float(cfg.SOLVER.BASE_LR), "seed": int(cfg.SEED), "loss_mode": loss_mode,
+                        "pruner": dict(self.pruner.params())}
         self.selection_path = Path(selection_path) if selection_path else Path(cfg.OUTPUT_DIR) / "adapruner_selection.json"
+        if int(cfg.SEED) >= 0:  # as detectron2's default_setup: the model's initialisation follows cfg.SEED
+            seed_all_rng(int(cfg.SEED))
         super().__init__(cfg)
+        if type(self.checkpointer) is DetectionCheckpointer:  # same object the hooks hold, now writing atomically
+            self.checkpointer.__class__ = AtomicDetectionCheckpointer
         old = self._trainer
         self._trainer = AdaPrunerSimpleTrainer(
             old.model, old.data_loader, old.optimizer, self.pruner, epoch_length=len(used),
@@ -258,10 +299,49 @@ class AdaPrunerTrainer(DefaultTrainer):
         del old
 
     def build_train_loader(self, cfg):  # instance method: uses the indexed records
-        return build_detection_train_loader(cfg, dataset=self._train_records)
+        return build_detection_train_loader(cfg, dataset=self._train_records, sampler=self._sampler)
+
+    def state_dict(self):
+        ret = super().state_dict()
+        if "_trainer" not in ret:  # Detectron2 0.6's DefaultTrainer saves no optimiser and no inner trainer
+            ret["_trainer"] = self._trainer.state_dict()
+        ret["prunedata"] = _plain({"recipe": self._recipe, "rng": rng_state(), "data_seed": self._sampler.seed})
+        return ret
+
+    def load_state_dict(self, state_dict):
+        meta = state_dict.get("prunedata")
+        if meta is None or "_trainer" not in state_dict:
+            raise CheckpointError(
+                "this Detectron2 checkpoint holds no AdaPruner state (another trainer, or an older prunedata, "
+                "wrote it): resume it with the trainer that wrote it, or load its weights with resume=False")
+        check_recipe("(Detectron2 checkpoint)", meta.get("recipe"), self._recipe, "AdaPruner detection run")
+        super().load_state_dict(state_dict)
+        if "state_dict" not in DefaultTrainer.__dict__:  # newer Detectron2 restores _trainer itself
+            self._trainer.load_state_dict(state_dict["_trainer"])
+        self._sampler.seed = meta["data_seed"]
+        self._sampler.start = (int(state_dict["iteration"]) + 1) * int(self._recipe["ims_per_batch"])
+        self._restart_data()
+        rng = dict(meta["rng"])
+        name, keys, *rest = rng["numpy"]
+        rng["numpy"] = (name, np.asarray(keys.numpy() if torch.is_tensor(keys) else keys, dtype=np.uint32), *rest)
+        set_rng_state(rng)
+
+    def _restart_data(self) -> None:
+        """A fresh iterator over the (now resumed) data stream; the global RNG is left as it was."""
+        t = self._trainer
+        state = torch.get_rng_state()
+        if hasattr(t, "_data_loader_iter_obj"):  # newer Detectron2 makes the iterator lazily
+            t._data_loader_iter_obj = None
+        else:
+            t._data_loader_iter = iter(t.data_loader)
+        torch.set_rng_state(state)
 
     def after_train(self):
         super().after_train()
+        if self.iter + 1 < self.max_iter:  # stopped by an error: the mask is unfinished, write nothing
+            logger.warning("AdaPruner training stopped at iteration %d of %d: no selection written; resume from the "
+                           "last checkpoint with resume_or_load(resume=True)", self.iter + 1, self.max_iter)
+            return
         self._trainer.sync_epoch(self.iter)
         if comm.is_main_process():
             self.selection().save(self.selection_path)
@@ -269,5 +349,61 @@ class AdaPrunerTrainer(DefaultTrainer):
 
     def selection(self) -> Selection:
         """The current binarised selection over the registered dataset list."""
+        used = self._trainer.mode_used or resolve_mode(self._trainer.model, self.loss_mode)
         return detection_selection(self.pruner, self.records, self.dataset_name,
-                                   extra_params={"loss_mode": self.loss_mode})
+                                   extra_params={"loss_mode": used, "loss_mode_requested": self.loss_mode})
+
+
+class AtomicDetectionCheckpointer(DetectionCheckpointer):
+    """``DetectionCheckpointer`` whose checkpoint files and ``last_checkpoint`` tag are written atomically
+    on local disks (temporary file, fsync, rename): a process killed while saving leaves the previous
+    checkpoint in charge, never a truncated one (remote ``save_dir`` URLs use Detectron2's own writer)."""
+
+    def _local(self) -> bool:
+        return bool(self.save_dir) and "://" not in str(self.save_dir)
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        if not self.save_to_disk or not self._local():
+            return super().save(name, **kwargs)
+        data: Dict[str, Any] = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        path = os.path.join(self.save_dir, basename)
+        self.logger.info("Saving checkpoint to %s", path)
+        atomic_torch_save(data, path)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        if not self._local():
+            return super().tag_last_checkpoint(last_filename_basename)
+        atomic_write_text(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)
+
+
+def _plain(obj: Any) -> Any:
+    """``obj`` with numpy arrays as tensors and numpy scalars as Python numbers, so that Detectron2's
+    checkpointer (``torch.load`` with ``weights_only=True`` under PyTorch >= 2.6) can read it back."""
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.astype(np.int64) if obj.dtype == np.uint32 else obj.copy())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        out = [_plain(v) for v in obj]
+        return out if isinstance(obj, list) else tuple(out)
+    return obj
+
+
+class _ResumableSampler(torch.utils.data.Sampler):
+    """Detectron2's ``TrainingSampler`` (infinite shuffled stream, fixed seed) that can start at the
+    ``start``-th index, so a resumed run reads the images an uninterrupted one would."""
+
+    def __init__(self, size: int, seed: Optional[int]):
+        self.size = int(size)
+        self.seed = int(seed) if seed is not None else int(TrainingSampler(self.size)._seed)
+        self.start = 0
+
+    def __iter__(self):
+        yield from itertools.islice(iter(TrainingSampler(self.size, shuffle=True, seed=self.seed)), self.start, None)

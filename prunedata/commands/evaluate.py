@@ -21,10 +21,17 @@ import argparse
 import json
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List
 
 logger = logging.getLogger(__name__)
+
+
+def _positive_int(text: str) -> int:
+    from ..cli import _positive_int as check
+
+    return check(text)
 
 
 def register(subparsers) -> None:
@@ -52,8 +59,8 @@ def register(subparsers) -> None:
                    help="comma-separated architecture names (prunedata.models or convnet-d2-w16-relu-batch-max)")
     g.add_argument("--model", default="cnn", help="architecture for --time-curves, --transfer and --plots")
     g.add_argument("--seeds", type=int, default=3, help="seeds per configuration")
-    g.add_argument("--epochs", type=int, default=3)
-    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--epochs", type=_positive_int, default=3)
+    g.add_argument("--batch-size", type=_positive_int, default=128)
     g.add_argument("--lr", type=float, default=0.05)
     g.add_argument("--device", default="cpu")
     g.add_argument("--no-full", action="store_true", help="skip the full-data runs")
@@ -125,29 +132,43 @@ def _unique_name(name: str, taken: Dict[str, Any]) -> str:
     return out
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    import numpy as np
+@dataclass
+class _Run:
+    """What every mode of one ``prunedata evaluate`` call works on, and what it adds to the report."""
+
+    args: argparse.Namespace
+    train: Any
+    test: Any
+    sels: List[Any]
+    data_args: Dict[str, Any]
+    stem: str
+    report: Dict[str, Any]
+    show: bool
+    lines: List[str] = field(default_factory=list)
+    pngs: List[str] = field(default_factory=list)
+
+
+def _load(args: argparse.Namespace) -> _Run:
+    """Check the arguments, load the selections and the data; nothing is trained yet."""
     import torch
 
-    from .. import evaluate as ev
     from ..catalog import load_dataset
-    from ..datasets import PrunedDataset, labels_of
     from ..errors import PruneDataError
     from ..search_space import check_architectures, search_space
     from ..selection import Selection
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    show = not args.no_progress
-    archs = check_architectures(args.architectures.split(","))
+    check_architectures(args.architectures.split(","))
     check_architectures([args.model])
-    proxy_methods = [m.strip() for m in args.proxy_methods.split(",") if m.strip()]
     if args.proxy_search:
         search_space(args.space)  # unknown space name: fail before any training
-    if not args.selections and not (args.proxy_search and proxy_methods):
+    if not args.selections and not (args.proxy_search and _proxy_methods(args)):
         raise PruneDataError("give at least one SELECTION file (or --proxy-search with --proxy-methods and --dataset)")
-    do_eval = args.arch_eval or not (args.proxy_search or args.time_curves or args.transfer or args.plots)
     _require_before_training(args)
+    from ..cli import check_device
+
+    check_device(args.device)
     sels = [Selection.load(p) for p in args.selections]
     if sels:
         data_args = _dataset_args(sels, args)
@@ -170,118 +191,161 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else Path(args.selections[0] if args.selections else "proxy").with_suffix(
         ".eval.json")
     stem = str(out.with_suffix("")) if out.suffix == ".json" else str(out)
+    from .._io import check_writable
+
+    check_writable(out, "evaluation report")  # fail before the training runs, not after them
     report: Dict[str, Any] = {"command": "prunedata evaluate", "dataset": data_args, "selections": args.selections,
-                              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    pngs: List[str] = []
-    lines: List[str] = []
+                              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "_out": str(out)}
+    return _Run(args, train, test, sels, data_args, stem, report, show=not args.no_progress)
 
-    if do_eval:
-        cache: Dict[Any, Any] = {}
-        results = []
-        for s in sels:
-            r = ev.evaluate_selection(s, train, test, architectures=archs, seeds=args.seeds, epochs=args.epochs,
-                                      batch_size=args.batch_size, lr=args.lr, device=args.device,
-                                      include_full=not args.no_full, cache=cache, show_progress=show,
-                                      dataset_name=data_args["name"], cache_dir=args.cache_dir)
-            results.append(r)
-            lines += [r.table(), ""]
-        report["evaluations"] = [r.to_dict() for r in results]
-        from ..plots import plot_evaluation
 
-        pngs.append(str(plot_evaluation(results, stem + ".eval.png")))
+def _proxy_methods(args: argparse.Namespace) -> List[str]:
+    return [m.strip() for m in args.proxy_methods.split(",") if m.strip()]
 
-    if args.proxy_search:
-        proxies: Dict[str, Any] = {}
-        for s in sels:
-            proxies[_unique_name(s.method, proxies)] = s
-        skipped: Dict[str, str] = {}
-        if proxy_methods:
-            from ..methods.registry import MethodConfig
 
-            n_classes = int(labels_of(train).max()) + 1
-            made, skipped = ev.make_proxies(proxy_methods, train, per_class=args.per_class,
-                                            config=MethodConfig(model=args.model, num_classes=n_classes,
-                                                                epochs=args.epochs, seed=0, device=args.device,
-                                                                class_balanced=True, show_progress=show,
-                                                                **ev.input_kwargs(train)))
-            for m, s in made.items():
-                proxies[_unique_name(m, proxies)] = s
-            for m, why in skipped.items():
-                lines.append(f"proxy method {m} skipped: {why}")
-        ps = ev.proxy_search(proxies, train, test, space=args.space, proxy_epochs=args.proxy_epochs,
-                             full_epochs=args.full_epochs, lr=args.lr, device=args.device, top_k=args.top_k,
-                             show_progress=show)
-        report["proxy_search"] = dict(ps.to_dict(), skipped=skipped)
-        lines += [ps.table(), ""]
-        pngs.append(str(ps.plot(stem + ".proxy.png")))
+def _architectures(run: _Run) -> None:
+    from .. import evaluate as ev
+    from ..plots import plot_evaluation
 
-    if args.time_curves:
-        sets = {"full": train}
-        for s in sels:
-            sets[_unique_name(f"{s.method} {100 * s.keep_ratio:.0f}%", sets)] = PrunedDataset(train, s, check=False)
-        tc = ev.time_to_accuracy(sets, test, architecture=args.model, epochs=args.epochs, seeds=args.seeds,
-                                 batch_size=args.batch_size, lr=args.lr, device=args.device, show_progress=show)
-        report["time_curves"] = tc.to_dict()
-        lines += [tc.table(), ""]
-        pngs.append(str(tc.plot(stem + ".time.png")))
+    a = run.args
+    cache: Dict[Any, Any] = {}
+    results = []
+    for s in run.sels:
+        r = ev.evaluate_selection(s, run.train, run.test, architectures=a.architectures.split(","), seeds=a.seeds,
+                                  epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, device=a.device,
+                                  include_full=not a.no_full, cache=cache, show_progress=run.show,
+                                  dataset_name=run.data_args["name"], cache_dir=a.cache_dir)
+        results.append(r)
+        run.lines += [r.table(), ""]
+    run.report["evaluations"] = [r.to_dict() for r in results]
+    run.pngs.append(str(plot_evaluation(results, run.stem + ".eval.png")))
 
-    if args.transfer:
-        report["transfer"] = []
-        for s in sels:
-            if args.transfer == "digits":
-                pre = ev.transfer_sets(s, train)
-                tgt_train, tgt_test = ev.digits_task()
-                src_test, target_name = test, "sklearn digits"
-            else:
-                lab = labels_of(train)
-                classes = np.unique(lab)
-                if classes.size < 4:
-                    raise PruneDataError("fmnist-split transfer needs a dataset with at least 4 classes")
-                src_c, tgt_c = classes[: classes.size // 2].tolist(), classes[classes.size // 2:].tolist()
-                pre = ev.transfer_sets(s, train, source_classes=src_c)
-                tgt_train = ev.class_split(train, tgt_c, per_class=min(args.finetune_per_class,
-                                                                       int(np.bincount(lab)[tgt_c].min())))
-                tgt_test, src_test = ev.class_split(test, tgt_c), ev.class_split(test, src_c)
-                target_name = f"classes {tgt_c}"
-            tr = ev.transfer(pre, tgt_train, tgt_test, architecture=args.model, source_test=src_test,
-                             pretrain_epochs=args.pretrain_epochs or args.epochs,
-                             finetune_epochs=args.finetune_epochs, seeds=args.seeds, batch_size=64, lr=args.lr,
-                             device=args.device, target_name=target_name, show_progress=show)
-            report["transfer"].append(tr.to_dict())
-            lines += [tr.table(), ""]
-            pngs.append(str(tr.plot(stem + f".transfer-{s.method}.png")))
 
-    if args.plots:
-        from .. import plots
+def _proxy_search(run: _Run) -> None:
+    from .. import evaluate as ev
+    from ..labels import labels_of
 
-        lab = labels_of(train)
-        torch.manual_seed(0)
-        from ..search_space import build_architecture
+    a = run.args
+    proxies: Dict[str, Any] = {}
+    for s in run.sels:
+        proxies[_unique_name(s.method, proxies)] = s
+    skipped: Dict[str, str] = {}
+    if _proxy_methods(a):
+        from ..methods.registry import MethodConfig
 
-        model = build_architecture(args.model, num_classes=int(lab.max()) + 1, **ev.input_kwargs(train))
-        ev.train_and_test(model, train, test, ev.Recipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                                        device=args.device), seed=0, show_progress=show,
-                          desc="embedding model (full data)")
-        feats = plots.penultimate_features(model, train, device=args.device)
-        names = getattr(train, "classes", None)
-        for s in sels:
-            pngs.append(str(plots.plot_embedding(stem + f".embedding-{s.method}.png", feats, lab, s.mask,
-                                                 method=args.embedding, max_points=args.max_points, class_names=names,
+        n_classes = int(labels_of(run.train).max()) + 1
+        made, skipped = ev.make_proxies(_proxy_methods(a), run.train, per_class=a.per_class,
+                                        config=MethodConfig(model=a.model, num_classes=n_classes,
+                                                            epochs=a.epochs, seed=0, device=a.device,
+                                                            class_balanced=True, show_progress=run.show,
+                                                            **ev.input_kwargs(run.train)))
+        for m, s in made.items():
+            proxies[_unique_name(m, proxies)] = s
+        for m, why in skipped.items():
+            run.lines.append(f"proxy method {m} skipped: {why}")
+    ps = ev.proxy_search(proxies, run.train, run.test, space=a.space, proxy_epochs=a.proxy_epochs,
+                         full_epochs=a.full_epochs, lr=a.lr, device=a.device, top_k=a.top_k, show_progress=run.show)
+    run.report["proxy_search"] = dict(ps.to_dict(), skipped=skipped)
+    run.lines += [ps.table(), ""]
+    run.pngs.append(str(ps.plot(run.stem + ".proxy.png")))
+
+
+def _time_curves(run: _Run) -> None:
+    from .. import evaluate as ev
+    from ..datasets import PrunedDataset
+
+    a = run.args
+    sets = {"full": run.train}
+    for s in run.sels:
+        sets[_unique_name(f"{s.method} {100 * s.keep_ratio:.0f}%", sets)] = PrunedDataset(run.train, s, check=False)
+    tc = ev.time_to_accuracy(sets, run.test, architecture=a.model, epochs=a.epochs, seeds=a.seeds,
+                             batch_size=a.batch_size, lr=a.lr, device=a.device, show_progress=run.show)
+    run.report["time_curves"] = tc.to_dict()
+    run.lines += [tc.table(), ""]
+    run.pngs.append(str(tc.plot(run.stem + ".time.png")))
+
+
+def _transfer(run: _Run) -> None:
+    import numpy as np
+
+    from .. import evaluate as ev
+    from ..errors import PruneDataError
+    from ..labels import labels_of
+
+    a, train, test = run.args, run.train, run.test
+    run.report["transfer"] = []
+    for s in run.sels:
+        if a.transfer == "digits":
+            pre = ev.transfer_sets(s, train)
+            tgt_train, tgt_test = ev.digits_task()
+            src_test, target_name = test, "sklearn digits"
+        else:
+            lab = labels_of(train)
+            classes = np.unique(lab)
+            if classes.size < 4:
+                raise PruneDataError("fmnist-split transfer needs a dataset with at least 4 classes")
+            src_c, tgt_c = classes[: classes.size // 2].tolist(), classes[classes.size // 2:].tolist()
+            pre = ev.transfer_sets(s, train, source_classes=src_c)
+            tgt_train = ev.class_split(train, tgt_c, per_class=min(a.finetune_per_class,
+                                                                   int(np.bincount(lab)[tgt_c].min())))
+            tgt_test, src_test = ev.class_split(test, tgt_c), ev.class_split(test, src_c)
+            target_name = f"classes {tgt_c}"
+        tr = ev.transfer(pre, tgt_train, tgt_test, architecture=a.model, source_test=src_test,
+                         pretrain_epochs=a.pretrain_epochs or a.epochs, finetune_epochs=a.finetune_epochs,
+                         seeds=a.seeds, batch_size=64, lr=a.lr, device=a.device, target_name=target_name,
+                         show_progress=run.show)
+        run.report["transfer"].append(tr.to_dict())
+        run.lines += [tr.table(), ""]
+        run.pngs.append(str(tr.plot(run.stem + f".transfer-{s.method}.png")))
+
+
+def _plots(run: _Run) -> None:
+    import torch
+
+    from .. import evaluate as ev
+    from .. import plots
+    from ..labels import labels_of
+    from ..search_space import build_architecture
+
+    a, train = run.args, run.train
+    lab = labels_of(train)
+    torch.manual_seed(0)
+    model = build_architecture(a.model, num_classes=int(lab.max()) + 1, **ev.input_kwargs(train))
+    ev.train_and_test(model, train, run.test, ev.Recipe(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
+                                                        device=a.device), seed=0, show_progress=run.show,
+                      desc="embedding model (full data)")
+    feats = plots.penultimate_features(model, train, device=a.device)
+    names = getattr(train, "classes", None)
+    for s in run.sels:
+        run.pngs.append(str(plots.plot_embedding(run.stem + f".embedding-{s.method}.png", feats, lab, s.mask,
+                                                 method=a.embedding, max_points=a.max_points, class_names=names,
                                                  title=f"{s.method}: {s.num_kept} of {s.dataset_size} kept; features "
-                                                       f"of a {args.model} trained on the full data")))
-            pngs.append(str(plots.plot_class_counts(stem + f".class-counts-{s.method}.png", s, lab, class_names=names)))
-            if s.extra.get("history"):
-                pngs.append(str(plots.plot_mask_histogram(stem + f".mask-hist-{s.method}.png", s)))
+                                                       f"of a {a.model} trained on the full data")))
+        run.pngs.append(str(plots.plot_class_counts(run.stem + f".class-counts-{s.method}.png", s, lab,
+                                                    class_names=names)))
+        if s.extra.get("history"):
+            run.pngs.append(str(plots.plot_mask_histogram(run.stem + f".mask-hist-{s.method}.png", s)))
 
-    report["pngs"] = pngs
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
     from .._io import atomic_write_text
+
+    run = _load(args)
+    modes = [(args.arch_eval or not (args.proxy_search or args.time_curves or args.transfer or args.plots),
+              _architectures), (args.proxy_search, _proxy_search), (args.time_curves, _time_curves),
+             (args.transfer, _transfer), (args.plots, _plots)]
+    for wanted, mode in modes:
+        if wanted:
+            mode(run)
+    out = Path(run.report.pop("_out"))
+    run.report["pngs"] = run.pngs
 
     def _default(o):
         return o.item() if hasattr(o, "item") else str(o)
 
-    atomic_write_text(out, json.dumps(report, indent=2, default=_default) + "\n")
-    print("\n".join(lines).rstrip())
+    atomic_write_text(out, json.dumps(run.report, indent=2, default=_default) + "\n")
+    print("\n".join(run.lines).rstrip())
     print(f"report: {out}")
-    for p in pngs:
+    for p in run.pngs:
         print(f"figure: {p}")
     return 0

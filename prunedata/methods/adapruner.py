@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from ..adapruner import AdaPruner
+from ..errors import PruneDataError
 from ..selection import Selection
 from ..training import train_adapruner
 from .registry import MethodConfig, register_method
@@ -19,10 +20,26 @@ def adapruner_method(dataset: Any, keep_ratio: float, *, config: MethodConfig, w
     binarisation chose, but it is split over the classes in proportion to their sizes and each class
     keeps its samples with the largest mask logits (the mask alone may prune whole easy classes).
     """
+    import inspect
+
+    from .registry import check_options
+
+    fixed = ("self", "num_samples", "keep_ratio", "epochs", "warmup_epochs", "device")
+    check_options("adapruner", adapruner_method, pruner_kw,
+                  extra_known=[n for n in inspect.signature(AdaPruner.__init__).parameters if n not in fixed])
     epochs = max(2, config.epochs)
     warm = warmup_epochs if warmup_epochs is not None else max(1, epochs // 4)
     pruner_kw.setdefault("seed", config.seed)  # seeds the tie-break of the final ranking
-    pruner = AdaPruner(len(dataset), keep_ratio, epochs=epochs, warmup_epochs=warm, **pruner_kw)
+    try:
+        pruner = AdaPruner(len(dataset), keep_ratio, epochs=epochs, warmup_epochs=warm, **pruner_kw)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, PruneDataError):
+            raise
+        from ..errors import OptionError
+
+        given = {"warmup_epochs": warmup_epochs, **pruner_kw}
+        raise OptionError(f"bad value among the adapruner options {given}: {e}; give numbers where numbers are "
+                          "expected (e.g. --option warmup_epochs=1 --option scale=100)") from None
     model = config.make_model()
     train_adapruner(model, dataset, pruner, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
                     device=config.device, num_workers=config.num_workers, checkpoint=checkpoint, resume=resume,

@@ -42,13 +42,13 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 import numpy as np
 import torch
 
-from ..adapruner import check_keep_ratio
+from ..ratios import check_keep_ratio
 from ..errors import PruneDataError
 from ..identity import dataset_fingerprint
 from ..selection import Selection
 from .registry import MethodConfig, register_method
 from .scoring import (ForgettingTracker, dataset_labels, el2n_scores, grand_scores, herding_order, keep_top_k,
-                      penultimate_features, train_proxy)
+                      features_and_logits, train_proxy)
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,9 @@ def _scorer(name: str):
 
 def _reject_unknown(method: str, unknown: Dict[str, Any], known: Sequence[str]) -> None:
     if unknown:
-        raise PruneDataError(
+        from ..errors import OptionError
+
+        raise OptionError(
             f"method {method!r} has no option(s) {', '.join(sorted(unknown))}; its options are: "
             f"{', '.join(known) if known else '(none)'}"
         )
@@ -153,7 +155,7 @@ def _score_herding(dataset: Any, *, config: MethodConfig, checkpoint: Any = None
     _reject_unknown("herding", unknown, ["checkpoint", "resume"])
     model = config.make_model()
     train_proxy(model, dataset, seed=config.seed, desc="herding proxy", **_proxy_kw(config, checkpoint, resume))
-    feats, logits, labels = penultimate_features(model, dataset, device=config.device)
+    feats, logits, labels = features_and_logits(model, dataset, device=config.device)
     labels_np = labels.numpy()
     n = feats.shape[0]
     prio = np.zeros(n, dtype=np.float64)

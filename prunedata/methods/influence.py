@@ -30,15 +30,15 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Subset
 
 from ..errors import PruneDataError
+from ..features import Features, collect_features, find_linear_layer
 from ..progress import progress
 
 logger = logging.getLogger(__name__)
@@ -47,132 +47,11 @@ __all__ = [
     "find_linear_layer", "Features", "collect_features", "head_params", "head_probs", "per_sample_grads",
     "HessianSum", "accumulate_hessian", "finalize_hessian", "KFACSum", "accumulate_kfac",
     "ExactSolver", "KFACSolver", "hvp", "cg_solve", "influence_matrix", "InfluenceResult",
-    "compute_influence", "choose_solver",
+    "compute_influence", "choose_solver", "refit_head",
 ]
 
 #: ``solver="auto"`` factors the Hessian exactly up to this many head parameters (d*d*8 bytes: 288 MB)
 EXACT_MAX_DIM = 6000
-
-
-# --------------------------------------------------------------------------- the layer and its features
-def find_linear_layer(model: nn.Module, layer: Union[None, str, nn.Module] = None) -> Tuple[str, nn.Linear]:
-    """``(name, module)`` of the head to analyse.
-
-    ``layer`` may be a module of ``model``, its dotted name (``"fc"``, ``"head.2"``), or ``None``:
-    then the last ``nn.Linear`` registered in ``model`` is used (for the usual ``features -> fc``
-    classifiers that is the output layer; name it explicitly when it is not).
-    """
-    if not isinstance(model, nn.Module):
-        raise PruneDataError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if layer is None:
-        found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-        if not found:
-            raise PruneDataError(
-                f"{type(model).__name__} has no nn.Linear layer; influence pruning analyses the last linear "
-                "layer of a classifier. Pass layer=<name> of the output layer if it is a custom module."
-            )
-        name, mod = found[-1]
-    elif isinstance(layer, str):
-        try:
-            mod = model.get_submodule(layer)
-        except AttributeError:
-            names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-            raise PruneDataError(
-                f"{type(model).__name__} has no submodule {layer!r}; its linear layers are: {names}"
-            ) from None
-        name = layer
-    elif isinstance(layer, nn.Module):
-        name = next((n for n, m in model.named_modules() if m is layer), None)
-        if name is None:
-            raise PruneDataError("the given layer is not a submodule of the model; pass one of model.modules()")
-        mod = layer
-    else:
-        raise PruneDataError(f"layer must be None, a module name or an nn.Module, got {type(layer).__name__}")
-    if not isinstance(mod, nn.Linear):
-        raise PruneDataError(
-            f"layer {name!r} is a {type(mod).__name__}, not nn.Linear: the closed-form influence needs the "
-            "model's last linear (logit) layer; name that one instead."
-        )
-    return name, mod
-
-
-@dataclass
-class Features:
-    """Inputs ``h`` (n, F) of the head, labels ``y`` (n,) and the dataset indices they belong to."""
-
-    h: torch.Tensor
-    y: torch.Tensor
-    indices: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.y.shape[0])
-
-    def subset(self, rows: Union[np.ndarray, Sequence[int], torch.Tensor]) -> "Features":
-        """Rows ``rows`` (positions in this object, not dataset indices)."""
-        r = torch.as_tensor(np.asarray(rows), dtype=torch.long, device=self.h.device)
-        return Features(self.h[r], self.y[r], self.indices[np.asarray(rows)])
-
-
-def _unpack(batch: Any) -> Tuple[torch.Tensor, torch.Tensor]:
-    if isinstance(batch, dict):
-        return batch["x"] if "x" in batch else batch["input"], batch["y"] if "y" in batch else batch["label"]
-    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
-        return batch[0], batch[1]
-    raise PruneDataError("dataset items must be (input, label) pairs (or dicts with 'x' and 'y') for influence scoring")
-
-
-@torch.no_grad()
-def collect_features(model: nn.Module, dataset: Any, layer: Union[None, str, nn.Module] = None, *,
-                     indices: Optional[Sequence[int]] = None, batch_size: int = 512,
-                     device: Union[str, torch.device, None] = None, num_workers: int = 0,
-                     show_progress: bool = True) -> Features:
-    """Head inputs for every sample of ``dataset`` (or the given ``indices``), in one eval-mode pass.
-
-    A forward hook on the head records its input; the model is put in ``eval()`` mode for the pass
-    and restored afterwards. Features stay on ``device`` (the model's device by default).
-    """
-    name, head = find_linear_layer(model, layer)
-    if device is None:
-        p = next(model.parameters(), None)
-        device = p.device if p is not None else torch.device("cpu")
-    device = torch.device(device)
-    idx = np.arange(len(dataset), dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
-    if idx.size == 0:
-        raise PruneDataError("no samples to score: the dataset (or the index subset) is empty")
-    if idx.min() < 0 or idx.max() >= len(dataset):
-        raise PruneDataError(f"indices must lie in [0, {len(dataset)}); got {int(idx.min())}..{int(idx.max())}")
-    ds = dataset if indices is None else Subset(dataset, idx.tolist())
-    store: Dict[str, torch.Tensor] = {}
-
-    def hook(_m, inp, _out):
-        store["h"] = inp[0].detach()
-
-    was_training = model.training
-    model.eval()
-    handle = head.register_forward_hook(hook)
-    hs, ys = [], []
-    try:
-        loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-        for batch in progress(loader, desc="influence: features", disable=not show_progress):
-            x, y = _unpack(batch)
-            model(x.to(device))
-            h = store.pop("h", None)
-            if h is None:
-                raise PruneDataError(f"layer {name!r} was not called in forward(); name the layer the model uses")
-            hs.append(h.reshape(h.shape[0], -1))
-            ys.append(torch.as_tensor(y).to(device=device, dtype=torch.long).reshape(-1))
-    finally:
-        handle.remove()
-        model.train(was_training)
-    h = torch.cat(hs)
-    if h.shape[1] != head.in_features:
-        raise PruneDataError(f"layer {name!r} got {h.shape[1]} input features, expected {head.in_features}")
-    y = torch.cat(ys)
-    if y.min() < 0 or y.max() >= head.out_features:
-        raise PruneDataError(f"labels must lie in [0, {head.out_features}) (the head's outputs); got "
-                             f"{int(y.min())}..{int(y.max())}")
-    logger.info("collected %d x %d features of layer %s", h.shape[0], h.shape[1], name)
-    return Features(h, y, idx)
 
 
 def head_params(layer: nn.Linear, dtype: torch.dtype = torch.float64) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -202,6 +81,57 @@ def per_sample_grads(h: torch.Tensor, y: torch.Tensor, W: torch.Tensor, b: Optio
     r[torch.arange(r.shape[0], device=r.device), y.to(r.device)] -= 1.0
     x = _aug(h, b)
     return (r[:, :, None] * x[:, None, :]).reshape(h.shape[0], -1)
+
+
+def refit_head(h: torch.Tensor, y: torch.Tensor, W: torch.Tensor, b: Optional[torch.Tensor], damping: float, *,
+               max_iter: int = 500, tol: float = 1e-9) -> Tuple[torch.Tensor, Optional[torch.Tensor], Dict[str, Any]]:
+    """The head at the optimum of ``mean_i CE(W h_i + b, y_i) + damping/2 ||[W | b]||^2`` on frozen
+    features ``h`` (L-BFGS with strong-Wolfe line search from the given ``W, b``, in ``W``'s dtype).
+
+    Influence functions assume the parameters minimise the training loss; a proxy trained a few
+    epochs has a head far from that on its own features. Refitting the (convex) last layer makes
+    the sum of the per-sample gradients equal ``-damping * theta`` as the theory needs. Returns
+    ``(W, b, info)`` with the gradient norm before and after and the iterations used; the model
+    itself is not changed. ``tol``: stop when the gradient's max-norm falls below it.
+    """
+    _check_damping(damping)
+    dt = W.dtype
+    h = h.to(dt)
+    y = y.to(h.device)
+    T = (W if b is None else torch.cat([W, b[:, None]], 1)).detach().clone()
+    F_ = W.shape[1]
+
+    def loss_of(Tv):
+        logits = h @ Tv[:, :F_].T
+        if b is not None:
+            logits = logits + Tv[:, F_]
+        return F.cross_entropy(logits, y) + 0.5 * damping * (Tv * Tv).sum()
+
+    def grad_norm(Tv):
+        Tv = Tv.detach().clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(loss_of(Tv), Tv)
+        return float(g.norm())
+
+    g0 = grad_norm(T)
+    T.requires_grad_(True)
+    opt = torch.optim.LBFGS([T], lr=1, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-15,
+                            history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_of(T)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    T = T.detach()
+    g1 = grad_norm(T)
+    iters = int(opt.state[opt._params[0]].get("n_iter", 0))
+    info = {"grad_norm_before": g0, "grad_norm_after": g1, "iterations": iters}
+    logger.info("refit head to its optimum on frozen features: |grad| %.3g -> %.3g in %d L-BFGS iterations",
+                g0, g1, iters)
+    return T[:, :F_].contiguous(), (None if b is None else T[:, F_].contiguous()), info
 
 
 # --------------------------------------------------------------------------- Hessian (exact)
@@ -452,6 +382,8 @@ class InfluenceResult:
     layer_name: str
     timings: Dict[str, float] = field(default_factory=dict)
     solver: Any = None
+    #: how the head was obtained (``refit_head``: gradient norms before/after the refit)
+    info: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -485,45 +417,81 @@ def compute_influence(model: nn.Module, dataset: Any = None, *, layer: Union[Non
                       features: Optional[Features] = None, damping: float = 5e-4, solver: str = "auto",
                       batch_size: int = 512, device: Union[str, torch.device, None] = None,
                       dtype: torch.dtype = torch.float64, out_dtype: torch.dtype = torch.float32,
-                      num_workers: int = 0, show_progress: bool = True) -> InfluenceResult:
+                      num_workers: int = 0, show_progress: bool = True, refit: bool = False,
+                      refit_iters: int = 500, indices: Optional[Sequence[int]] = None,
+                      reduce: Optional[Callable[[torch.Tensor, str], Any]] = None,
+                      agree: Optional[Callable[[Callable[[], Any], str], Any]] = None) -> InfluenceResult:
     """Features -> per-sample gradients -> (damped) Hessian solve -> ``S`` for every sample.
+
+    ``refit=True`` first moves the head to the optimum of its regularised training loss on the
+    frozen features (:func:`refit_head`, ``damping`` as the L2 weight, at most ``refit_iters``
+    L-BFGS iterations), where the influence approximation is derived; the model is not changed.
 
     ``solver``: ``"exact"`` (Cholesky, needs ``d^2`` memory), ``"kfac"`` (eigenvalue-corrected
     K-FAC, any size) or ``"auto"`` (exact up to :data:`EXACT_MAX_DIM` head parameters ``d = C*(F+1)``).
     The choice is logged and stored in the result (``solver_name``).
+
+    Work shared by several processes (:func:`prunedata.distributed.distributed_influence`):
+    ``indices`` scores only those samples of ``dataset`` (their rows of ``S``, still with the ``1/n``
+    of the whole dataset); ``reduce(tensor, what)`` sums a tensor over the processes in place, so each
+    one solves with the whole dataset's Hessian; ``agree(fn, what)`` runs a step that every process
+    must survive (a failure on one is raised on all).
     """
     name, head = find_linear_layer(model, layer)
     _check_damping(damping)
+    step = agree or (lambda fn, what: fn())
     t = {}
     t0 = time.perf_counter()
     if features is None:
         if dataset is None:
             raise PruneDataError("pass the training dataset (or precomputed features=)")
-        features = collect_features(model, dataset, head, batch_size=batch_size, device=device,
-                                    num_workers=num_workers, show_progress=show_progress)
+        features = step(lambda: collect_features(model, dataset, head, indices=indices, batch_size=batch_size,
+                                                 device=device, num_workers=num_workers, show_progress=show_progress,
+                                                 desc="influence: features"), "collecting the head features")
     t["features"] = time.perf_counter() - t0
+    n = len(dataset) if indices is not None else len(features)
     W, b = head_params(head, dtype)
     W, b = W.to(features.h.device), None if b is None else b.to(features.h.device)
+    info: Dict[str, Any] = {"refit": bool(refit)}
+    if refit and reduce is not None:
+        raise PruneDataError("refit=True is not available for influence computed across processes yet; refit the "
+                             "head in one process, or compute influence without refit")
+    if refit:
+        t0 = time.perf_counter()
+        W, b, rinfo = refit_head(features.h, features.y, W, b, damping, max_iter=refit_iters)
+        info.update(rinfo)
+        t["refit"] = time.perf_counter() - t0
     d = W.shape[0] * (W.shape[1] + (0 if b is None else 1))
     kind = choose_solver(d, solver)
     logger.info("influence: %d samples, head %s with d=%d parameters, %s Hessian solve", len(features), name, d, kind)
     t0 = time.perf_counter()
     hb = 4096
-    n = len(features)
+    local = len(features)
     if kind == "exact":
         hs = None
-        for s in progress(range(0, n, hb), desc="influence: Hessian", total=math.ceil(n / hb), disable=not show_progress):
+        for s in progress(range(0, local, hb), desc="influence: Hessian", total=math.ceil(local / hb),
+                          disable=not show_progress):
             hs = accumulate_hessian(features.h[s:s + hb], W, b, hs)
-        slv: Any = ExactSolver(finalize_hessian(hs, damping))
+        if reduce is not None:
+            reduce(hs.sum, "all-reduce of the Hessian sum")
+            hs.count = n
+        slv: Any = step(lambda: ExactSolver(finalize_hessian(hs, damping)), "factoring the Hessian")
     else:
         ks = None
-        for s in range(0, n, hb):
+        for s in range(0, local, hb):
             ks = accumulate_kfac(features.h[s:s + hb], W, b, ks)
-        slv = KFACSolver(ks, damping, h=features.h, W=W, b=b)
+        if reduce is not None:
+            reduce(ks.A, "all-reduce of the K-FAC factor A")
+            reduce(ks.B, "all-reduce of the K-FAC factor B")
+            ks.count = n
+        slv = step(lambda: KFACSolver(ks, damping, h=features.h, W=W, b=b), "building the K-FAC solver")
+        if reduce is not None:
+            # the eigenvalue correction sums over this process's samples / n (all samples): add the parts
+            reduce(slv.lam, "all-reduce of the K-FAC eigenvalue correction")
     t["hessian"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     S = influence_matrix(features.h, features.y, W, b, slv, n_total=n, out_dtype=out_dtype,
                          show_progress=show_progress)
     t["solve"] = time.perf_counter() - t0
     return InfluenceResult(S=S, features=features, W=W, b=b, damping=float(damping), solver_name=kind,
-                           layer_name=name, timings=t, solver=slv)
+                           layer_name=name, timings=t, solver=slv, info=info)

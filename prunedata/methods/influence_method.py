@@ -29,6 +29,8 @@ from ..datasets import labels_of
 from ..errors import PruneDataError
 from ..identity import dataset_fingerprint
 from ..selection import Selection
+from ..loop import Recipe
+from ..ratios import num_to_keep
 from ..training import fit
 from .influence import compute_influence
 from .registry import MethodConfig, register_method
@@ -36,15 +38,16 @@ from .solver import solve_pruning
 
 logger = logging.getLogger(__name__)
 
-#: weight decay used by :func:`prunedata.training.fit`; the default damping of the Hessian
-FIT_WEIGHT_DECAY = 5e-4
+#: the weight decay of the training recipe (:class:`prunedata.loop.Recipe`), the default damping of the Hessian
+FIT_WEIGHT_DECAY = Recipe().weight_decay
 
 
 @register_method("influence", "Influence pruning: remove the set whose summed parameter influence is smallest")
 def influence_method(dataset: Any, keep_ratio: float, *, config: MethodConfig, eps: Optional[float] = None,
                      layer: Optional[str] = None, damping: Optional[float] = None, hessian: str = "auto",
                      solver: str = "fast", time_limit: Optional[float] = None, model: Optional[torch.nn.Module] = None,
-                     exact_solver: str = "SCIP", checkpoint: Optional[str] = None, resume: bool = False) -> Selection:
+                     exact_solver: str = "SCIP", checkpoint: Optional[str] = None, resume: bool = False,
+                     refit_head: bool = False, effort: float = 1.0) -> Selection:
     """Select with influence pruning.
 
     ``layer``: name of the head (default: the model's last ``nn.Linear``); ``damping``: Hessian
@@ -52,8 +55,13 @@ def influence_method(dataset: Any, keep_ratio: float, *, config: MethodConfig, e
     ``"kfac"``; ``solver``: ``"fast"`` / ``"exact"`` / ``"auto"`` for the selection problem;
     ``model``: an already trained model to analyse instead of training a proxy; ``checkpoint`` /
     ``resume``: the proxy's training is checkpointed every epoch and continued (a finished proxy is
-    reused as is, e.g. to solve again for another keep ratio or eps).
+    reused as is, e.g. to solve again for another keep ratio or eps). ``refit_head``: refit the
+    head to the optimum of its regularised loss on the proxy's frozen features before the Hessian
+    (where influence functions are derived; the proxy's own head is left as trained).
+    ``effort``: the fast selection solver's search time as a multiple of its default.
     """
+    if not isinstance(refit_head, bool):
+        raise PruneDataError(f"refit_head must be true or false, got {refit_head!r}")
     n = len(dataset)
     if n < 2:
         raise PruneDataError(f"influence pruning needs at least 2 samples, got {n}")
@@ -67,8 +75,8 @@ def influence_method(dataset: Any, keep_ratio: float, *, config: MethodConfig, e
     model.to(config.device)
     inf = compute_influence(model, dataset, layer=layer, damping=FIT_WEIGHT_DECAY if damping is None else damping,
                             solver=hessian, device=config.device, num_workers=config.num_workers,
-                            show_progress=config.show_progress)
-    keep_min = max(1, int(round(keep_ratio * n)))
+                            show_progress=config.show_progress, refit=bool(refit_head))
+    keep_min = num_to_keep(n, keep_ratio)
     groups = None
     if config.class_balanced:
         if eps is not None:
@@ -77,14 +85,17 @@ def influence_method(dataset: Any, keep_ratio: float, *, config: MethodConfig, e
         labels = labels_of(dataset)
         groups = labels if labels is not None else inf.features.y.cpu().numpy()
     if eps is not None:
+        if n - keep_min < 1:
+            raise PruneDataError(f"keep_ratio={keep_ratio} keeps all {n} samples; nothing to remove")
+        # the keep-ratio floor holds on every path (the exact MIP gets it as a constraint)
         sol = solve_pruning(inf.S, eps=eps, method=solver, time_limit=time_limit, exact_solver=exact_solver,
-                            **({} if solver == "exact" else {"max_removed": n - keep_min}))
+                            max_removed=n - keep_min, **({"effort": effort} if effort != 1.0 else {}))
     else:
         m = n - keep_min
         if m < 1:
             raise PruneDataError(f"keep_ratio={keep_ratio} keeps all {n} samples; nothing to remove")
         sol = solve_pruning(inf.S, remove=m, method=solver, groups=groups, time_limit=time_limit,
-                            exact_solver=exact_solver)
+                            exact_solver=exact_solver, **({"effort": effort} if effort != 1.0 else {}))
     metrics = sol.metrics()
     if inf.solver_name != "exact":
         exact, info = inf.exact_norm(sol.removed)
@@ -93,7 +104,7 @@ def influence_method(dataset: Any, keep_ratio: float, *, config: MethodConfig, e
     metrics.update({
         "keep_ratio": (n - sol.num_removed) / n, "hessian_solver": inf.solver_name, "head": inf.layer_name,
         "head_params": inf.dim, "seconds_train": t_train, "seconds_influence": sum(inf.timings.values()),
-        "influence_timings": inf.timings, "seconds_total": time.perf_counter() - t0,
+        "influence_timings": inf.timings, "seconds_total": time.perf_counter() - t0, "head_refit": inf.info,
     })
     kept = sol.kept
     # Selection stores dataset positions; features were collected for all indices in order
@@ -103,6 +114,8 @@ def influence_method(dataset: Any, keep_ratio: float, *, config: MethodConfig, e
     full_scores[inf.features.indices] = scores
     params = {"problem": sol.problem, "eps": eps, "keep_ratio": keep_ratio, "layer": inf.layer_name,
               "damping": inf.damping, "hessian": hessian, "solver": solver, "proxy": config.as_params()}
+    if refit_head:
+        params["refit_head"] = True
     sel = Selection(kept=kept, dataset_size=n, method="influence", params=params,
                     fingerprint=dataset_fingerprint(dataset), scores=full_scores, score_name="influence_norm",
                     metrics=metrics)

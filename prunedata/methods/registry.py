@@ -109,11 +109,34 @@ def available_methods() -> Dict[str, str]:
 def select(method: str, dataset: Any, keep_ratio: float, *, config: Optional[MethodConfig] = None,
            **options) -> "Selection":
     """Run selection method ``method`` on ``dataset`` keeping ``keep_ratio`` of it."""
-    from ..adapruner import check_keep_ratio
+    from ..ratios import check_keep_ratio
 
     _load_builtin(method)
     if method not in METHODS:
         raise PruneDataError(f"unknown selection method {method!r}; known: {', '.join(available_methods())}")
     keep_ratio = check_keep_ratio(keep_ratio)
     config = config or MethodConfig()
+    check_options(method, METHODS[method], options)
     return METHODS[method](dataset, keep_ratio, config=config, **options)
+
+
+def check_options(method: str, fn: Callable[..., Any], options: Dict[str, Any],
+                  extra_known: Optional[Any] = None) -> None:
+    """Refuse (:class:`~prunedata.errors.OptionError`) options ``fn`` does not take, naming the ones it does.
+
+    A method taking ``**kwargs`` is checked against ``extra_known`` (when given) or by itself."""
+    import inspect
+
+    from ..errors import OptionError
+
+    params = inspect.signature(fn).parameters
+    named = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+             and n not in ("dataset", "keep_ratio", "config")]
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    if takes_any and extra_known is None:
+        return
+    known = named + list(extra_known or [])
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise OptionError(f"method {method!r} has no option(s) {', '.join(unknown)}; its options are: "
+                          f"{', '.join(sorted(known)) or '(none)'}")

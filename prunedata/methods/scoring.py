@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -19,44 +18,28 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..errors import PruneDataError
-from ..identity import IndexedDataset
+from ..features import collect_features, find_linear_layer
+from ..labels import read_labels
+from ..ratios import num_to_keep
 from ..progress import progress
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "last_linear", "dataset_labels", "apportion", "keep_top_k", "train_proxy", "penultimate_features",
+    "last_linear", "dataset_labels", "apportion", "keep_top_k", "train_proxy", "features_and_logits",
     "el2n_scores", "grand_scores", "ForgettingTracker", "herding_order",
 ]
 
 
 # --------------------------------------------------------------------------- small helpers
 def last_linear(model: nn.Module) -> nn.Linear:
-    """The classifier layer: ``model.fc`` if it is a ``Linear``, else the last ``Linear`` module."""
-    fc = getattr(model, "fc", None)
-    if isinstance(fc, nn.Linear):
-        return fc
-    found = None
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            found = m
-    if found is None:
-        raise PruneDataError(
-            f"{type(model).__name__} has no torch.nn.Linear layer; feature-based methods (herding, "
-            "grand) need a model whose last layer is Linear (name it `fc`)"
-        )
-    return found
+    """The classifier layer (:func:`prunedata.features.find_linear_layer`: ``model.fc`` if it is a
+    ``Linear``, else the last ``Linear`` module)."""
+    return find_linear_layer(model)[1]
 
 
-def dataset_labels(dataset: Any, batch_size: int = 1024) -> np.ndarray:
-    """Labels of every sample: ``.targets``/``.labels`` when present, else read through a DataLoader."""
-    from ..datasets import labels_of
-
-    lab = labels_of(dataset)
-    if lab is not None:
-        return lab
-    ys = [torch.as_tensor(y).reshape(-1) for _, y in DataLoader(dataset, batch_size=batch_size)]
-    return torch.cat(ys).long().numpy() if ys else np.zeros(0, dtype=np.int64)
+#: the labels of every sample (:func:`prunedata.labels.read_labels`; the name the baselines used)
+dataset_labels = read_labels
 
 
 def apportion(counts: Sequence[int], k: int) -> np.ndarray:
@@ -80,11 +63,6 @@ def apportion(counts: Sequence[int], k: int) -> np.ndarray:
         order = np.argsort(-frac, kind="stable")
         base[order[:rest]] += 1
     return base
-
-
-def num_to_keep(n: int, keep_ratio: float) -> int:
-    """``round(keep_ratio * n)``, at least 1 (the same count AdaPruner's top-k binarisation uses)."""
-    return int(min(n, max(1, round(keep_ratio * n))))
 
 
 def keep_top_k(scores: np.ndarray, keep_ratio: float, *, labels: Optional[np.ndarray] = None,
@@ -127,7 +105,8 @@ def train_proxy(model: nn.Module, dataset: Any, *, epochs: int, batch_size: int 
                 checkpoint: Optional[Any] = None, resume: bool = False,
                 state: Optional[Callable[[], Any]] = None, load_state: Optional[Callable[[Any], None]] = None,
                 stop_after_epoch: Optional[int] = None) -> nn.Module:
-    """Train ``model`` with SGD (momentum 0.9, wd 5e-4, cosine schedule) as :func:`prunedata.training.fit`.
+    """Train ``model`` with the default :class:`~prunedata.loop.Recipe` (SGD, momentum 0.9, wd 5e-4,
+    cosine schedule) through :func:`prunedata.loop.train`, as :func:`prunedata.training.fit` does.
 
     Sample ids come with each batch (:class:`~prunedata.identity.IndexedDataset`):
     ``on_batch(ids, logits, targets)`` sees the training-mode logits of every step (detached) and
@@ -139,79 +118,30 @@ def train_proxy(model: nn.Module, dataset: Any, *, epochs: int, batch_size: int 
     and ends where an uninterrupted run would. A checkpoint of another recipe is refused.
     ``stop_after_epoch=k`` stops after ``k`` epochs (testing).
     """
-    from ..checkpoint import resume_training, save_training_checkpoint
-    from ..training import seed_everything
+    from ..checkpoint import model_signature
+    from ..loop import Recipe, _Callbacks, train
 
     if epochs < 1:
         raise PruneDataError(f"proxy training needs epochs >= 1, got {epochs}")
-    model.to(device)
-    g = torch.Generator()
-    g.manual_seed(seed)
-    loader = DataLoader(IndexedDataset(dataset), batch_size=batch_size, shuffle=True, generator=g,
-                        num_workers=num_workers)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * len(loader)))
-    recipe = {"epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr), "seed": int(seed),
-              "samples": len(dataset), "model": type(model).__name__, "desc": desc}
-    start = 0
-    if resume and checkpoint is not None and Path(checkpoint).exists():
-        start, user_state = resume_training(checkpoint, recipe, model=model, optimizer=opt, scheduler=sched,
-                                            generator=g, what="proxy")
-        if load_state is not None:
-            load_state(user_state)
-        logger.info("resumed %s from %s at epoch %d of %d", desc, checkpoint, start, epochs)
-    else:
-        seed_everything(seed)
-    for epoch in range(start, epochs):
-        model.train()
-        for ids, (x, y) in progress(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}", disable=not show_progress):
-            x, y = x.to(device), torch.as_tensor(y).to(device)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            if not torch.isfinite(loss):
-                raise PruneDataError(
-                    f"proxy training diverged (loss {float(loss)}) in epoch {epoch + 1}; lower the learning rate"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if on_batch is not None:
-                on_batch(torch.as_tensor(ids), logits.detach(), y)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, model)
-        if checkpoint is not None:
-            save_training_checkpoint(checkpoint, recipe, epoch=epoch + 1, model=model, optimizer=opt,
-                                     scheduler=sched, generator=g, user_state=state() if state is not None else None)
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
-            break
+    recipe = Recipe(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=str(device))
+    key = {"job": desc, "epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr), "seed": int(seed),
+           "samples": len(dataset), **model_signature(model)}
+    hook = _Callbacks(on_batch=on_batch, on_epoch_end=on_epoch_end, state=state, load_state=load_state)
+    train(model, dataset, recipe, hooks=[hook], with_ids=True, num_workers=num_workers, checkpoint=checkpoint,
+          resume=resume, checkpoint_recipe=key, what="proxy", stop_on_nan=True, stop_after_epoch=stop_after_epoch,
+          show_progress=show_progress, desc=desc, log=logger)
     return model
 
 
 # --------------------------------------------------------------------------- features and scores
-@torch.no_grad()
-def penultimate_features(model: nn.Module, dataset: Any, *, batch_size: int = 1024, device: Any = "cpu",
-                         num_workers: int = 0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(features, logits, labels)`` for every sample, in dataset order, in eval mode.
-
-    ``features`` is the input of the last Linear layer (the penultimate representation).
-    """
-    model.eval().to(device)
-    fc = last_linear(model)
-    store: Dict[str, torch.Tensor] = {}
-    handle = fc.register_forward_hook(lambda mod, inp, out: store.__setitem__("h", inp[0].detach()))
-    feats, logits, labels = [], [], []
-    try:
-        for x, y in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
-            out = model(x.to(device))
-            feats.append(store["h"].flatten(1).float().cpu())
-            logits.append(out.float().cpu())
-            labels.append(torch.as_tensor(y).reshape(-1).long())
-    finally:
-        handle.remove()
-    if not feats:
-        raise PruneDataError("the dataset is empty")
-    return torch.cat(feats), torch.cat(logits), torch.cat(labels)
+def features_and_logits(model: nn.Module, dataset: Any, *, batch_size: int = 1024, device: Any = "cpu",
+                        num_workers: int = 0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(features, logits, labels)`` for every sample, in dataset order, in eval mode, on the CPU
+    (:func:`prunedata.features.collect_features`; ``features`` is the input of the head)."""
+    model.to(device)
+    f = collect_features(model, dataset, batch_size=batch_size, device=device, num_workers=num_workers,
+                         show_progress=False, logits=True)
+    return f.h.float().cpu(), f.logits.float().cpu(), f.y.cpu()
 
 
 def el2n_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -222,7 +152,7 @@ def el2n_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 
 
 def el2n_scores(model: nn.Module, dataset: Any, *, batch_size: int = 1024, device: Any = "cpu") -> np.ndarray:
-    _, logits, labels = penultimate_features(model, dataset, batch_size=batch_size, device=device)
+    _, logits, labels = features_and_logits(model, dataset, batch_size=batch_size, device=device)
     return el2n_from_logits(logits, labels).numpy()
 
 
@@ -292,7 +222,7 @@ def grand_scores(model: nn.Module, dataset: Any, *, params: str = "last", batch_
     """
     if params == "last":
         fc = last_linear(model)
-        h, logits, labels = penultimate_features(model, dataset, batch_size=batch_size, device=device)
+        h, logits, labels = features_and_logits(model, dataset, batch_size=batch_size, device=device)
         return grand_last_layer(h, logits, labels, bias=fc.bias is not None).numpy()
     if params == "all":
         return grand_all_params(model, dataset, batch_size=min(batch_size, 256), device=device,

@@ -14,8 +14,12 @@ Two paths behind :func:`solve_pruning`:
 * ``method="fast"``: with at most ``EXHAUSTIVE_MAX`` candidate sets, all of them (proven optimal);
   up to ``SMALL_N`` rows, on the full Gram matrix ``S S^T`` (numpy, tiny ones
   single-threaded): one-at-a-time greedy, best-improvement swap search with the swap-delta block
-  updated in O(n) per swap, iterated local search (patience ~ sqrt(m (n - m)) / 2, 8..40
-  perturbations without improvement), stopping early if it reaches the certificate. Above: a
+  updated in O(n) per swap, then -- with n <= d -- iterated local search (patience ~ sqrt(m (n - m)) / 2,
+  8..40 perturbations without improvement); with n > d (the usual shape: many samples, a small
+  head) the continuous relaxation (FISTA), a kernel search around its fractional rows and swap tabu
+  search with up to 32 chains sharing each numpy step, from the greedy set, roundings of the
+  relaxation and random sets, for the time limit (default n/550 s within 0.1..0.8 s; ``effort``
+  scales it), stopping early if it reaches the certificate. Above: a
   self-balancing signed construction (``w = m/n + delta``, each row in random order takes the delta
   that keeps ``||v||`` smallest, then sweeps of single flips; count repaired exactly), then swap
   local search on candidate pools with exact pair deltas (a Gram matrix of the pool) and iterated
@@ -707,6 +711,280 @@ def _small_search(G: np.ndarray, m: int, gid: Optional[np.ndarray], deadline: fl
     return best_sel, swap_obj, iters, improved
 
 
+#: the tabu chains of the Gram-matrix path together evaluate about this many swap deltas per step
+#: (numpy call overhead dominates below it, memory and cache above it)
+TABU_BATCH_ELEMENTS = 200_000
+#: at most this many chains
+TABU_MAX_CHAINS = 32
+#: a chain is kicked after this many steps without improving its best
+TABU_STALL = 30
+#: probability that a stalled chain is kicked from the overall best set rather than from where it is
+TABU_FROM_BEST = 0.5
+#: tabu tenure: min(m, n - m) / this (plus a random part as large)
+TABU_TENURE_DIV = 8
+#: share of the time limit for the relaxation that starts the tabu chains; below RELAX_MIN_PAIRS
+#: swap pairs m (n - m) the chains start from random sets instead (measured on the family: at
+#: n = 100 the relaxation's quarter of the 0.18 s is better spent searching)
+RELAX_SHARE = 0.25
+RELAX_MIN_PAIRS = 3000
+#: at most this many accelerated projected-gradient steps on the relaxation
+RELAX_ITERS = 300
+#: the greedy set is improved by plain best-improvement swaps first up to this many pairs m (n - m)
+TABU_DESCENT_MAX = 40_000
+#: how the chains other than the first start: "mixed" (half from roundings of the relaxation, half
+#: random), "rounding" or "random"
+START_MODE = "mixed"
+#: the relaxation-kernel search runs when there are more than this many swap pairs m (n - m), on
+#: a kernel of this many rows, for this share of the time limit
+KERNEL_MIN_PAIRS = 25_000
+KERNEL_SIZE = 200
+KERNEL_SHARE = 0.6
+
+
+def _tabu_chains(G: np.ndarray, m: int, gid: Optional[np.ndarray], starts: np.ndarray, deadline: float,
+                 rng: np.random.Generator, *, target2: float = 0.0, patience: int = 1000,
+                 stall: Optional[int] = None, offset: Optional[np.ndarray] = None,
+                 const: float = 0.0) -> tuple:
+    """Swap tabu search on ``min w^T G w, |w| = m`` (Gram-matrix path), ``K`` chains advanced together.
+
+    Every step each chain takes its best swap (removed ``i`` out, kept ``j`` in; delta
+    ``(G_ii - 2 g_i) + (G_jj + 2 g_j) - 2 G_ij`` with ``g = G w``, the block ``2 G[removed, kept]``
+    kept up to date in O(n) per swap), even if it worsens the objective, except swaps of rows moved
+    in the last ``tenure`` steps (tabu; random tenure around ``min(m, n - m) / TABU_TENURE_DIV``)
+    unless the swap beats the chain's best (aspiration). A chain that has not improved its best for
+    ``stall`` steps is kicked from where it stands by a few random swaps. The chains share every
+    numpy call (a ``(K, m, n - m)`` float32 delta array per step; the chosen swap's delta is then
+    recomputed in float64), which is what makes small problems fast: one chain is call-overhead
+    bound. Swaps stay within a group when ``gid`` is given (cross-group pairs are ``+inf``).
+    ``offset``/``const``: a sub-problem of a larger one whose other rows are fixed, ``||v||^2 =
+    w^T G w + 2 w . offset + const``. Stops at ``deadline``, when the best reaches ``target2`` (a
+    certified bound: proven optimal) or after ``patience`` kicks without a new overall best.
+    ``starts`` is ``(K, n)`` bool. Returns ``(best mask, best ||v||^2, steps, kicks)``.
+    """
+    K, n = starts.shape
+    nu = n - m
+    dg = np.diag(G).copy()
+    G2 = (2.0 * G).astype(np.float32)
+    if gid is not None:
+        G2 = np.where(gid[:, None] == gid[None, :], G2, np.float32(-np.inf))
+    si = np.stack([np.flatnonzero(s) for s in starts])
+    ui = np.stack([np.flatnonzero(~s) for s in starts])
+    ar = np.arange(K)
+    h = np.zeros(n) if offset is None else offset
+
+    def full2(sel_rows, gc):
+        return float(gc[sel_rows].sum() + h[sel_rows].sum()) + const
+
+    g = G[si].sum(1) + h
+    v2 = np.take_along_axis(g, si, 1).sum(1) + h[si].sum(1) + const
+    B = G2[si[:, :, None], ui[:, None, :]]
+    best2, best_si = v2.copy(), si.copy()
+    c0 = int(best2.argmin())
+    gbest2, gbest_si = float(best2[c0]), si[c0].copy()
+    tabu_until = np.zeros((K, n), dtype=np.int64)
+    tenure = max(2, min(m, nu) // TABU_TENURE_DIV)
+    if stall is None:
+        stall = TABU_STALL
+    last_imp = np.zeros(K, dtype=np.int64)
+    it = kicks = kicks_since = 0
+    kmax = max(3, int(math.sqrt(min(m, nu))) + 2)
+    inf32 = np.float32(np.inf)
+    while kicks_since < patience and gbest2 > target2 * (1 + 1e-9) and gbest2 > 1e-300:
+        if (it & 7) == 0 and time.perf_counter() > deadline:
+            break
+        gs = np.take_along_axis(g, si, 1)
+        gu = np.take_along_axis(g, ui, 1)
+        av = (dg[si] - 2.0 * gs).astype(np.float32)
+        cv = (dg[ui] + 2.0 * gu).astype(np.float32)
+        D = av[:, :, None] + cv[:, None, :]
+        D -= B
+        flat = D.reshape(K, nu * m)
+        k0 = flat.argmin(1)
+        a0, b0 = np.divmod(k0, nu)
+        i0, j0 = si[ar, a0], ui[ar, b0]
+        dv0 = dg[i0] - 2.0 * gs[ar, a0] + dg[j0] + 2.0 * gu[ar, b0] - 2.0 * G[i0, j0]
+        asp = (v2 + dv0 < best2 * (1 - 1e-12)) & np.isfinite(flat[ar, k0])
+        rtab = np.take_along_axis(tabu_until, si, 1) > it
+        ctab = np.take_along_axis(tabu_until, ui, 1) > it
+        D[rtab] = inf32
+        D.transpose(0, 2, 1)[ctab] = inf32
+        k = np.where(asp, k0, flat.argmin(1))
+        a, b = np.divmod(k, nu)
+        ok = asp | np.isfinite(flat[ar, k])      # a chain with every swap tabu (or cross-group) waits
+        i = si[ar, a]
+        j = np.where(ok, ui[ar, b], i)
+        dv = np.where(ok, dg[i] - 2.0 * gs[ar, a] + dg[j] + 2.0 * gu[ar, b] - 2.0 * G[i, j], 0.0)
+        si[ar, a] = j
+        ui[ar, b] = np.where(ok, i, ui[ar, b])
+        g += G[j] - G[i]
+        v2 += dv
+        B[ar, a, :] = G2[j[:, None], ui]
+        B[ar, :, b] = G2[si, i[:, None]]
+        t = tenure + rng.integers(0, tenure + 1, size=K)
+        tabu_until[ar, i] = it + t
+        tabu_until[ar, j] = it + t
+        it += 1
+        imp = v2 < best2 * (1 - 1e-12)
+        for c in np.flatnonzero(imp):
+            v2[c] = full2(si[c], g[c])                # re-sum: no drift in what is kept as best
+            if v2[c] < best2[c] * (1 - 1e-12):
+                best2[c], last_imp[c] = v2[c], it
+                best_si[c] = si[c]
+                if v2[c] < gbest2 * (1 - 1e-12):
+                    gbest2, gbest_si, kicks_since = float(v2[c]), si[c].copy(), 0
+        for c in np.flatnonzero(it - last_imp > stall):
+            if TABU_FROM_BEST > 0 and rng.random() < TABU_FROM_BEST:
+                s_ = gbest_si.copy()                  # intensify: kick the overall best instead
+                mask_ = np.zeros(n, dtype=bool)
+                mask_[s_] = True
+                u_ = np.flatnonzero(~mask_)
+            else:
+                s_, u_ = si[c].copy(), ui[c].copy()
+            for _ in range(int(rng.integers(2, kmax + 1))):
+                a_ = int(rng.integers(m))
+                if gid is None:
+                    b_ = int(rng.integers(nu))
+                else:
+                    cand = np.flatnonzero(gid[u_] == gid[s_[a_]])
+                    if cand.size == 0:
+                        continue
+                    b_ = int(cand[rng.integers(cand.size)])
+                s_[a_], u_[b_] = u_[b_], s_[a_]
+            si[c], ui[c] = s_, u_
+            g[c] = G[s_].sum(0) + h
+            v2[c] = full2(s_, g[c])
+            B[c] = G2[np.ix_(s_, u_)]
+            tabu_until[c] = 0
+            last_imp[c] = it
+            kicks += 1
+            kicks_since += 1
+    out = np.zeros(n, dtype=bool)
+    out[gbest_si] = True
+    return out, gbest2, it, kicks
+
+
+def _random_starts(n: int, m: int, gid: Optional[np.ndarray], quota: Optional[List[int]], k: int,
+                   rng: np.random.Generator) -> np.ndarray:
+    """``k`` random removal masks (per-group quotas when ``gid`` is given)."""
+    out = np.zeros((k, n), dtype=bool)
+    for c in range(k):
+        if gid is None:
+            out[c, rng.choice(n, m, replace=False)] = True
+        else:
+            for lab, q in enumerate(quota):
+                ix = np.flatnonzero(gid == lab)
+                out[c, rng.choice(ix, q, replace=False)] = True
+    return out
+
+
+def _proj_capped_simplex_np(z: np.ndarray, q: float) -> np.ndarray:
+    """Exact Euclidean projection onto ``{0 <= w <= 1, sum w = q}``: ``f(tau) = sum clip(z - tau, 0, 1)``
+    is piecewise linear with breakpoints ``z_i`` and ``z_i - 1``; evaluate it at all of them (sorted
+    ``z``, cumulative sums) and interpolate where it crosses ``q``."""
+    k = z.size
+    if q <= 0:
+        return np.zeros(k)
+    if q >= k:
+        return np.ones(k)
+    zs = np.sort(z)
+    cs = np.concatenate([[0.0], np.cumsum(zs)])
+    taus = np.sort(np.concatenate([zs, zs - 1.0]))
+
+    def f(t):
+        hi = np.searchsorted(zs, t + 1.0, side="left")
+        lo = np.searchsorted(zs, t, side="right")
+        return (k - hi) + (cs[hi] - cs[lo]) - t * (hi - lo)
+
+    ft = f(taus)                                   # non-increasing in tau
+    j = int(np.searchsorted(-ft, -q, side="left"))  # first breakpoint with f <= q
+    if j == 0:
+        tau = taus[0]
+    elif j >= taus.size:
+        tau = taus[-1]
+    else:
+        t0, t1, f0, f1 = taus[j - 1], taus[j], ft[j - 1], ft[j]
+        tau = t1 if f0 == f1 else t0 + (f0 - q) * (t1 - t0) / (f0 - f1)
+    return np.clip(z - tau, 0.0, 1.0)
+
+
+def _fista_relaxation(G: np.ndarray, gl: List[np.ndarray], ql: List[int], deadline: float,
+                      iters: int = 300) -> tuple:
+    """Accelerated projected gradient (FISTA) on ``min w^T G w`` over the (grouped) capped simplex,
+    from the uniform point; at most ``iters`` steps of one ``G y`` product each, or until ``deadline``.
+    Returns ``(w, steps)``: a fractional point, used to start the search (randomised rounding) and
+    as a direction of the bound -- valid whatever its accuracy."""
+    n = G.shape[0]
+    x = np.random.default_rng(0).normal(size=n)
+    lip = 1.0
+    for _ in range(12):                              # power iteration for ||G||
+        x = G @ x
+        lip = float(np.linalg.norm(x))
+        if not lip > 0:
+            return None, 0
+        x /= lip
+    lip *= 1.25
+
+    def proj(z):
+        out = np.empty_like(z)
+        for ix, q in zip(gl, ql):
+            out[ix] = _proj_capped_simplex_np(z[ix], q)
+        return out
+
+    w = np.empty(n)
+    for ix, q in zip(gl, ql):
+        w[ix] = q / max(ix.size, 1)
+    y, t, k = w.copy(), 1.0, 0
+    for k in range(1, iters + 1):
+        wn = proj(y - (G @ y) / lip)
+        tn = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
+        y = wn + ((t - 1.0) / tn) * (wn - w)
+        w, t = wn, tn
+        if time.perf_counter() > deadline:
+            break
+    return w, k
+
+
+def _rounded_starts(w: np.ndarray, gl: List[np.ndarray], ql: List[int], k: int,
+                    rng: np.random.Generator) -> np.ndarray:
+    """``k`` removal masks rounded from the fractional ``w``: the first takes the largest weights
+    (per group), the others sample without replacement with probabilities following ``w``."""
+    n = w.size
+    out = np.zeros((k, n), dtype=bool)
+    wp = np.maximum(w, 1e-12)
+    for c in range(k):
+        key = wp if c == 0 else np.log(rng.random(n)) / wp       # Efraimidis-Spirakis keys
+        for ix, q in zip(gl, ql):
+            if q > 0:
+                out[c, ix[np.argpartition(-key[ix], q - 1)[:q]]] = True
+    return out
+
+
+def _relaxation_kernel(G: np.ndarray, w: np.ndarray, m: int, size: int) -> Optional[tuple]:
+    """(kernel rows, rows fixed as removed) from a relaxation point ``w``: the fractional rows plus
+    the integral ones with the smallest reduced cost ``|G w + mu|`` (half on each side), ``size`` in
+    all; ``None`` when the relaxation is too fractional for that (n >> d: it is then ~0 anyway)."""
+    n = w.size
+    frac = (w > 1e-3) & (w < 1 - 1e-3)
+    if frac.sum() > size // 2 or size >= n:
+        return None
+    gw = G @ w
+    mu = -float(np.mean(gw[frac])) if frac.any() else -float(np.mean(gw))
+    r = np.abs(gw + mu)
+    one = np.flatnonzero((w >= 1 - 1e-3))
+    zero = np.flatnonzero((w <= 1e-3))
+    left = size - int(frac.sum())
+    k1 = min(one.size, left // 2)
+    k0 = min(zero.size, left - k1)
+    pick1 = one[np.argsort(r[one])[:k1]]
+    pick0 = zero[np.argsort(r[zero])[:k0]]
+    kix = np.sort(np.concatenate([np.flatnonzero(frac), pick1, pick0]))
+    fixed1 = np.setdiff1d(one, pick1)
+    mk = m - fixed1.size
+    if not 1 <= mk <= kix.size - 1:
+        return None
+    return kix, fixed1
+
+
 def _ils_large(st: _State, best_sel: torch.Tensor, best2: float, pool: int, gid, gi, deadline: float,
                patience: int, gen: torch.Generator) -> tuple:
     """Iterated local search with pool swaps (large n): perturb k rows, local search, keep if better."""
@@ -871,6 +1149,8 @@ def _small_bound(G: np.ndarray, m: int, groups_idx: Optional[List[np.ndarray]], 
             # at the relaxation's optimum the bound equals its value: nothing left to gain
             if conv and b >= nv * (1 - 1e-9):
                 return best
+    if time.perf_counter() + 1e-10 * n ** 3 > deadline:
+        return best          # not even one interior-point iteration (a Cholesky of n x n) fits
     if info is not None:
         info["bound_method"] = "interior point"
     for w in _ipm_relaxation(G, gl, ql, deadline, max_iter=iters):
@@ -982,9 +1262,27 @@ def _gram64(S: torch.Tensor) -> tuple:
     return S64.numpy(), G.numpy()
 
 
+def _tabu_chains_for(n: int, m: int) -> int:
+    """Number of tabu chains on the Gram-matrix path: ``TABU_BATCH_ELEMENTS`` swap deltas per step
+    in all, at most ``TABU_MAX_CHAINS``."""
+    return int(max(1, min(TABU_MAX_CHAINS, TABU_BATCH_ELEMENTS // max(1, m * (n - m)))))
+
+
 def _small_patience(n: int, m: int) -> int:
-    """Default number of perturbations without improvement for the Gram-matrix search."""
+    """Default number of tabu kicks (all chains together) without a new best on the Gram-matrix path:
+    50 per chain (fewer for tiny problems: ``m (n - m) / 10``, at least 2); on all but tiny problems
+    the time limit ends the search first."""
+    return int(_tabu_chains_for(n, m) * min(50, max(2, m * (n - m) // 10)))
+
+
+def _ils_patience(n: int, m: int) -> int:
+    """Default number of perturbations without improvement of the iterated local search (n <= d)."""
     return int(min(40, max(8, math.sqrt(m * (n - m)) // 2)))
+
+
+def _small_time_limit(n: int) -> float:
+    """Default search time of the Gram-matrix path: 0.1 s at n <= 55, n / 550 s up to 0.8 s at n >= 440."""
+    return float(min(0.8, max(0.1, n / 550)))
 
 
 #: the fast solver enumerates every removal set (and so proves optimality) when there are at most
@@ -1020,6 +1318,57 @@ def _cardinality_exhaustive(A: np.ndarray, G: np.ndarray, m: int, gid: Optional[
                           info={"path": "exhaustive", "bound_method": "exhaustive", "sets": math.comb(n, m)})
     logger.info("%r", sol)
     return sol
+
+
+def _tabu_path(G, m, gid, quota, gl, ql, sel, obj_greedy, target2, patience, t0, time_limit, t_greedy, rng):
+    """The Gram-matrix search for n > d: relaxation, (kernel) tabu chains; see _cardinality_small."""
+    n = G.shape[0]
+    deadline = t0 + time_limit
+    chains = _tabu_chains_for(n, m)
+    # the continuous relaxation (a share of the time): near-integral where n > d, so its roundings
+    # are far better starts than random sets (and it is a direction of the certificate)
+    w_rel, rel_steps = None, 0
+    if m * (n - m) >= RELAX_MIN_PAIRS:     # small problems: random starts do as well
+        w_rel, rel_steps = _fista_relaxation(G, gl, ql, t0 + RELAX_SHARE * time_limit, iters=RELAX_ITERS)
+    t_relax = time.perf_counter() - t0 - t_greedy
+    # greedy -> best-improvement swaps (small problems), then tabu chains from there and from
+    # roundings of the relaxation, all sharing each step (see _tabu_chains)
+    if m * (n - m) <= TABU_DESCENT_MAX:
+        best_sel, obj_swap, _, _ = _small_search(G, m, gid, deadline, 0, rng, sel, target2=target2)
+    else:
+        best_sel, obj_swap = sel, obj_greedy
+    if w_rel is not None and START_MODE != "random":
+        rs = _rounded_starts(w_rel, gl, ql, chains, rng)
+        if START_MODE == "mixed" and chains > 2:
+            rs[chains // 2:] = _random_starts(n, m, gid, quota, chains - chains // 2, rng)
+    else:
+        rs = _random_starts(n, m, gid, quota, chains, rng)
+    starts = np.concatenate([best_sel[None], rs[:chains - 1]]) if chains > 1 else rs[:1]
+    kern = None
+    if gid is None and w_rel is not None and m * (n - m) > KERNEL_MIN_PAIRS:
+        kern = _relaxation_kernel(G, w_rel, m, KERNEL_SIZE)
+    if kern is not None:
+        # rows the relaxation leaves fractional or nearly so (small reduced cost) are searched with
+        # many chains; the others stay as the relaxation has them. A share of the time, then all
+        # rows again from the kernel's best
+        kix, fixed1 = kern
+        mk = m - fixed1.size
+        Gk = G[np.ix_(kix, kix)]
+        off = G[kix][:, fixed1].sum(1)
+        const = float(G[np.ix_(fixed1, fixed1)].sum())
+        kch = _tabu_chains_for(kix.size, mk)
+        kst = _rounded_starts(w_rel[kix], [np.arange(kix.size)], [mk], kch, rng)
+        ksel, k2, ksteps, kkicks = _tabu_chains(Gk, mk, None, kst, t0 + KERNEL_SHARE * time_limit, rng,
+                                                 target2=target2, patience=patience, offset=off, const=const)
+        full_k = np.zeros(n, dtype=bool)
+        full_k[fixed1] = True
+        full_k[kix[ksel]] = True
+        starts = np.concatenate([full_k[None], starts[:chains - 1]])
+    tabu_sel, tabu2, steps, kicks = _tabu_chains(G, m, gid, starts, deadline, rng, target2=target2,
+                                                    patience=patience)
+    if tabu2 < obj_swap ** 2:
+        best_sel = tabu_sel
+    return best_sel, obj_swap, chains, steps, kicks, rel_steps, w_rel, kern, t_relax
 
 
 def _cardinality_small(S: torch.Tensor, m: int, g_arr: Optional[np.ndarray], *, time_limit: float, seed: int,
@@ -1068,26 +1417,48 @@ def _cardinality_small(S: torch.Tensor, m: int, g_arr: Optional[np.ndarray], *, 
     target2 = 0.0
     if certify:  # the free part of the certificate first: the ILS stops if it reaches it
         target2 = _small_bound(G, m, groups_idx, quota, sel.astype(np.float64), 0) ** 2
-    best_sel, obj_swap, iters, improved = _small_search(G, m, gid, t0 + time_limit, patience,
-                                                        np.random.default_rng(seed), sel, target2=target2)
+    rng = np.random.default_rng(seed)
+    deadline = t0 + time_limit
+    gl = groups_idx if groups_idx is not None else [np.arange(n)]
+    ql = quota if quota is not None else [m]
+    if A.shape[1] >= n:
+        # n <= d: many sets cancel almost exactly; greedy -> swaps -> iterated local search with a
+        # patience finds SCIP's optimum in milliseconds (benchmarks/solver.py, d = 1,290)
+        best_sel, obj_swap, kicks, _ = _small_search(G, m, gid, deadline, patience, rng, sel, target2=target2)
+        chains = steps = rel_steps = 0
+        w_rel, kern, t_relax = None, None, 0.0
+    else:
+        best_sel, obj_swap, chains, steps, kicks, rel_steps, w_rel, kern, t_relax = _tabu_path(
+            G, m, gid, quota, gl, ql, sel, obj_greedy, target2, patience, t0, time_limit, t_greedy, rng)
     removed = np.flatnonzero(best_sel)
     objective = float(np.linalg.norm(A[removed].sum(0)))
     t_search = time.perf_counter() - t0
     lb, degenerate, binfo = 0.0, {}, {}
     if certify:
-        # the relaxation gets as much time as the search took (at least 1 ms), and enough for about
-        # 20 interior-point iterations (n^3/3 flops each; ~2 s at n = 2,000 on 2 cores) in case the
-        # active-set method cycles -- unless bound_time says otherwise
-        budget = bound_time if bound_time is not None else max(1e-3, t_search, 3e-10 * n ** 3)
+        # n <= d: the relaxation gets as much time as the search took (at least 1 ms), and enough for
+        # about 20 interior-point iterations in case the active-set method cycles; n > d (the search
+        # used its whole time limit): a tenth of the search, at least 1 ms or the same 20 iterations
+        # up to 0.1 s -- unless bound_time says otherwise
+        if bound_time is not None:
+            budget = bound_time
+        elif A.shape[1] >= n:
+            budget = max(1e-3, t_search, 3e-10 * n ** 3)
+        else:
+            budget = max(1e-3, 0.1 * t_search, min(0.1, 3e-10 * n ** 3))
         lb = _small_bound(G, m, groups_idx, quota, best_sel.astype(np.float64), bound_iters,
                           deadline=time.perf_counter() + budget, info=binfo)
+        if w_rel is not None:    # the relaxation's point that started the search is a direction too
+            lb = max(lb, cardinality_lower_bound(S, m, [torch.from_numpy(A.T @ w_rel)], groups=g_arr, _trusted=True))
         lb = min(objective, max(lb, math.sqrt(target2)))
         degenerate = _degeneracy(None, A.sum(0), dg, lb, objective)
     status = "optimal" if certify and objective - lb <= 1e-9 * max(objective, 1e-300) else "feasible"
     sol = PruningSolution(removed=removed, n=n, problem="cardinality", objective=objective, lower_bound=lb,
                           status=status, time=time.perf_counter() - t0, solver="fast", degenerate=degenerate,
-                          info={"greedy_objective": obj_greedy, "swap_objective": obj_swap, "ils_iterations": iters,
-                                "ils_improvements": improved, "ils_patience": patience, "seconds_greedy": t_greedy,
+                          info={"greedy_objective": obj_greedy, "swap_objective": obj_swap, "ils_iterations": kicks,
+                                "ils_patience": patience, "seconds_greedy": t_greedy,
+                                "tabu_chains": chains, "tabu_steps": steps, "tabu_kicks": kicks,
+                                "relax_steps": rel_steps, "seconds_relax": t_relax,
+                                "kernel_rows": None if kern is None else int(kern[0].size),
                                 "seconds_search": t_search, "seconds_bound": time.perf_counter() - t0 - t_search, "path": "gram",
                                 "bound_method": binfo.get("bound_method"),
                                 "relaxation_value": binfo.get("relaxation_value")})
@@ -1106,7 +1477,8 @@ def solve_cardinality_fast(S: ArrayLike, m: int, *, groups: Optional[Sequence[in
                            bound_time: Optional[float] = None, certify: bool = True,
                            small_patience: Optional[int] = None, gram_max_n: int = SMALL_N,
                            construct: str = "signed", construct_frac: float = 0.4,
-                           exhaustive_max: int = EXHAUSTIVE_MAX, _gram: Optional[tuple] = None) -> PruningSolution:
+                           exhaustive_max: int = EXHAUSTIVE_MAX, effort: float = 1.0,
+                           _gram: Optional[tuple] = None) -> PruningSolution:
     """Remove exactly ``m`` rows minimising ``||sum S_i||`` (per-group quotas when ``groups`` is given).
 
     With at most ``exhaustive_max`` possible removal sets every one is scored (proven optimal).
@@ -1118,10 +1490,17 @@ def solve_cardinality_fast(S: ArrayLike, m: int, *, groups: Optional[Sequence[in
     seconds (default scales with n*d, at most 30 s) or ``ils_patience`` perturbations without
     improvement. Then a lower bound from the relaxation (at most ``bound_iters`` gradient steps or
     ``bound_time`` seconds; ``certify=False`` skips it and reports a bound of 0). Up to
-    ``gram_max_n`` rows the search runs on the full Gram matrix (exact best-improvement swaps,
-    ``small_patience`` perturbations without improvement, default from :func:`_small_patience`)
-    instead; there the certificate (the relaxation solved exactly: active set, else interior point) gets as
-    much time as the search, and at least about 20 interior-point iterations, unless ``bound_time`` is given.
+    ``gram_max_n`` rows the search runs on the full Gram matrix instead: with n <= d exact
+    best-improvement swaps and iterated local search (``small_patience`` perturbations without
+    improvement, default from :func:`_ils_patience`); with n > d the relaxation, kernel and tabu
+    chains of :func:`_tabu_path` for the whole time limit (default :func:`_small_time_limit`;
+    ``small_patience`` then counts kicks without a new best, default :func:`_small_patience`). There the
+    certificate (the relaxation solved exactly: active set, else interior point) gets as much time as
+    the search (n <= d) or a tenth of it (n > d), and at least about 20 interior-point iterations up to
+    0.1 s, unless ``bound_time`` is given. ``effort`` multiplies the default time limit and patience
+    (``effort=20`` reached SCIP's proven optimum on the n > d family of benchmarks/solver.py).
+    The n > d search is time-limited, so its result can depend on the machine's load (as on the
+    large path; the n <= d path stops on its patience).
     """
     t0 = time.perf_counter()
     S = _as_matrix(S)
@@ -1130,10 +1509,19 @@ def solve_cardinality_fast(S: ArrayLike, m: int, *, groups: Optional[Sequence[in
     g_arr = _groups(groups, n)
     gi, quota = _group_index(g_arr, m, S.device)
     gid = None if g_arr is None else torch.as_tensor(np.unique(g_arr, return_inverse=True)[1], device=S.device)
+    if isinstance(effort, bool) or not isinstance(effort, (int, float)) or not (math.isfinite(effort) and effort > 0):
+        raise PruneDataError(f"effort must be a positive number (1 = default search time; 10 = ten times as long), "
+                             f"got {effort!r}")
+    # the Gram-matrix path with more rows than dimensions (n > d) runs the relaxation + tabu search
+    # for its time limit; with n <= d (many sets cancel almost exactly) iterated local search stops
+    # after a patience of perturbations without improvement
+    tabu = n <= gram_max_n and n > d
     if time_limit is None:
-        time_limit = _default_time_limit(n, d)
+        time_limit = effort * (_small_time_limit(n) if tabu else _default_time_limit(n, d))
     if time_limit <= 0:
         raise PruneDataError(f"time_limit must be positive seconds, got {time_limit}")
+    if small_patience is None and n <= gram_max_n:
+        small_patience = int(math.ceil(effort * (_small_patience(n, m) if tabu else _ils_patience(n, m))))
     deadline = t0 + time_limit
     gen = torch.Generator(device="cpu").manual_seed(seed)
     if n <= gram_max_n:
@@ -1315,15 +1703,26 @@ def solve_generalization_fast(S: ArrayLike, eps: float, *, time_limit: Optional[
     steps = 0
     proven = False
     if hi >= 1 and sum(math.comb(n, k) for k in range(1, hi + 1)) <= card_kw.get("exhaustive_max", EXHAUSTIVE_MAX):
-        # few enough sets to enumerate them all: scan the sizes down from the certified bound (each an
-        # exhaustive cardinality solve); the first feasible size is the optimum, proven
+        # few enough sets to enumerate them all: scan the sizes down from the certified bound; the
+        # first feasible size is the optimum -- proven only if every size above it was enumerated
+        # (beyond gram_max_n rows the cardinality solver takes the heuristic path: size 1 is then
+        # scored exactly here, larger sizes are not proven)
+        proven = True
         for k in range(hi, 0, -1):
-            sol = solve_cardinality_fast(S, k, certify=False, **card_kw)
+            if k == 1 and gram is None:
+                norms = torch.linalg.vector_norm(S.to(torch.float64), dim=1)
+                j = int(torch.argmin(norms))
+                sol = PruningSolution(removed=np.array([j], dtype=np.int64), n=n, problem="cardinality",
+                                      objective=float(norms[j]), lower_bound=float(norms[j]), status="optimal",
+                                      time=0.0, solver="fast", info={"path": "exhaustive"})
+            else:
+                sol = solve_cardinality_fast(S, k, certify=False, seed=seed + steps, **card_kw)
             steps += 1
+            proven = proven and sol.info.get("path") == "exhaustive"
             if sol.objective <= eps:
                 best = sol
                 break
-        proven, hi = True, 0
+        hi = 0
     while lo < hi:
         left = t0 + time_limit - time.perf_counter()
         if left <= 0:
@@ -1379,8 +1778,12 @@ _TIME_PARAMS = {
 
 
 def solve_exact(S: ArrayLike, *, m: Optional[int] = None, eps: Optional[float] = None, solver: str = "SCIP",
-                time_limit: float = 60.0, verbose: bool = False) -> PruningSolution:
+                time_limit: float = 60.0, verbose: bool = False,
+                max_removed: Optional[int] = None) -> PruningSolution:
     """The mixed-integer program of the paper through cvxpy (one of ``m`` / ``eps``).
+
+    With ``eps``, at most ``max_removed`` samples are removed (default ``n - 1``: at least one is
+    kept, as on the fast path; the keep-ratio floor of a selection).
 
     Uses ``||R w||`` with ``S^T = Q R`` (``min(n, d)`` rows, same values). ``status`` is
     ``"optimal"`` when the solver proved optimality, ``"time_limit"`` when it stopped with an
@@ -1398,8 +1801,11 @@ def solve_exact(S: ArrayLike, *, m: Optional[int] = None, eps: Optional[float] =
         raise PruneDataError("give exactly one of m (remove m samples) or eps (largest eps-redundant set)")
     if m is not None:
         m = _check_m(m, n)
+        if max_removed is not None:
+            raise PruneDataError("max_removed caps the generalisation problem (eps=); with m= the count is fixed")
     else:
         eps = _check_eps(eps)
+        cap = n - 1 if max_removed is None else _check_m(max_removed, n)
     if solver not in cp.installed_solvers():
         raise PruneDataError(
             f"cvxpy solver {solver!r} is not installed (installed: {', '.join(cp.installed_solvers())}); "
@@ -1413,7 +1819,7 @@ def solve_exact(S: ArrayLike, *, m: Optional[int] = None, eps: Optional[float] =
     if m is not None:
         prob = cp.Problem(cp.Minimize(cp.norm(R @ w, 2)), [cp.sum(w) == m])
     else:
-        prob = cp.Problem(cp.Maximize(cp.sum(w)), [cp.norm(R @ w, 2) <= eps])
+        prob = cp.Problem(cp.Maximize(cp.sum(w)), [cp.norm(R @ w, 2) <= eps, cp.sum(w) <= cap])
     kw = _TIME_PARAMS.get(solver, lambda t: {})(time_limit)
     if solver not in _TIME_PARAMS:
         logger.warning("no time limit known for cvxpy solver %s; it may run long", solver)
@@ -1448,7 +1854,7 @@ def solve_exact(S: ArrayLike, *, m: Optional[int] = None, eps: Optional[float] =
             if m is not None and math.isfinite(db):
                 lb = max(0.0, min(objective, db))
             elif m is None and math.isfinite(db):
-                ub_count = int(math.floor(abs(db) + 1e-6))
+                ub_count = min(cap, int(math.floor(abs(db) + 1e-6)))
         except Exception:  # pragma: no cover - solver specific
             pass
     if m is None:
@@ -1491,7 +1897,8 @@ def solve_pruning(S: ArrayLike, *, remove: Optional[int] = None, keep: Optional[
     if method == "exact":
         if groups is not None:
             raise PruneDataError("groups (class-balanced quotas) are supported by the fast solver only; use method='fast'")
-        return solve_exact(S, m=remove, eps=eps, solver=exact_solver, time_limit=time_limit or 60.0)
+        cap = fast_kw.get("max_removed") if eps is not None else None
+        return solve_exact(S, m=remove, eps=eps, solver=exact_solver, time_limit=time_limit or 60.0, max_removed=cap)
     if eps is not None:
         if groups is not None:
             raise PruneDataError("groups apply to the cardinality problem (remove=/keep=), not to eps=")
