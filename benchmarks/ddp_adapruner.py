@@ -30,7 +30,8 @@ def _worker(a) -> None:
     import torch.distributed as dist
 
     from prunedata.datasets import FashionMNIST
-    from prunedata.distributed import DistributedAdaPruner, get_rank, init_distributed, train_adapruner_ddp
+    from prunedata import AdaPruner
+    from prunedata.distributed import get_rank, init_distributed, train_adapruner_ddp
     from prunedata.models import make_model
     from prunedata.training import seed_everything
 
@@ -41,7 +42,7 @@ def _worker(a) -> None:
     ds = FashionMNIST(train=True, max_samples=a.n)
     seed_everything(0)
     model = make_model(a.model)
-    p = DistributedAdaPruner(len(ds), 0.7, epochs=a.epochs, warmup_epochs=1)
+    p = AdaPruner(len(ds), 0.7, epochs=a.epochs, warmup_epochs=1, process_group="world")
     t0 = time.perf_counter()
     train_adapruner_ddp(model, ds, p, batch_size=a.batch, seed=0, show_progress=False)
     res["epoch_s"] = (time.perf_counter() - t0) / a.epochs

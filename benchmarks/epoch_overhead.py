@@ -40,11 +40,11 @@ def run_plain(model, opt, loader, device):
 def run_adapruner(model, opt, loader, sampler, device):
     for idx, (x, y) in loader:
         x, y = x.to(device), y.to(device)
-        loss = sampler.loss(idx, F.cross_entropy(model(x), y, reduction="none"))
+        loss = sampler.pruner.loss(idx, F.cross_entropy(model(x), y, reduction="none"))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sampler.step()
+        sampler.pruner.step()
 
 
 def main(argv=None):

@@ -60,11 +60,11 @@ def main(argv=None):
     def ada_hand():
         sampler.set_epoch(2)
         for idx, (x, y) in DataLoader(IndexedDataset(ds), batch_size=a.batch_size, sampler=sampler):
-            loss = sampler.loss(idx, F.cross_entropy(model(x), y, reduction="none"))
+            loss = sampler.pruner.loss(idx, F.cross_entropy(model(x), y, reduction="none"))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sampler.step()
+            sampler.pruner.step()
 
     class _LastPruningEpoch(JointTraining):
         def before_epoch(self, epoch):

@@ -48,16 +48,16 @@ def main(argv=None):
         sampler.set_epoch(epoch)
         for idx, (x, y) in loader:
             per_sample = F.cross_entropy(model(x), y, reduction="none")  # unreduced!
-            loss = sampler.loss(idx, per_sample)  # weighted task loss + selection + compression
+            loss = pruner.loss(idx, per_sample)  # weighted task loss + selection + compression
             opt.zero_grad()
             loss.backward()
             opt.step()
-            sampler.step()  # updates the mask (no-op during warm-up)
-        rec = sampler.end_epoch()
+            pruner.step()  # updates the mask (no-op during warm-up)
+        rec = pruner.end_epoch()
         log.info("epoch %d: kept(m>0)=%.3f alpha=%.2f", epoch, rec["keep_ratio_threshold"], rec["alpha"])
         save_checkpoint(out / "checkpoint.pt", epoch=epoch + 1, model=model, optimizer=opt, sampler=sampler)
 
-    selection = sampler.selection(train)
+    selection = pruner.selection(train)
     path = selection.save(out / "selection.json")
     log.info("kept %d of %d (%.1f%%) -> %s", selection.num_kept, len(train), 100 * selection.keep_ratio, path)
 

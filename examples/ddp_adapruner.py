@@ -17,9 +17,9 @@ import sys
 
 import torch
 
-from prunedata import Selection
+from prunedata import AdaPruner, Selection
 from prunedata.datasets import FashionMNIST
-from prunedata.distributed import (DistributedAdaPruner, DistributedError, cleanup, get_rank, get_world_size,
+from prunedata.distributed import (DistributedError, cleanup, get_rank, get_world_size,
                                    init_distributed, save_selection, train_adapruner_ddp)
 from prunedata.errors import PruneDataError
 from prunedata.models import make_model
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
         dataset = FashionMNIST(train=True, max_samples=args.max_samples)
         seed_everything(args.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
         model = make_model(args.model)
-        pruner = DistributedAdaPruner(len(dataset), args.keep_ratio, epochs=args.epochs,
+        pruner = AdaPruner(len(dataset), args.keep_ratio, process_group="world", epochs=args.epochs,
                                       warmup_epochs=args.warmup_epochs)
         on_step = None
         if args.simulate_failure and rank == world - 1 and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0:
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
         sampler = train_adapruner_ddp(model, dataset, pruner, batch_size=args.batch_size, lr=args.lr,
                                       seed=args.seed, checkpoint=args.checkpoint, resume=args.resume,
                                       show_progress=rank == 0, on_step=on_step)
-        sel = sampler.selection(dataset, extra_params={"world_size": world, "batch_size_per_rank": args.batch_size,
+        sel = sampler.pruner.selection(dataset, extra_params={"world_size": world, "batch_size_per_rank": args.batch_size,
                                                         "model": args.model, "seed": args.seed})
         path = save_selection(sel, args.out)
         mine = Selection.load(path, dataset)  # every rank can read the file once save_selection returns

@@ -39,36 +39,21 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+import warnings
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
 from .errors import LossShapeError, NonFiniteLossError, PruneDataError
+from .ratios import check_keep_ratio, num_to_keep
 from .identity import dataset_fingerprint
 from .selection import Selection
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["AdaPruner", "AdaPrunerSampler", "check_keep_ratio", "check_per_sample_losses"]
-
-
-def check_keep_ratio(keep_ratio: float, name: str = "keep_ratio") -> float:
-    try:
-        r = float(keep_ratio)
-    except (TypeError, ValueError):
-        raise PruneDataError(f"{name} must be a number in (0, 1), got {keep_ratio!r}") from None
-    if not math.isfinite(r) or not 0.0 < r < 1.0:
-        hint = ""
-        if 1.0 < r <= 100.0:
-            hint = f" Did you mean {r / 100:g} (a fraction, not a percentage)?"
-        elif r == 1.0:
-            hint = " A keep ratio of 1 keeps everything: no pruning is needed."
-        raise PruneDataError(
-            f"{name} is the fraction of samples to keep and must lie strictly between 0 and 1; got {r!r}.{hint}"
-        )
-    return r
 
 
 def check_per_sample_losses(losses: Any, n_ids: int) -> torch.Tensor:
@@ -115,8 +100,8 @@ def check_per_sample_losses(losses: Any, n_ids: int) -> torch.Tensor:
     return losses
 
 
-class AdaPruner(nn.Module):
-    """Learnable per-sample mask, its optimiser and schedule.
+class AdaPruner:
+    """Learnable per-sample mask and its schedule: the one mask object (single process or DDP).
 
     Parameters (paper defaults)
     ---------------------------
@@ -174,6 +159,15 @@ class AdaPruner(nn.Module):
         saturated sample stops moving for good. False: the paper's exact gradient.
     seed: seeds the random order that breaks ties between equal logits in the final ranking
         (never the dataset index).
+    process_group: ``"world"`` (every rank of the default process group, looked up when used) or a
+        ``torch.distributed`` process group, whose ranks share this mask: the mask gradient and the epoch statistics are summed
+        over them, the compression term counts once, and at each epoch end every rank's mask is
+        checked against rank 0's (differences up to ``sync_tolerance`` are float noise and removed;
+        larger ones raise :class:`~prunedata.distributed.DistributedError`). ``None`` (default): no
+        synchronisation -- one process, or one independent mask per rank.
+
+    Not a ``torch.nn.Module``: the mask is not a model parameter (it must not be in a model's
+    optimiser or ``state_dict``); :meth:`state_dict` / :meth:`load_state_dict` hold its whole state.
     """
 
     _BINARIZE = {"exact": "exact", "topk": "exact", "band": "band", "threshold": "threshold"}
@@ -184,8 +178,7 @@ class AdaPruner(nn.Module):
                  tolerance: float = 0.02, mask_lr: float = 1.0, mask_optimizer: str = "sgd",
                  mask_init: float = 0.0, loss_eps: float = 1e-6, binarize: str = "exact",
                  logit_clip: Optional[float] = 6.0, straight_through: bool = True, seed: int = 0,
-                 device: Any = None):
-        super().__init__()
+                 device: Any = None, process_group: Any = None, sync_tolerance: float = 1e-3):
         if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples <= 0:
             raise PruneDataError(f"num_samples must be a positive int (the dataset size), got {num_samples!r}")
         self.num_samples = int(num_samples)
@@ -239,18 +232,19 @@ class AdaPruner(nn.Module):
         self.seed = int(seed)
         self.straight_through = bool(straight_through)
         self.mask = nn.Parameter(torch.full((self.num_samples,), self.mask_init, device=device))
-        if mask_optimizer == "adam":
-            self.optimizer = torch.optim.Adam([self.mask], lr=self.mask_lr)
-        else:
-            # the mask objective carries 1/N (paper, Eq. 4-6); scale so mask_lr does not depend on N
-            self.optimizer = torch.optim.SGD([self.mask], lr=self.mask_lr * self.num_samples, momentum=0.0)
+        # "sgd" steps are taken in closed form in step(); only "adam" keeps an optimiser state
+        self.optimizer = torch.optim.Adam([self.mask], lr=self.mask_lr) if mask_optimizer == "adam" else None
         self.epoch = 0
         self.global_step = 0
         self.history: List[Dict[str, Any]] = []
         self._last_terms: Dict[str, Any] = {}
         self._epoch_stats = _EpochStats()
         self._seen = torch.zeros(self.num_samples, dtype=torch.bool, device=self.mask.device)
-        self._process_group = None
+        if process_group is not None and isinstance(process_group, str) and process_group != "world":
+            raise PruneDataError(f"process_group must be 'world', a torch.distributed process group or None, got "
+                                 f"{process_group!r}")
+        self._process_group = process_group
+        self.sync_tolerance = float(sync_tolerance)
         self._epoch_samples = 0  # samples passed through loss()/mask_loss() and stepped this epoch (paces alpha)
         self._pending_samples = 0  # samples of mask_loss() calls not yet followed by step()
         self._step_alpha: Optional[float] = None  # alpha of the last mask_loss(), used by step()
@@ -263,15 +257,29 @@ class AdaPruner(nn.Module):
     def in_warmup(self) -> bool:
         return self.epoch < self.warmup_epochs
 
+    def _group(self) -> Any:
+        """The process group for collectives (``None``: the default group)."""
+        return None if isinstance(self._process_group, str) else self._process_group
+
+    @property
+    def world_size(self) -> int:
+        """Ranks sharing the mask (1 without a process group)."""
+        if self._process_group is None:
+            return 1
+        import torch.distributed as dist
+
+        return dist.get_world_size(self._group()) if dist.is_available() and dist.is_initialized() else 1
+
     @property
     def _samples_per_epoch(self) -> int:
-        """Samples this process sees per epoch (a rank's shard under DDP); paces the alpha ramp."""
-        return self.num_samples
+        """Samples this process sees per epoch (a rank's shard, padded like DistributedSampler, under
+        DDP); paces the alpha ramp."""
+        return -(-self.num_samples // self.world_size)
 
     @property
     def num_keep(self) -> int:
         """``round(keep_ratio * N)`` (at least 1): the number of samples ``binarize="exact"`` keeps."""
-        return max(1, min(self.num_samples, int(round(self.keep_ratio * self.num_samples))))
+        return num_to_keep(self.num_samples, self.keep_ratio)
 
     @property
     def alpha(self) -> float:
@@ -365,7 +373,12 @@ class AdaPruner(nn.Module):
             return torch.sigmoid(self.alpha * self.mask[idx])
 
     def _global_mask_stats(self, soft: torch.Tensor) -> torch.Tensor:
-        return soft.mean()
+        m = soft.mean()
+        k = self.world_size
+        if k <= 1:
+            return m
+        # same value, gradient / K: the summed mask gradient then counts the compression term once
+        return m.detach() + (m - m.detach()) / k
 
     def loss(self, indices: Any, losses: torch.Tensor) -> torch.Tensor:
         """Combined AdaPruner objective for one batch; call ``.backward()`` on it.
@@ -469,7 +482,7 @@ class AdaPruner(nn.Module):
                 if self._since_project >= max(1, self._samples_per_epoch // self.PROJECTIONS_PER_EPOCH):
                     self._project()
         self._comp = None
-        self.optimizer.zero_grad(set_to_none=True)
+        self.mask.grad = None
         self.global_step += 1
 
     def _step_with_compression(self, alpha: float, k: float) -> None:
@@ -509,7 +522,57 @@ class AdaPruner(nn.Module):
         self.mask.sub_(kth)
 
     def _reduce_mask_grad(self) -> None:
-        """Hook for distributed training (all-reduce of the mask gradient)."""
+        """Sum the mask gradient over the ranks of the process group."""
+        if self.world_size > 1 and self.mask.grad is not None:
+            from .distributed import all_reduce
+
+            all_reduce(self.mask.grad, group=self._group(),
+                       what=f"all-reduce of the mask gradient (epoch {self.epoch}, step {self.global_step})")
+
+    def sync(self) -> float:
+        """Check that every rank's mask equals rank 0's; returns the largest difference (then removed)."""
+        if self.world_size <= 1:
+            return 0.0
+        import torch.distributed as dist
+
+        from .distributed import DistributedError, all_reduce, collective_guard
+
+        ref = self.mask.detach().clone()
+        src = dist.get_global_rank(self._group(), 0) if self._group() is not None else 0
+        with collective_guard(f"mask consistency check after epoch {self.epoch}"):
+            dist.broadcast(ref, src=src, group=self._group())
+        diff = torch.zeros(1, dtype=torch.float64)
+        diff[0] = float((ref - self.mask.detach()).abs().max()) if ref.numel() else 0.0
+        all_reduce(diff, op=dist.ReduceOp.MAX, group=self._group(), what="mask consistency check")
+        d = float(diff[0])
+        if d > self.sync_tolerance:
+            raise DistributedError(
+                f"the AdaPruner masks of the ranks differ by up to {d:.3g} after epoch {self.epoch}: the "
+                "ranks did not run the same steps. Every rank must call loss(), backward() and step() "
+                "once per batch, with the same number of batches (use AdaPrunerSampler, which pads the "
+                "shards to equal length) and the same AdaPruner parameters"
+            )
+        if d > 0:
+            with torch.no_grad():
+                self.mask.copy_(ref)
+        return d
+
+    def _reduce_epoch(self) -> None:
+        """Sum the epoch's statistics and the seen samples over the ranks; check the masks agree."""
+        if self.world_size <= 1:
+            return
+        from .distributed import all_reduce
+
+        st = self._epoch_stats
+        t = torch.tensor([float(st.n), float(st.loss_sum), float(st.w_sum), float(st.w_n)], dtype=torch.float64)
+        all_reduce(t, group=self._group(), what=f"sum of epoch statistics (epoch {self.epoch})")
+        st.n, st.loss_sum, st.w_sum, st.w_n = int(t[0]), float(t[1]), float(t[2]), int(t[3])
+        seen = self._seen.to(torch.int32)
+        all_reduce(seen, group=self._group(), what="union of seen samples")
+        self._seen = seen > 0
+        drift = self.sync()
+        if drift:
+            logger.debug("mask drift across ranks after epoch %d: %.3g (removed)", self.epoch, drift)
 
     @property
     def last_terms(self) -> Dict[str, float]:
@@ -518,6 +581,7 @@ class AdaPruner(nn.Module):
 
     def end_epoch(self) -> Dict[str, Any]:
         """Record the epoch's statistics in :attr:`history` and advance to the next epoch."""
+        self._reduce_epoch()
         self._epoch_samples += self._pending_samples
         self._pending_samples = 0
         if not self.in_warmup and self.binarize_mode != "threshold":
@@ -653,10 +717,10 @@ class AdaPruner(nn.Module):
         return sel
 
     # ------------------------------------------------------------------ state
-    def state_dict(self, *args, **kwargs):  # type: ignore[override]
+    def state_dict(self) -> Dict[str, Any]:
         return {
             "mask": self.mask.detach().cpu().clone(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
             "epoch": self.epoch,
             "global_step": self.global_step,
             "epoch_samples": self._epoch_samples + self._pending_samples,
@@ -666,7 +730,7 @@ class AdaPruner(nn.Module):
             "num_samples": self.num_samples,
         }
 
-    def load_state_dict(self, state: Dict[str, Any], strict: bool = True):  # type: ignore[override]
+    def load_state_dict(self, state: Dict[str, Any], strict: bool = True) -> None:
         if int(state["num_samples"]) != self.num_samples:
             raise PruneDataError(
                 f"checkpoint has a mask for {state['num_samples']} samples, this pruner has {self.num_samples}"
@@ -681,7 +745,8 @@ class AdaPruner(nn.Module):
             )
         with torch.no_grad():
             self.mask.copy_(state["mask"].to(self.mask.device))
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.optimizer is not None and state.get("optimizer"):
+            self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])
         self._epoch_samples = int(state.get("epoch_samples", 0))
@@ -726,14 +791,15 @@ class _EpochStats:
         return out
 
 
-class AdaPrunerSampler(torch.utils.data.Sampler):
-    """Sampler for AdaPruner joint training; plugs into an existing DataLoader.
+class AdaPrunerSampler(torch.utils.data.DistributedSampler):
+    """The sampler of AdaPruner joint training: it yields dataset indices, nothing else.
 
-    Yields every dataset index once per epoch (shuffled by ``seed + epoch``); pruned samples stay in
-    the batch and get ~zero weight from :meth:`loss`/:meth:`weights`. With ``num_replicas``/``rank``
-    (or an initialised ``torch.distributed`` process group) it yields this rank's shard, padded to
-    equal length like ``DistributedSampler``. ``__iter__`` returns a fresh iterator each call, so it
-    is safe under ``BatchSampler`` and ``num_workers>0``.
+    Every dataset index once per epoch, shuffled by ``seed + epoch``; pruned samples stay in the
+    batch and get ~zero weight from :meth:`AdaPruner.loss`. It is a
+    :class:`torch.utils.data.DistributedSampler` over the pruner's ``N`` indices (its shuffling,
+    sharding and padding conventions; ``num_replicas``/``rank`` default to the initialised process
+    group, else one replica), and :meth:`set_epoch` also starts the pruner's epoch (warm-up, alpha),
+    so one call per epoch drives both.
 
     >>> pruner = AdaPruner(len(ds), keep_ratio=0.7, epochs=10)
     >>> sampler = AdaPrunerSampler(pruner, seed=0)
@@ -741,10 +807,14 @@ class AdaPrunerSampler(torch.utils.data.Sampler):
     >>> for epoch in range(pruner.epochs):
     ...     sampler.set_epoch(epoch)
     ...     for idx, (x, y) in loader:
-    ...         loss = sampler.loss(idx, F.cross_entropy(model(x), y, reduction="none"))
-    ...         opt.zero_grad(); loss.backward(); opt.step(); sampler.step()
-    ...     sampler.end_epoch()
-    >>> sampler.selection(ds).save("selection.json")
+    ...         loss = pruner.loss(idx, F.cross_entropy(model(x), y, reduction="none"))
+    ...         opt.zero_grad(); loss.backward(); opt.step(); pruner.step()
+    ...     pruner.end_epoch()
+    >>> pruner.selection(ds).save("selection.json")
+
+    The mask's methods used to be reachable through the sampler (``sampler.loss``, ``step``,
+    ``weights``, ``mask_loss``, ``end_epoch``, ``selection``); they still work for one release, with a
+    ``DeprecationWarning``: call them on the pruner (``sampler.pruner``).
     """
 
     def __init__(self, pruner: AdaPruner, *, shuffle: bool = True, seed: int = 0,
@@ -760,66 +830,16 @@ class AdaPrunerSampler(torch.utils.data.Sampler):
                 num_replicas, rank = 1, 0
         if num_replicas < 1 or not 0 <= rank < num_replicas:
             raise PruneDataError(f"rank must be in [0, num_replicas); got rank={rank}, num_replicas={num_replicas}")
+        super().__init__(range(pruner.num_samples), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
+                         drop_last=drop_last)
         self.pruner = pruner
-        self.shuffle = bool(shuffle)
-        self.seed = int(seed)
-        self.num_replicas = int(num_replicas)
-        self.rank = int(rank)
-        self.drop_last = bool(drop_last)
         self.epoch = pruner.epoch
-        n = pruner.num_samples
-        if self.drop_last:
-            self.num_samples = n // self.num_replicas
-        else:
-            self.num_samples = -(-n // self.num_replicas)
-        self.total_size = self.num_samples * self.num_replicas
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __iter__(self) -> Iterator[int]:
-        n = self.pruner.num_samples
-        if self.shuffle:
-            g = torch.Generator()
-            g.manual_seed(self.seed + self.epoch)
-            order = torch.randperm(n, generator=g)
-        else:
-            order = torch.arange(n)
-        if self.drop_last:
-            order = order[: self.total_size]
-        elif self.total_size > n:
-            pad = self.total_size - n
-            order = torch.cat([order, order[:pad].repeat(-(-pad // max(n, 1)))[:pad]])
-        return iter(order[self.rank: self.total_size: self.num_replicas].tolist())
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch for shuffling and for the pruner's schedule (warm-up, alpha)."""
-        self.epoch = int(epoch)
+        super().set_epoch(int(epoch))
         if self.pruner.epoch != self.epoch:
             self.pruner.set_epoch(self.epoch)
-
-    # delegation: the sampler is the one object a training loop needs
-    def weights(self, indices: Any) -> torch.Tensor:
-        """Detached soft weights (see :meth:`AdaPruner.weights`)."""
-        return self.pruner.weights(indices)
-
-    def loss(self, indices: Any, losses: torch.Tensor) -> torch.Tensor:
-        return self.pruner.loss(indices, losses)
-
-    def mask_loss(self, indices: Any, losses: torch.Tensor) -> torch.Tensor:
-        """The mask's part of the objective (see :meth:`AdaPruner.mask_loss`)."""
-        return self.pruner.mask_loss(indices, losses)
-
-    def step(self) -> None:
-        self.pruner.step()
-
-    def end_epoch(self) -> Dict[str, Any]:
-        rec = self.pruner.end_epoch()
-        self.epoch = self.pruner.epoch
-        return rec
-
-    def selection(self, dataset: Any = None, **kw) -> Selection:
-        return self.pruner.selection(dataset, **kw)
 
     def state_dict(self) -> Dict[str, Any]:
         return {"epoch": self.epoch, "seed": self.seed, "pruner": self.pruner.state_dict()}
@@ -828,3 +848,30 @@ class AdaPrunerSampler(torch.utils.data.Sampler):
         self.pruner.load_state_dict(state["pruner"])
         self.seed = int(state["seed"])
         self.epoch = int(state["epoch"])
+
+    # the mask's methods, reachable here for one more release
+    def _forward(self, name: str):
+        warnings.warn(f"AdaPrunerSampler.{name}() is deprecated and will be removed in the next release; call "
+                      f"it on the pruner: sampler.pruner.{name}() (the sampler only yields indices)",
+                      DeprecationWarning, stacklevel=3)
+        return getattr(self.pruner, name)
+
+    def weights(self, indices: Any) -> torch.Tensor:
+        return self._forward("weights")(indices)
+
+    def loss(self, indices: Any, losses: torch.Tensor) -> torch.Tensor:
+        return self._forward("loss")(indices, losses)
+
+    def mask_loss(self, indices: Any, losses: torch.Tensor) -> torch.Tensor:
+        return self._forward("mask_loss")(indices, losses)
+
+    def step(self) -> None:
+        self._forward("step")()
+
+    def end_epoch(self) -> Dict[str, Any]:
+        rec = self._forward("end_epoch")()
+        self.epoch = self.pruner.epoch
+        return rec
+
+    def selection(self, dataset: Any = None, **kw) -> Selection:
+        return self._forward("selection")(dataset, **kw)

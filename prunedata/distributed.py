@@ -2,12 +2,12 @@
 
 Launch with ``torchrun --nproc_per_node=K script.py``; inside the script::
 
-    from prunedata.distributed import (DistributedAdaPruner, init_distributed, save_selection,
-                                       train_adapruner_ddp)
+    from prunedata import AdaPruner
+    from prunedata.distributed import init_distributed, save_selection, train_adapruner_ddp
     init_distributed(timeout=300)            # reads RANK/WORLD_SIZE/MASTER_ADDR set by torchrun
-    pruner = DistributedAdaPruner(len(ds), keep_ratio=0.7, epochs=10)
+    pruner = AdaPruner(len(ds), keep_ratio=0.7, epochs=10, process_group="world")   # one mask, all ranks
     sampler = train_adapruner_ddp(model, ds, pruner, batch_size=128, checkpoint="run.pt", resume=True)
-    save_selection(sampler.selection(ds), "selection.json")   # rank 0 writes, every rank can read
+    save_selection(sampler.pruner.selection(ds), "selection.json")   # rank 0 writes, every rank can read
 
 How the answer stays the same as in one process
 -----------------------------------------------
@@ -15,7 +15,7 @@ How the answer stays the same as in one process
   its shard of the epoch's permutation (positions ``rank, rank+K, ...``), so per-rank batch ``B``
   on ``K`` ranks covers exactly the samples of a ``K*B`` batch in one process.
 * The model is wrapped in DDP (gradients averaged = the mean over the global batch).
-* :class:`DistributedAdaPruner` all-reduces (sums) the mask gradient before each mask step, so all
+* The pruner (``process_group="world"``) all-reduces (sums) the mask gradient before each mask step, so all
   masks take the same step. The compression term depends on the mean of the *whole* mask, which
   every rank computes identically; its gradient is scaled by ``1/K`` on each rank so that the sum
   counts it once. The binarised ratio ``r`` (and so ``lambda``) is identical on every rank.
@@ -42,6 +42,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -348,19 +349,18 @@ def gather_per_sample(indices: Any, values: Any, num_samples: int, what: str = "
 
 # --------------------------------------------------------------------------- AdaPruner
 class DistributedAdaPruner(AdaPruner):
-    """:class:`AdaPruner` whose mask stays identical on every rank of a process group.
+    """Deprecated name of ``AdaPruner(..., process_group=...)``: one mask shared by the ranks.
 
-    Same parameters as :class:`AdaPruner`, plus ``process_group`` (default: the global group) and
-    ``sync_tolerance``: the largest difference between a rank's mask and rank 0's at the end of an
-    epoch that is taken for float noise (and removed); a larger one raises :class:`DistributedError`.
-    Without a process group (or with one rank) it behaves exactly like :class:`AdaPruner`.
+    ``process_group`` defaults to every rank of the default group (``"world"``). Kept for one
+    release; constructing one emits a ``DeprecationWarning``.
     """
 
     def __init__(self, num_samples: int, keep_ratio: float, *, process_group: Any = None,
                  sync_tolerance: float = 1e-3, **kw: Any):
-        super().__init__(num_samples, keep_ratio, **kw)
-        self._process_group = process_group
-        self.sync_tolerance = float(sync_tolerance)
+        warnings.warn("DistributedAdaPruner is deprecated and will be removed in the next release; use "
+                      "AdaPruner(..., process_group='world') (the one mask object)", DeprecationWarning, stacklevel=2)
+        super().__init__(num_samples, keep_ratio, process_group="world" if process_group is None else process_group,
+                         sync_tolerance=sync_tolerance, **kw)
 
     @classmethod
     def from_pruner(cls, pruner: AdaPruner, **kw: Any) -> "DistributedAdaPruner":
@@ -370,66 +370,6 @@ class DistributedAdaPruner(AdaPruner):
         new = cls(pruner.num_samples, device=pruner.mask.device, **pruner.params(), **kw)
         new.load_state_dict(pruner.state_dict())
         return new
-
-    @property
-    def world_size(self) -> int:
-        return get_world_size(self._process_group)
-
-    @property
-    def _samples_per_epoch(self) -> int:
-        # AdaPrunerSampler pads each rank's shard to ceil(N / world_size)
-        return -(-self.num_samples // max(1, self.world_size))
-
-    def _global_mask_stats(self, soft: torch.Tensor) -> torch.Tensor:
-        m = soft.mean()
-        k = self.world_size
-        if k <= 1:
-            return m
-        # same value, gradient / K: the summed mask gradient then counts the compression term once
-        return m.detach() + (m - m.detach()) / k
-
-    def _reduce_mask_grad(self) -> None:
-        if self.world_size > 1 and self.mask.grad is not None:
-            all_reduce(self.mask.grad, group=self._process_group,
-                       what=f"all-reduce of the mask gradient (epoch {self.epoch}, step {self.global_step})")
-
-    def sync(self) -> float:
-        """Check that every rank's mask equals rank 0's; returns the largest difference (then removed)."""
-        if self.world_size <= 1:
-            return 0.0
-        ref = self.mask.detach().clone()
-        src = dist.get_global_rank(self._process_group, 0) if self._process_group is not None else 0
-        with collective_guard(f"mask consistency check after epoch {self.epoch}"):
-            dist.broadcast(ref, src=src, group=self._process_group)
-        diff = torch.zeros(1, dtype=torch.float64)
-        diff[0] = float((ref - self.mask.detach()).abs().max()) if ref.numel() else 0.0
-        all_reduce(diff, op=dist.ReduceOp.MAX, group=self._process_group, what="mask consistency check")
-        d = float(diff[0])
-        if d > self.sync_tolerance:
-            raise DistributedError(
-                f"the AdaPruner masks of the ranks differ by up to {d:.3g} after epoch {self.epoch}: the "
-                "ranks did not run the same steps. Every rank must call loss(), backward() and step() "
-                "once per batch, with the same number of batches (use AdaPrunerSampler, which pads the "
-                "shards to equal length) and the same AdaPruner parameters"
-            )
-        if d > 0:
-            with torch.no_grad():
-                self.mask.copy_(ref)
-        return d
-
-    def end_epoch(self) -> Dict[str, Any]:
-        if self.world_size > 1:
-            st = self._epoch_stats
-            t = torch.tensor([float(st.n), float(st.loss_sum), float(st.w_sum), float(st.w_n)], dtype=torch.float64)
-            all_reduce(t, group=self._process_group, what=f"sum of epoch statistics (epoch {self.epoch})")
-            st.n, st.loss_sum, st.w_sum, st.w_n = int(t[0]), float(t[1]), float(t[2]), int(t[3])
-            seen = self._seen.to(torch.int32)
-            all_reduce(seen, group=self._process_group, what="union of seen samples")
-            self._seen = seen > 0
-            drift = self.sync()
-            if drift:
-                logger.debug("mask drift across ranks after epoch %d: %.3g (removed)", self.epoch, drift)
-        return super().end_epoch()
 
 
 # --------------------------------------------------------------------------- DDP training loop
@@ -459,17 +399,17 @@ def train_adapruner_ddp(model: torch.nn.Module, dataset: Any, pruner: AdaPruner,
     ``checkpoint``: rank 0 writes the whole state (model, optimiser, mask, epoch, every rank's RNG)
     atomically after each epoch; ``resume=True`` makes every rank continue from it (the file must be
     on a filesystem all ranks see). ``on_step(epoch, step)`` is called before each step (logging,
-    fault injection in tests). Returns the sampler; ``sampler.selection(dataset)`` is identical on
+    fault injection in tests). Returns the sampler; ``sampler.pruner.selection(dataset)`` is identical on
     every rank; write it with :func:`save_selection`.
 
     Without a process group this is an ordinary single-process loop.
     """
     world, rank = get_world_size(), get_rank()
-    if world > 1 and not isinstance(pruner, DistributedAdaPruner):
+    if world > 1 and pruner.world_size <= 1:
         raise PruneDataError(
-            f"{type(pruner).__name__} keeps a separate mask on each of the {world} ranks, which would drift "
-            "apart. Use prunedata.distributed.DistributedAdaPruner (same parameters), or convert with "
-            "DistributedAdaPruner.from_pruner(pruner)"
+            f"this AdaPruner keeps a separate mask on each of the {world} ranks, which would drift apart. Build it "
+            "with AdaPruner(..., process_group='world') so the ranks share one mask (DistributedAdaPruner, its "
+            "deprecated name, does the same)"
         )
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise PruneDataError(f"batch_size (per rank) must be a positive int, got {batch_size!r}")

@@ -60,17 +60,17 @@ class JointTraining(TrainHook):
         self.sampler, self.loss_fn, self.t0 = sampler, loss_fn, 0.0
 
     def objective(self, logits, targets, ids):
-        return self.sampler.loss(ids, self.loss_fn(logits, targets))
+        return self.sampler.pruner.loss(ids, self.loss_fn(logits, targets))
 
     def before_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
         self.t0 = time.perf_counter()
 
     def after_step(self, step: Step) -> None:
-        self.sampler.step()
+        self.sampler.pruner.step()
 
     def after_epoch(self, epoch: int, model: torch.nn.Module) -> None:
-        self.sampler.end_epoch()["seconds"] = time.perf_counter() - self.t0
+        self.sampler.pruner.end_epoch()["seconds"] = time.perf_counter() - self.t0
 
 
 class _SamplerCheckpointer(Checkpointer):

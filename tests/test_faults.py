@@ -354,14 +354,14 @@ _KILLER = textwrap.dedent("""
         os.kill(os.getpid(), signal.SIGKILL)
 
     if point == "step":          # during training: the nth mask/model step
-        from prunedata.adapruner import AdaPrunerSampler
-        orig = AdaPrunerSampler.step
+        from prunedata.adapruner import AdaPruner
+        orig = AdaPruner.step
         def step(self):
             count[0] += 1
             if count[0] == nth:
                 die()
             return orig(self)
-        AdaPrunerSampler.step = step
+        AdaPruner.step = step
     else:                        # during the nth write of `target`: after its data is written ("fsync") or
         from prunedata import _io   # when it is about to be renamed into place ("replace")
         real = getattr(_io.os, point)
