@@ -885,13 +885,15 @@ def write_pruned_shards(source: UrlsLike, selection: Union[Selection, str, Path]
 
 
 # --------------------------------------------------------------------------- AdaPruner on streams
-class KeyedAdaPruner:
-    """AdaPruner whose mask entries are addressed by sample id (``__key__`` or ``shard/key``).
+class KeyedAdaPruner(AdaPruner):
+    """The AdaPruner of a stream: mask entries addressed by sample id (``__key__`` or ``shard/key``).
 
-    The ids are sorted into a table (entry ``i`` of the mask is the ``i``-th id in sorted order, as
-    in keyed selections); each batch's ids, which travel with the batch, are looked up there and
-    passed to :class:`~prunedata.adapruner.AdaPruner` underneath, so losses, schedule, binarisation
-    and checkpoints are those of the map-style pruner. Stream every sample each epoch (do not prune
+    It is an :class:`~prunedata.adapruner.AdaPruner` whose key table (:meth:`AdaPruner.use_keys`)
+    holds the sorted ids (entry ``i`` of the mask is the ``i``-th id in sorted order, as in keyed
+    selections); each batch's ids, which travel with the batch, are looked up there, so losses,
+    schedule, binarisation and checkpoints are those of the map-style pruner. This class adds what
+    streams need: ids from a manifest or the shards, ``shard/key`` ids from the batch's ``__url__``,
+    a warning for a stream that repeats samples within an epoch, and keyed selections. Stream every sample each epoch (do not prune
     while learning the mask); mark epochs with :meth:`set_epoch` / :meth:`end_epoch`.
 
     >>> pruner = KeyedAdaPruner.from_shards(urls, keep_ratio=0.7, epochs=10)
@@ -936,28 +938,36 @@ class KeyedAdaPruner:
                 raise PruneDataError(f"sample ids must be unique; repeated: {dup}")
         self.manifest = manifest
         self.id_scheme = _check_scheme(id_scheme or "key")
-        self.keys: List[str] = sorted(id_list)
-        if not self.keys:
+        keys = sorted(id_list)
+        if not keys:
             raise PruneDataError("no sample ids: the shards are empty")
-        self._pos: Dict[str, int] = {k: i for i, k in enumerate(self.keys)}
         if pruner is None:
             if keep_ratio is None:
                 raise PruneDataError("pass keep_ratio (or a ready AdaPruner as pruner=)")
-            pruner = AdaPruner(len(self.keys), keep_ratio, **adapruner_kw)
+            super().__init__(len(keys), keep_ratio, **adapruner_kw)
         else:
             if adapruner_kw or keep_ratio is not None:
                 raise PruneDataError("pass either pruner= or keep_ratio/AdaPruner parameters, not both")
             if not isinstance(pruner, AdaPruner):
                 raise OptionError(f"pruner must be an AdaPruner, got {type(pruner).__name__}")
-            if pruner.num_samples != len(self.keys):
+            if pruner.num_samples != len(keys):
                 raise PruneDataError(
-                    f"the AdaPruner has {pruner.num_samples} mask entries but there are {len(self.keys)} sample ids"
+                    f"the AdaPruner has {pruner.num_samples} mask entries but there are {len(keys)} sample ids"
                 )
-        self.pruner = pruner
+            # adopt the given pruner: its parameters, state, device and process group
+            super().__init__(len(keys), device=pruner.mask.device, process_group=pruner._process_group,
+                             sync_tolerance=pruner.sync_tolerance, **pruner.params())
+            AdaPruner.load_state_dict(self, pruner.state_dict())
+        self.use_keys(keys)
         self.fingerprint = keys_fingerprint(self.keys)
         self.warn_repeats = bool(warn_repeats)
         self._epoch_seen = torch.zeros(len(self.keys), dtype=torch.bool)
         self._warned_repeat = False
+
+    @property
+    def pruner(self) -> "KeyedAdaPruner":
+        """The pruner itself (it used to wrap an AdaPruner under this name)."""
+        return self
 
     @classmethod
     def from_manifest(cls, manifest: Union[ShardManifest, str, Path], keep_ratio: Optional[float] = None,
@@ -971,7 +981,7 @@ class KeyedAdaPruner:
         return cls(scan_shards(urls, id_scheme=id_scheme, handler=handler), keep_ratio, **kw)
 
     # ids -> mask positions
-    def positions(self, keys: Sequence[str], urls: Optional[Sequence[str]] = None) -> torch.Tensor:
+    def positions(self, keys: Sequence[str], urls: Optional[Sequence[str]] = None) -> torch.Tensor:  # type: ignore[override]
         """Mask positions of the batch's samples (from its ``__key__`` list, plus ``__url__`` for
         ``id_scheme='shard/key'``)."""
         if isinstance(keys, torch.Tensor):
@@ -980,17 +990,12 @@ class KeyedAdaPruner:
                 "for map-style data with integer indices use prunedata.AdaPruner"
             )
         ids = _ids_of(keys, urls, self.id_scheme)
-        pos = self._pos
         try:
-            return torch.tensor([pos[k] for k in ids], dtype=torch.long)
-        except KeyError as e:
-            missing = [k for k in ids if k not in pos]
-            raise PruneDataError(
-                f"{len(missing)} sample ids of this batch are not in the pruner's key set, e.g. {missing[:3]}; "
-                f"it was built for {len(self.keys)} ids (first {self.keys[:2]}). Build it from the manifest "
-                "of the shards you are streaming"
-                + (" (ids are 'shard/key'; pass the batch's '__url__' list)" if self.id_scheme == "shard/key" else "")
-            ) from None
+            return super().positions(ids)
+        except PruneDataError as e:
+            if self.id_scheme == "shard/key":
+                raise PruneDataError(f"{e} (ids are 'shard/key'; pass the batch's '__url__' list)") from None
+            raise
 
     # AdaPruner API
     def loss(self, keys: Sequence[str], losses: torch.Tensor, urls: Optional[Sequence[str]] = None) -> torch.Tensor:
@@ -998,7 +1003,7 @@ class KeyedAdaPruner:
         pos = self.positions(keys, urls)
         if self.warn_repeats and not self._warned_repeat:
             self._check_repeats(pos)
-        return self.pruner.loss(pos, losses)
+        return super().loss(pos, losses)
 
     def _check_repeats(self, pos: torch.Tensor) -> None:
         again = self._epoch_seen[pos] | (torch.bincount(pos, minlength=len(self.keys))[pos] > 1)
@@ -1010,67 +1015,33 @@ class KeyedAdaPruner:
                 "KeyedAdaPruner: sample %r came back within epoch %d -- the stream shows samples more than once per "
                 "epoch, so the mask learns from repeated samples. Split the shards over DataLoader workers and "
                 "ranks (wds.split_by_worker / wds.split_by_node, as pruned_webdataset does), or pass "
-                "warn_repeats=False if you sample with replacement (resampled=True)", k, self.pruner.epoch)
+                "warn_repeats=False if you sample with replacement (resampled=True)", k, self.epoch)
 
     def weights(self, keys: Sequence[str], urls: Optional[Sequence[str]] = None) -> torch.Tensor:
         """Detached soft weights of the batch's samples (see :meth:`AdaPruner.weights`)."""
-        return self.pruner.weights(self.positions(keys, urls))
+        return super().weights(self.positions(keys, urls))
 
     def mask_loss(self, keys: Sequence[str], losses: torch.Tensor, urls: Optional[Sequence[str]] = None) -> torch.Tensor:
         """The mask's part of the objective (see :meth:`AdaPruner.mask_loss`)."""
-        return self.pruner.mask_loss(self.positions(keys, urls), losses)
-
-    def step(self) -> None:
-        self.pruner.step()
+        return super().mask_loss(self.positions(keys, urls), losses)
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch_seen.zero_()
-        self.pruner.set_epoch(epoch)
+        super().set_epoch(epoch)
 
     def end_epoch(self) -> Dict[str, Any]:
         self._epoch_seen.zero_()
-        return self.pruner.end_epoch()
-
-    @property
-    def epoch(self) -> int:
-        return self.pruner.epoch
-
-    @property
-    def epochs(self) -> int:
-        return self.pruner.epochs
-
-    @property
-    def finished(self) -> bool:
-        return self.pruner.finished
-
-    @property
-    def in_warmup(self) -> bool:
-        return self.pruner.in_warmup
-
-    @property
-    def alpha(self) -> float:
-        return self.pruner.alpha
-
-    @property
-    def history(self) -> List[Dict[str, Any]]:
-        return self.pruner.history
-
-    @property
-    def last_terms(self) -> Dict[str, float]:
-        return self.pruner.last_terms
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.keys)
+        return super().end_epoch()
 
     def logits(self) -> Dict[str, float]:
         """Current mask logit per sample id."""
-        m = self.pruner.mask.detach().cpu().tolist()
+        m = self.mask.detach().cpu().tolist()
         return dict(zip(self.keys, m))
 
-    def selection(self, *, method: str = "adapruner", extra_params: Optional[Dict[str, Any]] = None) -> Selection:
+    def selection(self, dataset: Any = None, *, method: str = "adapruner",  # type: ignore[override]
+                  extra_params: Optional[Dict[str, Any]] = None) -> Selection:
         """The binarised mask as a keyed :class:`Selection` (scores = mask logits in sorted-id order)."""
-        base = self.pruner.selection(fingerprint=self.fingerprint, extra_params=extra_params, method=method)
+        base = super().selection(fingerprint=self.fingerprint, extra_params=extra_params, method=method)
         kept = [self.keys[i] for i in base.kept.tolist()]
         extra = dict(base.extra)
         sel = Selection.from_keys(kept, self.keys, method=base.method, params=base.params,
@@ -1084,7 +1055,7 @@ class KeyedAdaPruner:
 
     def state_dict(self) -> Dict[str, Any]:
         return {"keys_fingerprint": self.fingerprint, "id_scheme": self.id_scheme, "num_keys": len(self.keys),
-                "pruner": self.pruner.state_dict()}
+                "pruner": super().state_dict()}
 
     def load_state_dict(self, state: Dict[str, Any], strict: bool = True) -> None:
         if state.get("keys_fingerprint") != self.fingerprint:
@@ -1092,8 +1063,8 @@ class KeyedAdaPruner:
                 f"checkpoint was made for another key set ({state.get('num_keys')} ids, fingerprint "
                 f"{state.get('keys_fingerprint')}); this pruner has {len(self.keys)} ids ({self.fingerprint})"
             )
-        self.pruner.load_state_dict(state["pruner"], strict=strict)
+        super().load_state_dict(state["pruner"], strict=strict)
 
     def __repr__(self) -> str:
         return (f"KeyedAdaPruner({len(self.keys)} ids, id_scheme={self.id_scheme!r}, keep_ratio="
-                f"{self.pruner.keep_ratio}, epoch {self.pruner.epoch}/{self.pruner.epochs})")
+                f"{self.keep_ratio}, epoch {self.epoch}/{self.epochs})")

@@ -244,6 +244,8 @@ class AdaPruner:
             raise PruneDataError(f"process_group must be 'world', a torch.distributed process group or None, got "
                                  f"{process_group!r}")
         self._process_group = process_group
+        self.keys: Optional[List[str]] = None       # the key table (use_keys), if entries have keys
+        self._key_pos: Optional[Dict[str, int]] = None
         self.sync_tolerance = float(sync_tolerance)
         self._epoch_samples = 0  # samples passed through loss()/mask_loss() and stepped this epoch (paces alpha)
         self._pending_samples = 0  # samples of mask_loss() calls not yet followed by step()
@@ -311,7 +313,39 @@ class AdaPruner:
         self._epoch_stats = _EpochStats()
 
     # ------------------------------------------------------------------ per-step API
+    def use_keys(self, keys: Any) -> "AdaPruner":
+        """Address the mask by sample key as well as by index: entry ``i`` belongs to ``keys[i]``
+        (a small key-to-position table). Afterwards the methods that take indices also take a
+        sequence of keys (strings), e.g. the ``__key__`` list of a webdataset batch."""
+        keys = [str(k) for k in keys]
+        if len(keys) != self.num_samples:
+            raise PruneDataError(f"got {len(keys)} keys for a mask of {self.num_samples} entries")
+        pos = {k: i for i, k in enumerate(keys)}
+        if len(pos) != len(keys):
+            dup = [k for k in pos if keys.count(k) > 1][:3]
+            raise PruneDataError(f"sample ids must be unique; repeated: {dup}")
+        self.keys, self._key_pos = keys, pos
+        return self
+
+    def positions(self, keys: Any) -> torch.Tensor:
+        """Mask positions of the given sample keys (see :meth:`use_keys`)."""
+        if self._key_pos is None:
+            raise PruneDataError("this AdaPruner is addressed by dataset index; give it keys with use_keys(...)")
+        pos = self._key_pos
+        try:
+            return torch.tensor([pos[str(k)] for k in keys], dtype=torch.long)
+        except KeyError:
+            missing = [str(k) for k in keys if str(k) not in pos]
+            raise PruneDataError(
+                f"{len(missing)} sample ids of this batch are not in the pruner's key set, e.g. {missing[:3]}; "
+                f"it was built for {len(self.keys)} ids (first {self.keys[:2]}). Build it from the manifest "
+                "of the shards you are streaming"
+            ) from None
+
     def _check_indices(self, indices: Any) -> torch.Tensor:
+        if self._key_pos is not None and isinstance(indices, (list, tuple)) and indices and \
+                isinstance(indices[0], str):
+            return self.positions(indices).to(self.mask.device)
         if isinstance(indices, (list, tuple, np.ndarray)):
             indices = torch.as_tensor(np.asarray(indices, dtype=np.int64) if len(indices) == 0 else np.asarray(indices))
         if not isinstance(indices, torch.Tensor):
