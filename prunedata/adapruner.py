@@ -127,6 +127,11 @@ class AdaPruner:
         and the logits are never clipped, so they keep their order (the saved scores have no mass
         ties at a bound). 0 or None: no floor.
     loss_eps: floor of ``L_i`` inside ``-log L_i``.
+    task_weight: weight ``a`` of the task loss in the mask's per-sample signal ``a*L_i - log L_i``
+        (1: the paper, Eq. 4-6 both divided by N). The signal is lowest, so the sample is kept
+        longest, at ``L_i = 1/a``: 1 keeps samples whose loss stays near 1 (hard ones) and prunes
+        both the easiest and the hardest; a larger ``a`` keeps easier samples (see BENCHMARKS.md,
+        issue 14: at 70% pruned on Fashion-MNIST the paper's ``a = 1`` loses to random).
     binarize: how many samples are kept, and how the mask is held at that size while it learns:
 
         * ``"exact"`` (default; alias ``"topk"``): exactly ``round(keep_ratio*N)`` samples, those
@@ -177,8 +182,8 @@ class AdaPruner:
                  alpha_init: float = 0.1, alpha_final: float = 5.0, scale: float = 100.0,
                  tolerance: float = 0.02, mask_lr: float = 1.0, mask_optimizer: str = "sgd",
                  mask_init: float = 0.0, loss_eps: float = 1e-6, binarize: str = "exact",
-                 logit_clip: Optional[float] = 6.0, straight_through: bool = True, seed: int = 0,
-                 device: Any = None, process_group: Any = None, sync_tolerance: float = 1e-3):
+                 logit_clip: Optional[float] = 6.0, straight_through: bool = True, task_weight: float = 1.0,
+                 seed: int = 0, device: Any = None, process_group: Any = None, sync_tolerance: float = 1e-3):
         if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples <= 0:
             raise PruneDataError(f"num_samples must be a positive int (the dataset size), got {num_samples!r}")
         self.num_samples = int(num_samples)
@@ -194,6 +199,9 @@ class AdaPruner:
         tolerance, mask_lr = _number(tolerance, "tolerance"), _number(mask_lr, "mask_lr")
         scale, mask_init = _number(scale, "scale"), _number(mask_init, "mask_init")
         loss_eps = _number(loss_eps, "loss_eps")
+        task_weight = _number(task_weight, "task_weight")
+        if task_weight < 0:
+            raise PruneDataError(f"task_weight must be >= 0 (the weight of L in a*L - log L), got {task_weight}; the paper's is 1")
         if not 0 <= tolerance < 0.5:
             raise PruneDataError(f"tolerance must be in [0, 0.5), got {tolerance}; 0.02 is the paper's")
         if alpha_init <= 0 or alpha_final < alpha_init:
@@ -227,6 +235,7 @@ class AdaPruner:
         self.mask_optimizer_name = mask_optimizer
         self.mask_init = mask_init
         self.loss_eps = loss_eps
+        self.task_weight = task_weight
         self.binarize_mode = self._BINARIZE[binarize]
         self.logit_clip = float(logit_clip or 0.0)
         self.seed = int(seed)
@@ -457,7 +466,7 @@ class AdaPruner:
         ld = ld.to(w.device)
         neg_log = -torch.log(ld.clamp_min(self.loss_eps))
         # mask: the paper's per-sample terms (classification + selection), divided by N
-        mask_cls = (w * ld).sum() / self.num_samples
+        mask_cls = self.task_weight * (w * ld).sum() / self.num_samples
         mask_sel = (w * neg_log).sum() / self.num_samples
         if self.binarize_mode != "threshold":
             # the projection in step() holds the binarised ratio at the target exactly, so the
@@ -709,7 +718,7 @@ class AdaPruner:
             "keep_ratio": self.keep_ratio, "epochs": self.epochs, "warmup_epochs": self.warmup_epochs,
             "alpha_init": self.alpha_init, "alpha_final": self.alpha_final, "scale": self.scale,
             "tolerance": self.tolerance, "logit_clip": self.logit_clip, "mask_lr": self.mask_lr,
-            "mask_optimizer": self.mask_optimizer_name, "mask_init": self.mask_init, "loss_eps": self.loss_eps,
+            "mask_optimizer": self.mask_optimizer_name, "mask_init": self.mask_init, "loss_eps": self.loss_eps, "task_weight": self.task_weight,
             "binarize": self.binarize_mode, "straight_through": self.straight_through, "seed": self.seed,
         }
 

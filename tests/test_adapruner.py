@@ -298,6 +298,7 @@ def test_mask_moves_easy_samples_down():
     (dict(alpha_final=float("inf")), "alpha_final must be a finite"), (dict(scale=-1.0), "scale"),
     (dict(tolerance=float("nan")), "tolerance"), (dict(loss_eps=0.0), "loss_eps"), (dict(logit_clip=-1.0), "logit_clip"),
     (dict(binarize="median"), "binarize"), (dict(seed=1.5), "seed"), (dict(mask_lr="fast"), "must be a number"),
+    (dict(task_weight=-1.0), "task_weight"),
 ])
 def test_bad_parameters_name_what_is_wrong(kw, msg):
     with pytest.raises(PruneDataError, match=msg):
@@ -497,3 +498,15 @@ def test_registry_method_class_balanced_keeps_each_class_share():
         in_c = labels == c
         assert sel.scores[in_c & keep].min() >= sel.scores[in_c & ~keep].max()
     assert sel.metrics["kept_by_mask_alone"] <= sel.num_kept
+
+
+@pytest.mark.parametrize("task_weight,kept_level", [(1.0, 1.0), (100.0, 0.01)])
+def test_task_weight_sets_the_loss_level_kept_longest(task_weight, kept_level):
+    """The per-sample signal a*L - log L is lowest at L = 1/a: those samples are kept."""
+    n = 1000
+    losses = torch.logspace(-4, 1, n)
+    p = AdaPruner(n, 0.2, epochs=3, warmup_epochs=0, task_weight=task_weight)
+    _prune_fixed_losses(p, losses, batch=50)
+    kept = losses[torch.from_numpy(p.binarize())]
+    assert kept.min() < kept_level < kept.max()
+    assert abs(float(torch.log10(kept).median()) - np.log10(kept_level)) < 0.3
