@@ -1,0 +1,120 @@
+"""Sample ids of a shard stream (``key`` or ``shard/key``), shard names and URL expansion."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Union
+
+from webdataset.shardlists import expand_urls
+
+from prunedata.errors import PruneDataError
+
+if TYPE_CHECKING:
+    from .manifest import ShardManifest
+
+logger = logging.getLogger(__name__)
+
+
+ID_SCHEMES = ("key", "shard/key")
+
+
+ID_SCHEMES = ("key", "shard/key")
+MANIFEST_FORMAT = "prunedata.shards"
+
+
+MANIFEST_FORMAT = "prunedata.shards"
+MANIFEST_VERSION = 1
+
+
+MANIFEST_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+Handler = Callable[[BaseException], bool]
+
+
+Handler = Callable[[BaseException], bool]
+UrlsLike = Union[str, Sequence[str], "ShardManifest", Path]
+
+
+class ManifestError(PruneDataError):
+    """A shard manifest is unreadable or inconsistent (duplicate ids, unknown format, ...)."""
+
+
+class IncompleteShardError(PruneDataError):
+    """A shard yielded fewer kept samples than the selection recorded for it (truncated or corrupt)."""
+
+
+def shard_name(url: str) -> str:
+    """The shard's file name (last path component of the URL, query string removed)."""
+    u = str(url)
+    if u.startswith("pipe:"):
+        # e.g. "pipe:curl -s http://host/a/train-0001.tar" -> the last word that looks like a file
+        words = [w for w in re.split(r"\s+", u[5:]) if w and not w.startswith("-")]
+        u = words[-1] if words else u
+    u = u.split("?", 1)[0].rstrip("/")
+    return u.rsplit("/", 1)[-1]
+
+
+def check_scheme(id_scheme: str) -> str:
+    if id_scheme not in ID_SCHEMES:
+        raise PruneDataError(f"id_scheme must be one of {ID_SCHEMES}, got {id_scheme!r}")
+    return id_scheme
+
+
+def sample_id(key: str, url: Optional[str] = None, id_scheme: str = "key") -> str:
+    """The id of a sample: its ``__key__``, or ``"<shard name>/<key>"`` for ``id_scheme='shard/key'``."""
+    if id_scheme == "key":
+        return str(key)
+    if id_scheme == "shard/key":
+        if url is None:
+            raise PruneDataError(
+                "id_scheme='shard/key' needs the shard of every sample; keep '__url__' in the samples "
+                "(and pass the batch's '__url__' list next to its '__key__' list)"
+            )
+        return f"{shard_name(url)}/{key}"
+    check_scheme(id_scheme)
+    raise AssertionError  # pragma: no cover
+
+
+def ids_of(keys: Sequence[str], urls: Optional[Sequence[str]], id_scheme: str) -> List[str]:
+    if isinstance(keys, str):
+        keys = [keys]
+    if id_scheme == "key":
+        return [str(k) for k in keys]
+    if urls is None:
+        sample_id("", None, id_scheme)  # raises the explanatory error
+    if isinstance(urls, str):
+        urls = [urls] * len(keys)
+    if len(urls) != len(keys):
+        raise PruneDataError(f"got {len(keys)} keys but {len(urls)} urls; they must match one to one")
+    return [sample_id(k, u, id_scheme) for k, u in zip(keys, urls)]
+
+
+def expand_shards(urls: UrlsLike) -> List[str]:
+    """Shard URLs from a brace pattern (``"d/train-{000..009}.tar"``), a list, a manifest (object or
+    ``.json`` path) or a folder holding a ``manifest.json`` (e.g. the output of :func:`write_pruned_shards`)."""
+    from .manifest import ShardManifest  # (the manifest module builds on this one)
+
+    if isinstance(urls, ShardManifest):
+        return urls.urls
+    if isinstance(urls, Path):
+        urls = str(urls)
+    if isinstance(urls, str):
+        if urls.endswith(".json") and os.path.isfile(urls):
+            return ShardManifest.load(urls).urls
+        if os.path.isdir(urls):
+            if not os.path.isfile(os.path.join(urls, MANIFEST_NAME)):
+                raise PruneDataError(
+                    f"{urls} is a folder without a {MANIFEST_NAME}; pass the shard URLs (e.g. "
+                    f"'{urls}/train-{{000000..000099}}.tar') or write a manifest with scan_shards(urls).save(...)"
+                )
+            return ShardManifest.load(os.path.join(urls, MANIFEST_NAME)).urls
+        out = expand_urls(urls)
+    else:
+        out = [str(u) for u in urls]
+    if not out:
+        raise PruneDataError("no shard URLs given")
+    return out

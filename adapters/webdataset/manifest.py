@@ -1,0 +1,216 @@
+"""Shard manifests: what each shard holds (ids, counts, sizes), scanned once and saved next to the shards."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+from webdataset.handlers import reraise_exception
+
+from prunedata._io import atomic_write_text
+from prunedata.identity import keys_fingerprint
+from prunedata.progress import progress
+from .ids import Handler, MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION, ManifestError, UrlsLike, check_scheme, expand_shards, ids_of, shard_name
+from .reading import iter_raw_samples
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ShardInfo:
+    """One shard: its URL and its sample keys in stream order."""
+
+    url: str
+    keys: List[str]
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.url)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.keys)
+
+
+class ShardManifest:
+    """Shards and their keys in stream order; the stream's stand-in for a dataset index.
+
+    Attributes: ``shards`` (list of :class:`ShardInfo`), ``id_scheme``, ``complete`` (False when it
+    was written part-way), ``extra`` (free-form: source, selection, errors, ...).
+    """
+
+    def __init__(self, shards: Sequence[ShardInfo], *, id_scheme: str = "key", complete: bool = True,
+                 extra: Optional[Dict[str, Any]] = None):
+        self.shards = list(shards)
+        self.id_scheme = check_scheme(id_scheme)
+        self.complete = bool(complete)
+        self.extra = dict(extra or {})
+        self._ids: Optional[List[str]] = None
+        self._check_unique()
+
+    # ids
+    def ids(self) -> List[str]:
+        """Sample ids in stream order (shards in order, samples in shard order)."""
+        if self._ids is None:
+            out: List[str] = []
+            for s in self.shards:
+                out.extend(ids_of(s.keys, [s.url] * len(s.keys), self.id_scheme))
+            self._ids = out
+        return self._ids
+
+    def _check_unique(self) -> None:
+        if self.id_scheme == "shard/key":
+            names = Counter(s.name for s in self.shards)
+            dup = [n for n, c in names.items() if c > 1]
+            if dup:
+                raise ManifestError(
+                    f"shard file name {dup[0]!r} appears {names[dup[0]]} times; with id_scheme='shard/key' "
+                    "shard names must be unique. Rename the shards."
+                )
+        ids = self.ids()
+        if len(set(ids)) != len(ids):
+            seen: Dict[str, str] = {}
+            for s in self.shards:
+                for k in ids_of(s.keys, [s.url] * len(s.keys), self.id_scheme):
+                    if k in seen:
+                        where = f"shards {seen[k]} and {s.name}" if seen[k] != s.name else f"shard {s.name} (twice)"
+                        hint = (" Sample keys must be unique across shards to address samples by key; pass "
+                                "id_scheme='shard/key' to address them by shard and key."
+                                if self.id_scheme == "key" and seen[k] != s.name else
+                                " Keys must be unique within a shard.")
+                        raise ManifestError(f"sample id {k!r} appears in {where}.{hint}")
+                    seen[k] = s.name
+
+    @property
+    def urls(self) -> List[str]:
+        return [s.url for s in self.shards]
+
+    @property
+    def num_samples(self) -> int:
+        return sum(s.num_samples for s in self.shards)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    @property
+    def fingerprint(self) -> str:
+        """:func:`~prunedata.identity.keys_fingerprint` of the id set (what keyed selections store)."""
+        return keys_fingerprint(self.ids())
+
+    def counts(self) -> Dict[str, int]:
+        return {s.name: s.num_samples for s in self.shards}
+
+    def __repr__(self) -> str:
+        return (f"ShardManifest({len(self.shards)} shards, {self.num_samples} samples, "
+                f"id_scheme={self.id_scheme!r}{'' if self.complete else ', incomplete'})")
+
+    # I/O
+    def to_json(self, root: Optional[Path] = None) -> str:
+        head = {"format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, "id_scheme": self.id_scheme,
+                "complete": self.complete, "num_shards": len(self.shards), "num_samples": self.num_samples,
+                "fingerprint": self.fingerprint}
+        lines = []
+        for s in self.shards:
+            d: Dict[str, Any] = {"url": _relative(s.url, root), "num_samples": s.num_samples}
+            if s.extra:
+                d["extra"] = s.extra
+            d["keys"] = s.keys
+            lines.append("    " + json.dumps(d, separators=(",", ":"), default=str))
+        text = json.dumps(head, indent=2)[:-2] + ",\n"
+        text += '  "extra": ' + json.dumps(self.extra, separators=(",", ":"), default=str) + ",\n"
+        text += '  "shards": [\n' + ",\n".join(lines) + "\n  ]\n}\n"
+        return text
+
+    def save(self, path: Union[str, Path]) -> Path:
+        """Write atomically; local shard paths inside the manifest's folder are stored relative to it."""
+        path = Path(path)
+        atomic_write_text(path, self.to_json(path.parent.resolve()))
+        logger.debug("wrote manifest %s (%d shards, %d samples)", path, len(self.shards), self.num_samples)
+        return path
+
+    @classmethod
+    def load(cls, path: Union[str, Path]) -> "ShardManifest":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"manifest {path} does not exist")
+        try:
+            d = json.loads(path.read_text("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ManifestError(f"{path} is not a readable shard manifest: {e}") from None
+        if not isinstance(d, dict) or d.get("format") != MANIFEST_FORMAT:
+            raise ManifestError(
+                f"{path} is not a prunedata shard manifest (format={d.get('format') if isinstance(d, dict) else None!r}); "
+                "make one with prunedata.adapters.webdataset.scan_shards(urls).save(path)"
+            )
+        if d.get("format_version") != MANIFEST_VERSION:
+            raise ManifestError(f"{path}: manifest format version {d.get('format_version')} is not supported")
+        root = path.parent.resolve()
+        try:
+            shards = [ShardInfo(url=_absolute(s["url"], root), keys=[str(k) for k in s["keys"]],
+                                extra=s.get("extra") or {}) for s in d["shards"]]
+        except (KeyError, TypeError) as e:
+            raise ManifestError(f"{path}: damaged shard entry ({e!r})") from None
+        for s, raw in zip(shards, d["shards"]):
+            if "num_samples" in raw and int(raw["num_samples"]) != s.num_samples:
+                raise ManifestError(f"{path}: shard {s.name} says {raw['num_samples']} samples but lists "
+                                    f"{s.num_samples} keys; the file was edited or damaged")
+        return cls(shards, id_scheme=d.get("id_scheme", "key"), complete=d.get("complete", True),
+                   extra=d.get("extra") or {})
+
+
+def is_local(url: str) -> bool:
+    return "://" not in url and not url.startswith("pipe:")
+
+
+def _relative(url: str, root: Optional[Path]) -> str:
+    if root is None or not is_local(url):
+        return url
+    p = Path(url.replace("file:", "", 1) if url.startswith("file:") else url).resolve()
+    try:
+        return p.relative_to(root).as_posix()
+    except ValueError:
+        return str(p)
+
+
+def _absolute(url: str, root: Path) -> str:
+    if not is_local(url) or os.path.isabs(url):
+        return url
+    return str(root / url)
+
+
+def load_manifest(source: Union[str, Path, "ShardManifest"]) -> ShardManifest:
+    """A manifest object from a path (``manifest.json`` or a folder holding one) or as is."""
+    if isinstance(source, ShardManifest):
+        return source
+    p = Path(source)
+    if p.is_dir():
+        p = p / MANIFEST_NAME
+    return ShardManifest.load(p)
+
+
+def scan_shards(urls: UrlsLike, *, id_scheme: str = "key", handler: Handler = reraise_exception,
+                show_progress: bool = True) -> ShardManifest:
+    """One pass over the shards reading tar headers only: the key set and stream order.
+
+    Broken shards raise by default; with a continuing handler the keys read before the break are
+    kept and the error is listed in ``manifest.extra["errors"]`` (and ``complete`` is False).
+    """
+    check_scheme(id_scheme)
+    url_list = expand_shards(urls)
+    errors: List[Dict[str, str]] = []
+    done: List[str] = []
+    keys: Dict[str, List[str]] = {u: [] for u in url_list}
+    it = iter_raw_samples(url_list, read_data=False, handler=handler, errors=errors, done=done)
+    for s in progress(it, desc="scanning shards", disable=not show_progress):
+        keys[s["__url__"]].append(s["__key__"])
+    reached = set(done) | {e["url"] for e in errors}
+    shards = [ShardInfo(url=u, keys=keys[u]) for u in url_list if u in reached]
+    extra: Dict[str, Any] = {}
+    if errors:
+        extra["errors"] = errors
+    return ShardManifest(shards, id_scheme=id_scheme, complete=len(done) == len(url_list), extra=extra)
