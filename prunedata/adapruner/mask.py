@@ -38,69 +38,23 @@ positions: ``loss(indices, losses)`` looks the mask up at the given dataset indi
 from __future__ import annotations
 
 import logging
-import math
-import warnings
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
-from .errors import LossShapeError, NonFiniteLossError, PruneDataError
-from .ratios import check_keep_ratio, num_to_keep
-from .identity import dataset_fingerprint
-from .selection import Selection
+from ..errors import PruneDataError
+from ..ratios import check_keep_ratio, num_to_keep
+from .checks import _number, check_per_sample_losses
+from .keys import MaskKeys
+from .result import MaskResult
+from .sync import MaskSync
 
-logger = logging.getLogger(__name__)
-
-__all__ = ["AdaPruner", "AdaPrunerSampler", "check_keep_ratio", "check_per_sample_losses"]
-
-
-def check_per_sample_losses(losses: Any, n_ids: int) -> torch.Tensor:
-    """Validate unreduced per-sample losses; returns them as a 1-D float tensor."""
-    if not isinstance(losses, torch.Tensor):
-        raise LossShapeError(
-            f"per-sample losses must be a torch.Tensor, got {type(losses).__name__}"
-        )
-    if losses.dim() == 0:
-        raise LossShapeError(
-            "got a scalar loss, but AdaPruner needs one loss per sample. Compute the loss with "
-            "reduction='none' (e.g. F.cross_entropy(logits, y, reduction='none'))."
-        )
-    if losses.dim() > 1:
-        if losses.dim() == 2 and losses.shape[1] == 1:
-            losses = losses[:, 0]
-        else:
-            raise LossShapeError(
-                f"per-sample losses must be 1-D (one per sample), got shape {tuple(losses.shape)}; "
-                "reduce over all but the batch dimension first, e.g. loss.flatten(1).mean(1)."
-            )
-    if losses.shape[0] != n_ids:
-        raise LossShapeError(
-            f"got {losses.shape[0]} per-sample losses for {n_ids} sample ids; the batch's ids and "
-            "losses must match one to one (was the loss reduced, or the ids taken from another batch?)"
-        )
-    if not torch.is_floating_point(losses):
-        raise LossShapeError(f"per-sample losses must be floating point, got {losses.dtype}")
-    ld = losses.detach()
-    finite = torch.isfinite(ld)
-    if not bool((finite & (ld >= 0)).all()):  # one host sync for both checks
-        if not bool(finite.all()):
-            bad = (~finite).nonzero().flatten()[:5].tolist()
-            raise NonFiniteLossError(
-                f"{int((~finite).sum())} per-sample losses are NaN or infinite (batch positions {bad}); "
-                "lower the learning rate, check the inputs, or clip gradients"
-            )
-        bad = (ld < 0).nonzero().flatten()[:5].tolist()
-        raise LossShapeError(
-            f"{int((ld < 0).sum())} per-sample losses are negative (batch positions {bad}, e.g. "
-            f"{float(ld.min()):.4g}); AdaPruner needs losses >= 0 (its selection term is -log L), so pass "
-            "the task loss itself (e.g. cross-entropy), not a log-likelihood or a shifted score"
-        )
-    return losses
+logger = logging.getLogger("prunedata.adapruner")
 
 
-class AdaPruner:
+class AdaPruner(MaskKeys, MaskSync, MaskResult):
     """Learnable per-sample mask and its schedule: the one mask object (single process or DDP).
 
     Parameters (paper defaults)
@@ -322,35 +276,6 @@ class AdaPruner:
         self._epoch_stats = _EpochStats()
 
     # ------------------------------------------------------------------ per-step API
-    def use_keys(self, keys: Any) -> "AdaPruner":
-        """Address the mask by sample key as well as by index: entry ``i`` belongs to ``keys[i]``
-        (a small key-to-position table). Afterwards the methods that take indices also take a
-        sequence of keys (strings), e.g. the ``__key__`` list of a webdataset batch."""
-        keys = [str(k) for k in keys]
-        if len(keys) != self.num_samples:
-            raise PruneDataError(f"got {len(keys)} keys for a mask of {self.num_samples} entries")
-        pos = {k: i for i, k in enumerate(keys)}
-        if len(pos) != len(keys):
-            dup = [k for k in pos if keys.count(k) > 1][:3]
-            raise PruneDataError(f"sample ids must be unique; repeated: {dup}")
-        self.keys, self._key_pos = keys, pos
-        return self
-
-    def positions(self, keys: Any) -> torch.Tensor:
-        """Mask positions of the given sample keys (see :meth:`use_keys`)."""
-        if self._key_pos is None:
-            raise PruneDataError("this AdaPruner is addressed by dataset index; give it keys with use_keys(...)")
-        pos = self._key_pos
-        try:
-            return torch.tensor([pos[str(k)] for k in keys], dtype=torch.long)
-        except KeyError:
-            missing = [str(k) for k in keys if str(k) not in pos]
-            raise PruneDataError(
-                f"{len(missing)} sample ids of this batch are not in the pruner's key set, e.g. {missing[:3]}; "
-                f"it was built for {len(self.keys)} ids (first {self.keys[:2]}). Build it from the manifest "
-                "of the shards you are streaming"
-            ) from None
-
     def _check_indices(self, indices: Any) -> torch.Tensor:
         if self._key_pos is not None and isinstance(indices, (list, tuple)) and indices and \
                 isinstance(indices[0], str):
@@ -564,59 +489,6 @@ class AdaPruner:
         kth = torch.kthvalue(self.mask.detach(), self.num_samples - self.num_keep + 1).values
         self.mask.sub_(kth)
 
-    def _reduce_mask_grad(self) -> None:
-        """Sum the mask gradient over the ranks of the process group."""
-        if self.world_size > 1 and self.mask.grad is not None:
-            from .distributed import all_reduce
-
-            all_reduce(self.mask.grad, group=self._group(),
-                       what=f"all-reduce of the mask gradient (epoch {self.epoch}, step {self.global_step})")
-
-    def sync(self) -> float:
-        """Check that every rank's mask equals rank 0's; returns the largest difference (then removed)."""
-        if self.world_size <= 1:
-            return 0.0
-        import torch.distributed as dist
-
-        from .distributed import DistributedError, all_reduce, collective_guard
-
-        ref = self.mask.detach().clone()
-        src = dist.get_global_rank(self._group(), 0) if self._group() is not None else 0
-        with collective_guard(f"mask consistency check after epoch {self.epoch}"):
-            dist.broadcast(ref, src=src, group=self._group())
-        diff = torch.zeros(1, dtype=torch.float64)
-        diff[0] = float((ref - self.mask.detach()).abs().max()) if ref.numel() else 0.0
-        all_reduce(diff, op=dist.ReduceOp.MAX, group=self._group(), what="mask consistency check")
-        d = float(diff[0])
-        if d > self.sync_tolerance:
-            raise DistributedError(
-                f"the AdaPruner masks of the ranks differ by up to {d:.3g} after epoch {self.epoch}: the "
-                "ranks did not run the same steps. Every rank must call loss(), backward() and step() "
-                "once per batch, with the same number of batches (use AdaPrunerSampler, which pads the "
-                "shards to equal length) and the same AdaPruner parameters"
-            )
-        if d > 0:
-            with torch.no_grad():
-                self.mask.copy_(ref)
-        return d
-
-    def _reduce_epoch(self) -> None:
-        """Sum the epoch's statistics and the seen samples over the ranks; check the masks agree."""
-        if self.world_size <= 1:
-            return
-        from .distributed import all_reduce
-
-        st = self._epoch_stats
-        t = torch.tensor([float(st.n), float(st.loss_sum), float(st.w_sum), float(st.w_n)], dtype=torch.float64)
-        all_reduce(t, group=self._group(), what=f"sum of epoch statistics (epoch {self.epoch})")
-        st.n, st.loss_sum, st.w_sum, st.w_n = int(t[0]), float(t[1]), float(t[2]), int(t[3])
-        seen = self._seen.to(torch.int32)
-        all_reduce(seen, group=self._group(), what="union of seen samples")
-        self._seen = seen > 0
-        drift = self.sync()
-        if drift:
-            logger.debug("mask drift across ranks after epoch %d: %.3g (removed)", self.epoch, drift)
-
     @property
     def last_terms(self) -> Dict[str, float]:
         """Loss terms and schedule values of the most recent :meth:`loss` call."""
@@ -659,106 +531,6 @@ class AdaPruner:
     def finished(self) -> bool:
         return self.epoch >= self.epochs
 
-    # ------------------------------------------------------------------ result
-    def ranking(self) -> np.ndarray:
-        """Dataset indices from the largest final logit to the smallest; ties in a seeded random order."""
-        m = self.mask.detach().cpu().double().numpy()
-        tie = np.random.default_rng(self.seed).permutation(self.num_samples)
-        return np.lexsort((tie, -m))
-
-    def binarize(self) -> np.ndarray:
-        """Final boolean keep-mask; ties are broken by a seeded random order, never by index.
-
-        ``"exact"``: the ``round(keep_ratio*N)`` samples with the largest logits. ``"band"``: within
-        ``keep_ratio +- tolerance``, the count at the largest gap between consecutive sorted logits
-        (where the learned mask itself separates kept from pruned). ``"threshold"``: the threshold
-        count ``m >= 0`` if it lies within the band, else the nearest band edge, with a warning.
-        :attr:`count_rule` says afterwards how the count was reached ("exact", "largest-gap",
-        "threshold" or "clipped-to-band").
-        """
-        m = self.mask.detach().cpu().double().numpy()
-        n = self.num_samples
-        order = self.ranking()
-        lo = max(1, int(math.ceil((self.keep_ratio - self.tolerance) * n - 1e-9)))
-        hi = min(n, int(math.floor((self.keep_ratio + self.tolerance) * n + 1e-9)))
-        if self.binarize_mode == "exact":
-            k, rule = self.num_keep, "exact"
-        elif self.binarize_mode == "band":
-            s = m[order]
-            hi_gap = min(hi, n - 1)
-            if hi_gap < lo:
-                k = lo
-            else:
-                gaps = s[lo - 1:hi_gap] - s[lo:hi_gap + 1]  # gap after the k-th largest, k = lo..hi_gap
-                k = lo + int(np.argmax(gaps))
-            rule = "largest-gap"
-        else:
-            k_thr = int((m >= 0).sum())
-            k = max(1, min(n, min(max(k_thr, lo), hi)))
-            rule = "threshold" if k == k_thr else "clipped-to-band"
-            if k != k_thr:
-                logger.warning(
-                    "AdaPruner: thresholded mask keeps %.4f, outside keep_ratio %.3f +- %.3f; keeping the "
-                    "%d samples with the largest mask logits instead (binarize='exact' keeps exactly "
-                    "round(keep_ratio*N))", k_thr / n, self.keep_ratio, self.tolerance, k,
-                )
-        self._count_rule = rule
-        keep = np.zeros(n, dtype=bool)
-        keep[order[:k]] = True
-        return keep
-
-    @property
-    def count_rule(self) -> Optional[str]:
-        """How the last :meth:`binarize` reached its count: "exact", "largest-gap", "threshold" or
-        "clipped-to-band"."""
-        return self._count_rule
-
-    def params(self) -> Dict[str, Any]:
-        return {
-            "keep_ratio": self.keep_ratio, "epochs": self.epochs, "warmup_epochs": self.warmup_epochs,
-            "alpha_init": self.alpha_init, "alpha_final": self.alpha_final, "scale": self.scale,
-            "tolerance": self.tolerance, "logit_clip": self.logit_clip, "mask_lr": self.mask_lr,
-            "mask_optimizer": self.mask_optimizer_name, "mask_init": self.mask_init, "loss_eps": self.loss_eps, "task_weight": self.task_weight,
-            "binarize": self.binarize_mode, "straight_through": self.straight_through, "seed": self.seed,
-        }
-
-    def selection(self, dataset: Any = None, *, fingerprint: Optional[str] = None,
-                  extra_params: Optional[Dict[str, Any]] = None, method: str = "adapruner") -> Selection:
-        """The binarised mask as a :class:`~prunedata.selection.Selection` (scores = mask logits).
-
-        ``params["count_rule"]`` records how the count was reached: "exact" (``round(keep_ratio*N)``),
-        "largest-gap" (inside the band), "threshold" (the mask's own ``m >= 0`` count, inside the band)
-        or "clipped-to-band".
-        """
-        if dataset is not None and len(dataset) != self.num_samples:
-            raise PruneDataError(
-                f"pruner has {self.num_samples} mask entries but the dataset has {len(dataset)} samples"
-            )
-        if not self.finished:
-            logger.warning("AdaPruner.selection() called after %d of %d epochs", self.epoch, self.epochs)
-        keep = self.binarize()
-        m = self.mask.detach().cpu().double().numpy()
-        thr = float((m >= 0).mean())
-        if fingerprint is None and dataset is not None:
-            fingerprint = dataset_fingerprint(dataset)
-        params = self.params()
-        params["count_rule"] = self._count_rule
-        if extra_params:
-            params.update(extra_params)
-        sel = Selection.from_mask(
-            keep, method=method, params=params, fingerprint=fingerprint, scores=m, score_name="mask_logit",
-            metrics={
-                "keep_ratio": float(keep.mean()),
-                "keep_ratio_threshold": thr,
-                "within_tolerance_by_threshold": abs(thr - self.keep_ratio) <= self.tolerance + 1e-12,
-                "count_rule": self._count_rule,
-                "epochs_run": self.epoch,
-                "never_seen": int((~self._seen).sum().cpu()),
-            },
-        )
-        sel.extra["history"] = self.history
-        return sel
-
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict[str, Any]:
         return {
@@ -800,17 +572,6 @@ class AdaPruner:
         return None
 
 
-def _number(value: Any, name: str) -> float:
-    """``float(value)``, refusing non-numbers, NaN and infinity with a one-sentence PruneDataError."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise PruneDataError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(v):
-        raise PruneDataError(f"{name} must be a finite number, got {value!r}")
-    return v
-
-
 class _EpochStats:
     """Running per-epoch sums (mean loss, weighted fraction) without storing per-step tensors."""
 
@@ -832,89 +593,3 @@ class _EpochStats:
         if self.w_n:
             out["mean_batch_weight"] = float(self.w_sum) / self.w_n
         return out
-
-
-class AdaPrunerSampler(torch.utils.data.DistributedSampler):
-    """The sampler of AdaPruner joint training: it yields dataset indices, nothing else.
-
-    Every dataset index once per epoch, shuffled by ``seed + epoch``; pruned samples stay in the
-    batch and get ~zero weight from :meth:`AdaPruner.loss`. It is a
-    :class:`torch.utils.data.DistributedSampler` over the pruner's ``N`` indices (its shuffling,
-    sharding and padding conventions; ``num_replicas``/``rank`` default to the initialised process
-    group, else one replica), and :meth:`set_epoch` also starts the pruner's epoch (warm-up, alpha),
-    so one call per epoch drives both.
-
-    >>> pruner = AdaPruner(len(ds), keep_ratio=0.7, epochs=10)
-    >>> sampler = AdaPrunerSampler(pruner, seed=0)
-    >>> loader = DataLoader(IndexedDataset(ds), batch_size=256, sampler=sampler, num_workers=2)
-    >>> for epoch in range(pruner.epochs):
-    ...     sampler.set_epoch(epoch)
-    ...     for idx, (x, y) in loader:
-    ...         loss = pruner.loss(idx, F.cross_entropy(model(x), y, reduction="none"))
-    ...         opt.zero_grad(); loss.backward(); opt.step(); pruner.step()
-    ...     pruner.end_epoch()
-    >>> pruner.selection(ds).save("selection.json")
-
-    The mask's methods used to be reachable through the sampler (``sampler.loss``, ``step``,
-    ``weights``, ``mask_loss``, ``end_epoch``, ``selection``); they still work for one release, with a
-    ``DeprecationWarning``: call them on the pruner (``sampler.pruner``).
-    """
-
-    def __init__(self, pruner: AdaPruner, *, shuffle: bool = True, seed: int = 0,
-                 num_replicas: Optional[int] = None, rank: Optional[int] = None, drop_last: bool = False):
-        if not isinstance(pruner, AdaPruner):
-            raise TypeError(f"AdaPrunerSampler needs an AdaPruner, got {type(pruner).__name__}")
-        if num_replicas is None or rank is None:
-            dist = torch.distributed
-            if dist.is_available() and dist.is_initialized():
-                num_replicas = dist.get_world_size() if num_replicas is None else num_replicas
-                rank = dist.get_rank() if rank is None else rank
-            else:
-                num_replicas, rank = 1, 0
-        if num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise PruneDataError(f"rank must be in [0, num_replicas); got rank={rank}, num_replicas={num_replicas}")
-        super().__init__(range(pruner.num_samples), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
-                         drop_last=drop_last)
-        self.pruner = pruner
-        self.epoch = pruner.epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        """Set the epoch for shuffling and for the pruner's schedule (warm-up, alpha)."""
-        super().set_epoch(int(epoch))
-        if self.pruner.epoch != self.epoch:
-            self.pruner.set_epoch(self.epoch)
-
-    def state_dict(self) -> Dict[str, Any]:
-        return {"epoch": self.epoch, "seed": self.seed, "pruner": self.pruner.state_dict()}
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        self.pruner.load_state_dict(state["pruner"])
-        self.seed = int(state["seed"])
-        self.epoch = int(state["epoch"])
-
-    # the mask's methods, reachable here for one more release
-    def _forward(self, name: str):
-        warnings.warn(f"AdaPrunerSampler.{name}() is deprecated and will be removed in the next release; call "
-                      f"it on the pruner: sampler.pruner.{name}() (the sampler only yields indices)",
-                      DeprecationWarning, stacklevel=3)
-        return getattr(self.pruner, name)
-
-    def weights(self, indices: Any) -> torch.Tensor:
-        return self._forward("weights")(indices)
-
-    def loss(self, indices: Any, losses: torch.Tensor) -> torch.Tensor:
-        return self._forward("loss")(indices, losses)
-
-    def mask_loss(self, indices: Any, losses: torch.Tensor) -> torch.Tensor:
-        return self._forward("mask_loss")(indices, losses)
-
-    def step(self) -> None:
-        self._forward("step")()
-
-    def end_epoch(self) -> Dict[str, Any]:
-        rec = self._forward("end_epoch")()
-        self.epoch = self.pruner.epoch
-        return rec
-
-    def selection(self, dataset: Any = None, **kw) -> Selection:
-        return self._forward("selection")(dataset, **kw)
