@@ -84,8 +84,9 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
     task_weight: weight ``a`` of the task loss in the mask's per-sample signal ``a*L_i - log L_i``
         (1: the paper, Eq. 4-6 both divided by N). The signal is lowest, so the sample is kept
         longest, at ``L_i = 1/a``: 1 keeps samples whose loss stays near 1 (hard ones) and prunes
-        both the easiest and the hardest; a larger ``a`` keeps easier samples (see BENCHMARKS.md,
-        issue 14: at 70% pruned on Fashion-MNIST the paper's ``a = 1`` loses to random).
+        both the easiest and the hardest; a larger ``a`` keeps easier samples. Not a tuned fix:
+        on all of Fashion-MNIST at 70% pruned, ``a = N/B`` (468.75) was worse than ``a = 1`` on an
+        unseen MLP and better on a linear model, both still below random (BENCHMARKS.md, issue 14).
     binarize: how many samples are kept, and how the mask is held at that size while it learns:
 
         * ``"exact"`` (default; alias ``"topk"``): exactly ``round(keep_ratio*N)`` samples, those
