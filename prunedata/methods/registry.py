@@ -8,7 +8,7 @@ class balance) and returns a :class:`~prunedata.selection.Selection` whose ``met
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -56,7 +56,14 @@ class MethodConfig:
     class_balanced: bool = False
     num_workers: int = 0
     show_progress: bool = True
-    checkpoint_dir: Optional[str] = None
+    checkpoint_dir: dataclasses.InitVar[Optional[str]] = None   #: deprecated, never used: give checkpoint=
+
+    def __post_init__(self, checkpoint_dir: Optional[str]) -> None:
+        if checkpoint_dir is not None:
+            import warnings
+
+            warnings.warn("MethodConfig(checkpoint_dir=...) is deprecated and was never used; pass checkpoint=PATH "
+                          "to select() (the CLI's --checkpoint)", DeprecationWarning, stacklevel=3)
 
     def make_model(self) -> "torch.nn.Module":
         if self.model_fn is not None:
@@ -72,7 +79,6 @@ class MethodConfig:
         d = dataclasses.asdict(self)
         d.pop("model_fn")
         d.pop("show_progress")
-        d.pop("checkpoint_dir")
         d.pop("num_workers")
         return d
 
