@@ -90,7 +90,7 @@ class KeyedAdaPruner(AdaPruner):
                     f"the AdaPruner has {pruner.num_samples} mask entries but there are {len(keys)} sample ids"
                 )
             # adopt the given pruner: its parameters, state, device and process group
-            super().__init__(len(keys), device=pruner.mask.device, process_group=pruner._process_group,
+            super().__init__(len(keys), device=pruner.mask.device, process_group=pruner.process_group,
                              sync_tolerance=pruner.sync_tolerance, **pruner.params())
             AdaPruner.load_state_dict(self, pruner.state_dict())
         self.use_keys(keys)

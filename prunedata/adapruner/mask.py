@@ -223,6 +223,11 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
     def in_warmup(self) -> bool:
         return self.epoch < self.warmup_epochs
 
+    @property
+    def process_group(self) -> Any:
+        """The process group sharing this mask (``"world"``, a group, or ``None``)."""
+        return self._process_group
+
     def _group(self) -> Any:
         """The process group for collectives (``None``: the default group)."""
         return None if isinstance(self._process_group, str) else self._process_group
