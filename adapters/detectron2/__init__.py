@@ -1,21 +1,12 @@
 """Detectron2 integration: VOC/YOLO datasets, AdaPruner for detection, pruned registrations.
 
 Importing this package does not import Detectron2; using any of its names does, and raises an
-ImportError naming ``scripts/install_detectron2.sh`` when Detectron2 is missing.
-
-Datasets (:mod:`.datasets`): :func:`register_voc`, :func:`register_yolo`, :func:`register_pruned`,
-:func:`load_voc`, :func:`load_yolo`, :func:`detection_fingerprint`, :func:`index_records`,
-:class:`AnnotationError`.
-
-Per-image losses (:mod:`.losses`): :func:`per_image_losses` ("heads": one batched forward and
-Detectron2's loss functions per image; "microbatch": one forward per image).
-
-Training (:mod:`.training`): :class:`AdaPrunerTrainer` (a ``DefaultTrainer``),
-:class:`AdaPrunerSimpleTrainer` (a ``SimpleTrainer``), :func:`detection_selection`,
-:func:`batch_indices`, :func:`iterations_for_epochs`.
-
-Helpers: :func:`small_faster_rcnn_config` (a ResNet-18-FPN Faster R-CNN for CPU runs),
-:func:`make_voc_dataset` / :func:`make_yolo_dataset` (small synthetic detection datasets on disk).
+ImportError naming ``scripts/install_detectron2.sh`` when Detectron2 is missing. The names by module
+(``_EXPORTS``): :mod:`.datasets` loads and registers VOC/YOLO directories and pruned datasets;
+:mod:`.losses` gives per-image losses ("heads": one batched forward and Detectron2's loss functions per
+image; "microbatch": one forward per image); :mod:`.training` has :class:`AdaPrunerTrainer` (a
+``DefaultTrainer``) and :class:`AdaPrunerSimpleTrainer` (a ``SimpleTrainer``); :mod:`.configs` a
+ResNet-18-FPN Faster R-CNN for CPU runs; :mod:`.synthetic` small synthetic detection datasets on disk.
 """
 from __future__ import annotations
 

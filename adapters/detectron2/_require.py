@@ -6,8 +6,7 @@ INSTALL_HINT = (
     "Install it with the project's script `scripts/install_detectron2.sh` (run it with the python of "
     "this environment; it installs Detectron2 v0.6's Python sources plus pinned dependencies), or "
     "build it from https://github.com/facebookresearch/detectron2 "
-    "(pip install 'git+https://github.com/facebookresearch/detectron2.git')."
-)
+    "(pip install 'git+https://github.com/facebookresearch/detectron2.git').")
 
 
 def require_detectron2():

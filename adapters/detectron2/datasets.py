@@ -8,13 +8,11 @@ Every record (Detectron2 "dataset dict") carries a stable sample id:
   and the selection file use. Detectron2's ``DatasetMapper`` copies unknown keys, so the index
   travels with each image through the data loader into the training step.
 
-:func:`detection_fingerprint` hashes the ordered list of ids and file names, so a selection file
-refuses to be applied to another dataset. :func:`register_pruned` registers ``<name>_pruned``:
-the kept records of a base dataset, under the base's metadata, usable by any Detectron2 config.
-
-Bad annotation files (unparsable XML, missing fields, unknown classes, boxes outside the image,
-malformed YOLO lines) raise :class:`AnnotationError` naming the file; with ``on_error="skip"``
-the offending box (or, for an unreadable file, the image) is dropped with a warning instead.
+A selection file is checked against :func:`detection_fingerprint` of the dataset it is applied to, and
+:func:`register_pruned` registers its kept records under the base's metadata. Bad annotation files
+(unparsable XML, missing fields, unknown classes, boxes outside the image, malformed YOLO lines) raise
+:class:`AnnotationError` naming the file; with ``on_error="skip"`` the offending box (or, for an
+unreadable file, the image) is dropped with a warning instead.
 """
 from __future__ import annotations
 
@@ -65,9 +63,7 @@ class _Problems:
     """Raise at once (``on_error='raise'``) or collect warnings (``'skip'``)."""
 
     def __init__(self, on_error: str, what: str):
-        if on_error not in ("raise", "skip"):
-            raise PruneDataError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        self.on_error = on_error
+        self.on_error = _check_on_error(on_error)
         self.what = what
         self.skipped_boxes = 0
         self.skipped_images = 0
@@ -76,14 +72,10 @@ class _Problems:
         if self.on_error == "raise":
             raise AnnotationError(
                 msg + ". Fix the file, or pass on_error='skip' to drop "
-                + ("this image" if image else "such boxes") + " with a warning."
-            )
-        if image:
-            self.skipped_images += 1
-            logger.warning("%s; skipping the image", msg)
-        else:
-            self.skipped_boxes += 1
-            logger.warning("%s; skipping the box", msg)
+                + ("this image" if image else "such boxes") + " with a warning.")
+        self.skipped_images += image
+        self.skipped_boxes += not image
+        logger.warning("%s; skipping the %s", msg, "image" if image else "box")
 
     def summary(self, n_images: int) -> None:
         if self.skipped_images or self.skipped_boxes:
@@ -94,6 +86,12 @@ class _Problems:
 
 
 # --------------------------------------------------------------------------- helpers
+def _check_on_error(on_error: str) -> str:
+    if on_error not in ("raise", "skip"):
+        raise PruneDataError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    return on_error
+
+
 def _check_class_names(names: Sequence[str], source: str) -> List[str]:
     names = [str(n).strip() for n in names]
     if not names:
@@ -147,8 +145,7 @@ def index_records(dicts: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
             if iid in seen:
                 raise PruneDataError(
                     f"records {seen[iid]} and {i} have the same image_id {iid!r}; sample ids must be unique "
-                    "so that selections can name images"
-                )
+                    "so that selections can name images")
             seen[iid] = i
         d[INDEX_KEY] = i
     return dicts
@@ -187,8 +184,7 @@ def _voc_layout(root: Path, split: str) -> Path:
     if missing:
         raise PruneDataError(
             f"{root} is not a Pascal VOC directory: missing {', '.join(missing)} (expected "
-            "Annotations/, JPEGImages/, ImageSets/Main/<split>.txt)"
-        )
+            "Annotations/, JPEGImages/, ImageSets/Main/<split>.txt)")
     split_file = root / "ImageSets" / "Main" / f"{split}.txt"
     if not split_file.is_file():
         avail = sorted(p.stem for p in (root / "ImageSets" / "Main").glob("*.txt") if "_" not in p.stem)
@@ -197,13 +193,8 @@ def _voc_layout(root: Path, split: str) -> Path:
 
 
 def _voc_image_path(root: Path, file_id: str, xml_filename: Optional[str]) -> Optional[Path]:
-    cands = [root / "JPEGImages" / (file_id + ext) for ext in IMAGE_EXTENSIONS]
-    if xml_filename:
-        cands.insert(0, root / "JPEGImages" / xml_filename)
-    for c in cands:
-        if c.is_file():
-            return c
-    return None
+    cands = ([xml_filename] if xml_filename else []) + [file_id + ext for ext in IMAGE_EXTENSIONS]
+    return next((root / "JPEGImages" / c for c in cands if (root / "JPEGImages" / c).is_file()), None)
 
 
 def load_voc(root: Union[str, os.PathLike], split: str = "trainval",
@@ -283,22 +274,28 @@ def load_voc(root: Union[str, os.PathLike], split: str = "trainval",
                 problems(
                     f"{where}: box (xmin={xmin:g}, ymin={ymin:g}, xmax={xmax:g}, ymax={ymax:g}) is outside "
                     f"the {width}x{height} image or empty (VOC needs 1 <= xmin < xmax <= width, "
-                    "1 <= ymin < ymax <= height)"
-                )
+                    "1 <= ymin < ymax <= height)")
                 continue
-            annotations.append({
-                "category_id": cls_index[name], "bbox": [x1, y1, x2, y2], "bbox_mode": BoxMode.XYXY_ABS,
-                "iscrowd": 0, "difficult": difficult,
-            })
-        records.append({
-            "file_name": str(img_path), "image_id": file_id, "height": height, "width": width,
-            "annotations": annotations,
-        })
+            annotations.append({"category_id": cls_index[name], "bbox": [x1, y1, x2, y2],
+                                "bbox_mode": BoxMode.XYXY_ABS, "iscrowd": 0, "difficult": difficult})
+        records.append({"file_name": str(img_path), "image_id": file_id, "height": height, "width": width,
+                        "annotations": annotations})
     problems.summary(len(records))
     return index_records(records)
 
 
 # --------------------------------------------------------------------------- YOLO
+def _yolo_layout(root: Path, split: Optional[str], images: str = "images", labels: str = "labels"):
+    """The image and label folders of a YOLO directory."""
+    if not root.is_dir():
+        raise PruneDataError(f"YOLO root {root} is not a directory")
+    dirs = tuple(root / sub / split if split else root / sub for sub in (images, labels))
+    for d in dirs:
+        if not d.is_dir():
+            raise PruneDataError(f"{root} is not a YOLO directory: {d} does not exist (expected images/ and labels/)")
+    return dirs
+
+
 def _yolo_class_names(root: Path, class_names: Any) -> List[str]:
     if class_names is not None:
         return read_class_names(class_names)
@@ -307,8 +304,7 @@ def _yolo_class_names(root: Path, class_names: Any) -> List[str]:
             return read_class_names(root / cand)
     raise PruneDataError(
         f"no class-name list for YOLO dataset {root}: pass class_names=[...] or a file, or put "
-        "classes.txt (one name per line), obj.names or data.yaml (names: [...]) in the root"
-    )
+        "classes.txt (one name per line), obj.names or data.yaml (names: [...]) in the root")
 
 
 def load_yolo(root: Union[str, os.PathLike], split: Optional[str] = None,
@@ -321,14 +317,7 @@ def load_yolo(root: Union[str, os.PathLike], split: Optional[str] = None,
     (rounding) and are clipped; beyond that they are an error.
     """
     root = Path(root)
-    if not root.is_dir():
-        raise PruneDataError(f"YOLO root {root} is not a directory")
-    img_dir = root / images / split if split else root / images
-    lbl_dir = root / labels / split if split else root / labels
-    if not img_dir.is_dir():
-        raise PruneDataError(f"{root} is not a YOLO directory: {img_dir} does not exist (expected images/ and labels/)")
-    if not lbl_dir.is_dir():
-        raise PruneDataError(f"{root} is not a YOLO directory: {lbl_dir} does not exist (expected images/ and labels/)")
+    img_dir, lbl_dir = _yolo_layout(root, split, images, labels)
     classes = _yolo_class_names(root, class_names)
     problems = _Problems(on_error, f"YOLO {img_dir}")
     files = sorted(p for p in img_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
@@ -382,36 +371,34 @@ def load_yolo(root: Union[str, os.PathLike], split: Optional[str] = None,
                 if x1 < -_YOLO_EPS or y1 < -_YOLO_EPS or x2 > 1 + _YOLO_EPS or y2 > 1 + _YOLO_EPS:
                     problems(
                         f"{where}: box (cx={cx:g}, cy={cy:g}, w={bw:g}, h={bh:g}) reaches outside the image "
-                        "(normalised corners must lie in [0, 1]; are the coordinates in pixels instead?)"
-                    )
+                        "(normalised corners must lie in [0, 1]; are the coordinates in pixels instead?)")
                     continue
                 x1, y1 = max(x1, 0.0) * width, max(y1, 0.0) * height
                 x2, y2 = min(x2, 1.0) * width, min(y2, 1.0) * height
-                annotations.append({
-                    "category_id": int(cls_f), "bbox": [x1, y1, x2, y2], "bbox_mode": BoxMode.XYXY_ABS,
-                    "iscrowd": 0,
-                })
-        records.append({
-            "file_name": str(img_path), "image_id": image_id, "height": height, "width": width,
-            "annotations": annotations,
-        })
+                annotations.append({"category_id": int(cls_f), "bbox": [x1, y1, x2, y2],
+                                    "bbox_mode": BoxMode.XYXY_ABS, "iscrowd": 0})
+        records.append({"file_name": str(img_path), "image_id": image_id, "height": height, "width": width,
+                        "annotations": annotations})
     problems.summary(len(records))
     return index_records(records)
 
 
 # --------------------------------------------------------------------------- registration
-def _prepare_name(name: str, overwrite: bool) -> None:
+def _register(name: str, overwrite: bool, loader, **metadata: Any) -> str:
+    """Register ``loader`` and ``metadata`` as ``name`` (replacing an earlier ``name`` only with ``overwrite``)."""
     if not isinstance(name, str) or not name:
         raise PruneDataError(f"dataset name must be a non-empty string, got {name!r}")
     if name in DatasetCatalog.list():
         if not overwrite:
             raise PruneDataError(
                 f"a dataset named {name!r} is already registered in Detectron2's DatasetCatalog; pick "
-                "another name or pass overwrite=True"
-            )
+                "another name or pass overwrite=True")
         DatasetCatalog.remove(name)
     if name in MetadataCatalog.list():
         MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, loader)
+    MetadataCatalog.get(name).set(**metadata)
+    return name
 
 
 def register_voc(name: str, root: Union[str, os.PathLike], split: str = "trainval",
@@ -427,14 +414,10 @@ def register_voc(name: str, root: Union[str, os.PathLike], split: str = "trainva
     root = Path(root).resolve()
     _voc_layout(root, split)
     classes = list(VOC_CLASSES) if class_names is None else _check_class_names(class_names, "class_names")
-    if on_error not in ("raise", "skip"):
-        raise PruneDataError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    _prepare_name(name, overwrite)
-    DatasetCatalog.register(name, partial(load_voc, root, split, classes, on_error=on_error,
-                                          include_difficult=include_difficult))
-    MetadataCatalog.get(name).set(thing_classes=classes, dirname=str(root), split=split, year=year,
-                                  evaluator_type="pascal_voc", prunedata_root=str(root))
-    return name
+    loader = partial(load_voc, root, split, classes, on_error=_check_on_error(on_error),
+                     include_difficult=include_difficult)
+    return _register(name, overwrite, loader, thing_classes=classes, dirname=str(root), split=split, year=year,
+                     evaluator_type="pascal_voc", prunedata_root=str(root))
 
 
 def register_yolo(name: str, root: Union[str, os.PathLike], split: Optional[str] = None,
@@ -446,20 +429,10 @@ def register_yolo(name: str, root: Union[str, os.PathLike], split: Optional[str]
     ``None`` to read ``classes.txt``/``obj.names``/``data.yaml`` from the root.
     """
     root = Path(root).resolve()
-    if not root.is_dir():
-        raise PruneDataError(f"YOLO root {root} is not a directory")
-    for sub in ("images", "labels"):
-        d = root / sub / split if split else root / sub
-        if not d.is_dir():
-            raise PruneDataError(f"{root} is not a YOLO directory: {d} does not exist (expected images/ and labels/)")
+    _yolo_layout(root, split)
     classes = _yolo_class_names(root, class_names)
-    if on_error not in ("raise", "skip"):
-        raise PruneDataError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    _prepare_name(name, overwrite)
-    DatasetCatalog.register(name, partial(load_yolo, root, split, classes, on_error=on_error))
-    MetadataCatalog.get(name).set(thing_classes=classes, dirname=str(root), split=split or "",
-                                  prunedata_root=str(root))
-    return name
+    return _register(name, overwrite, partial(load_yolo, root, split, classes, on_error=_check_on_error(on_error)),
+                     thing_classes=classes, dirname=str(root), split=split or "", prunedata_root=str(root))
 
 
 def _pruned_records(base_name: str, selection: Selection, strict: bool) -> List[Dict[str, Any]]:
@@ -491,8 +464,7 @@ def register_pruned(base_name: str, selection: Union[str, os.PathLike, Selection
     if base_name not in DatasetCatalog.list():
         raise PruneDataError(
             f"base dataset {base_name!r} is not registered in Detectron2's DatasetCatalog; register it "
-            "first (register_voc / register_yolo / your own registration)"
-        )
+            "first (register_voc / register_yolo / your own registration)")
     sel = selection if isinstance(selection, Selection) else Selection.load(selection)
     if sel.id_kind != "index":
         raise PruneDataError("a detection selection must be by index (id_kind='index'); this one is keyed")
@@ -501,14 +473,12 @@ def register_pruned(base_name: str, selection: Union[str, os.PathLike, Selection
         raise PruneDataError("the pruned dataset needs a name different from its base")
     if verify:
         _pruned_records(base_name, sel, strict)
-    _prepare_name(name, overwrite)
-    DatasetCatalog.register(name, partial(_pruned_records, base_name, sel, strict))
     meta = {k: v for k, v in MetadataCatalog.get(base_name).as_dict().items() if k != "name"}
     meta.update(prunedata_base=base_name, prunedata_selection_method=sel.method,
                 prunedata_kept=sel.num_kept)
     if not isinstance(selection, Selection):
         meta["prunedata_selection"] = str(Path(selection).resolve())
-    MetadataCatalog.get(name).set(**meta)
+    _register(name, overwrite, partial(_pruned_records, base_name, sel, strict), **meta)
     logger.info("registered %s: %d of %d images of %s (%s)", name, sel.num_kept, sel.dataset_size, base_name,
                 sel.method)
     return name

@@ -18,20 +18,18 @@ same proposals and sampled anchors/ROIs), summed over its terms.
   a loss dict (RetinaNet, Mask R-CNN, ...), at the price of B forward passes of batch size 1,
   and BatchNorm then normalises each image on its own.
 * ``mode="auto"``: "heads" when the model supports it and has no BatchNorm layer normalising with
-  batch statistics (trainable ``BN``/``SyncBN`` in training mode), otherwise "microbatch".
-
-Why "auto" avoids "heads" with BatchNorm: in "heads" mode the images of a batch interact through the
-batch statistics, so an image of weight 0 adds no loss term of its own but still shapes the
-normalisation of the others -- measured, it changes the gradient by 17-24% (GroupNorm, FrozenBN and
-"microbatch": <= 6e-7). "auto" therefore takes "microbatch" there (weight 0 means no gradient; B
-forwards of one image; BatchNorm running statistics still see every image). Asking for "heads" with
-BatchNorm explicitly is allowed, with a warning. :func:`resolve_mode` tells which mode a model gets.
+  batch statistics (trainable ``BN``/``SyncBN`` in training mode), otherwise "microbatch". Why: in
+  "heads" mode the images of a batch interact through the batch statistics, so an image of weight 0
+  still shapes the normalisation of the others -- measured, it changes the gradient by 17-24%
+  (GroupNorm, FrozenBN and "microbatch": <= 6e-7); in "microbatch" weight 0 means no gradient and the
+  BatchNorm running statistics still see every image. Asking for "heads" with BatchNorm is allowed,
+  with a warning. :func:`resolve_mode` tells which mode a model gets.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Set
 
 import torch
 
@@ -101,7 +99,7 @@ def batchnorm_layers(model: Any) -> List[str]:
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
 
 
-_WARNED: Dict[int, bool] = {}
+_WARNED: Set[int] = set()  # ids of the models whose BatchNorm layers were reported once
 
 
 def resolve_mode(model: Any, mode: str = "auto") -> str:
@@ -113,26 +111,22 @@ def resolve_mode(model: Any, mode: str = "auto") -> str:
     reason = supports_heads_mode(model)
     if reason and mode == "heads":
         raise PruneDataError(f"mode='heads' is not available: {reason}. Use mode='microbatch' (any model).")
+    if reason:
+        logger.debug("per_image_losses: using micro-batches because %s", reason)
+        return "microbatch"
     bn = batchnorm_layers(model)
-    if mode == "heads":
-        if bn and not _WARNED.get(id(model)):
-            _WARNED[id(model)] = True
+    if bn and id(model) not in _WARNED:
+        _WARNED.add(id(model))
+        if mode == "heads":
             logger.warning("per-image losses in mode='heads' with %d BatchNorm layer(s) in training mode (e.g. %s): "
                            "an image of weight 0 still changes the others' gradients through the batch statistics; "
                            "use mode='auto'/'microbatch', GroupNorm or FrozenBN for 'weight 0 = no gradient'",
                            len(bn), bn[0])
-        return "heads"
-    if reason:
-        logger.debug("per_image_losses: using micro-batches because %s", reason)
-        return "microbatch"
-    if bn:
-        if not _WARNED.get(id(model)):
-            _WARNED[id(model)] = True
+        else:
             logger.info("per-image losses: mode 'microbatch' (one forward per image) because %d BatchNorm layer(s) "
                         "normalise with batch statistics (e.g. %s); 'heads' would let weight-0 images change the "
                         "gradient", len(bn), bn[0])
-        return "microbatch"
-    return "heads"
+    return "heads" if mode == "heads" or not bn else "microbatch"
 
 
 def _stack(per_image: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
@@ -208,24 +202,19 @@ def _microbatch_losses(model: Any, batched_inputs: Sequence[Dict[str, Any]]) -> 
         if not isinstance(out, dict):
             raise PruneDataError(
                 f"the model returned a {type(out).__name__} in training mode; expected a dict of losses "
-                "(is the model in eval mode?)"
-            )
+                "(is the model in eval mode?)")
         per_image.append(out)
     return _stack(per_image)
 
 
 def per_image_losses(model: Any, batched_inputs: Sequence[Dict[str, Any]], mode: str = "auto") -> PerImageLosses:
     """Per-image losses of a Detectron2 model in training mode (see the module docstring)."""
-    if mode not in MODES:
-        raise PruneDataError(f"mode must be one of {MODES}, got {mode!r}")
+    mode = resolve_mode(model, mode)
     if not batched_inputs:
         raise PruneDataError("empty batch")
     if not getattr(model, "training", True):
         raise PruneDataError("the model is in eval mode; per-image training losses need model.train()")
-    mode = resolve_mode(model, mode)
-    if mode == "heads":
-        comps = _heads_losses(_unwrap(model), batched_inputs)
-    else:
-        comps = _microbatch_losses(model, batched_inputs)
+    comps = (_heads_losses(_unwrap(model), batched_inputs) if mode == "heads"
+             else _microbatch_losses(model, batched_inputs))
     total = torch.stack(list(comps.values())).sum(0)
     return PerImageLosses(losses=total, components=comps, mode=mode)

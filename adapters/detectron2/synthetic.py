@@ -45,16 +45,14 @@ def draw_scene(rng: np.random.Generator, size: Tuple[int, int], max_objects: int
     return np.asarray(im), objs
 
 
-def _sizes(n: int, size: Union[int, Tuple[int, int]], rng: np.random.Generator, vary: bool):
-    if isinstance(size, int):
-        size = (size, size)
-    out = []
-    for _ in range(n):
-        if vary:
-            out.append((int(size[0] * rng.uniform(0.75, 1.0)) // 2 * 2, int(size[1] * rng.uniform(0.75, 1.0)) // 2 * 2))
-        else:
-            out.append(tuple(size))
-    return out
+def _scenes(n: int, size: Union[int, Tuple[int, int]], seed: int, vary: bool, max_objects: int):
+    """``(index, height, width, image, objects)`` of ``n`` scenes; all sizes are drawn before the scenes."""
+    rng = np.random.default_rng(seed)
+    h, w = (size, size) if isinstance(size, int) else size
+    sizes = [(int(h * rng.uniform(0.75, 1.0)) // 2 * 2, int(w * rng.uniform(0.75, 1.0)) // 2 * 2) if vary else (h, w)
+             for _ in range(n)]
+    for k, (hk, wk) in enumerate(sizes):
+        yield (k, hk, wk, *draw_scene(rng, (hk, wk), max_objects))
 
 
 def make_voc_dataset(root: Union[str, os.PathLike], n: int = 16, *, size: Union[int, Tuple[int, int]] = 96,
@@ -66,11 +64,9 @@ def make_voc_dataset(root: Union[str, os.PathLike], n: int = 16, *, size: Union[
     root = Path(root)
     for d in ("JPEGImages", "Annotations", "ImageSets/Main"):
         (root / d).mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
     ids = []
-    for k, (h, w) in enumerate(_sizes(n, size, rng, vary_size)):
+    for k, h, w, arr, objs in _scenes(n, size, seed, vary_size, max_objects):
         fid = f"{k:06d}"
-        arr, objs = draw_scene(rng, (h, w), max_objects)
         Image.fromarray(arr).save(root / "JPEGImages" / f"{fid}.jpg", quality=95)
         lines = [
             "<annotation>", "  <folder>VOC</folder>", f"  <filename>{fid}.jpg</filename>",
@@ -102,11 +98,9 @@ def make_yolo_dataset(root: Union[str, os.PathLike], n: int = 16, *, size: Union
     img_dir.mkdir(parents=True, exist_ok=True)
     lbl_dir.mkdir(parents=True, exist_ok=True)
     (root / "classes.txt").write_text("\n".join(SHAPE_CLASSES) + "\n")
-    rng = np.random.default_rng(seed)
     names = []
-    for k, (h, w) in enumerate(_sizes(n, size, rng, vary_size)):
+    for k, h, w, arr, objs in _scenes(n, size, seed, vary_size, max_objects):
         stem = f"img_{k:04d}"
-        arr, objs = draw_scene(rng, (h, w), max_objects)
         Image.fromarray(arr).save(img_dir / f"{stem}{ext}")
         rows = [
             f"{c} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}"

@@ -42,13 +42,12 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from prunedata.adapruner import AdaPruner
 from prunedata._io import atomic_torch_save, atomic_write_text
 from prunedata.checkpoint import check_recipe, rng_state, set_rng_state
-
-import numpy as np
 from prunedata.errors import CheckpointError, PruneDataError
 from prunedata.selection import Selection
 
@@ -82,8 +81,7 @@ def batch_indices(batch: Sequence[Dict[str, Any]]) -> torch.Tensor:
             raise PruneDataError(
                 f"batch item {pos} (file {d.get('file_name', '?')}) has no {INDEX_KEY!r}: register the dataset "
                 "with prunedata (register_voc/register_yolo/register_pruned) or run index_records() on its "
-                "records, and use a dataset mapper that keeps unknown keys (Detectron2's DatasetMapper does)"
-            )
+                "records, and use a dataset mapper that keeps unknown keys (Detectron2's DatasetMapper does)")
         out.append(int(d[INDEX_KEY]))
     return torch.tensor(out, dtype=torch.long)
 
@@ -121,10 +119,8 @@ def detection_selection(pruner: AdaPruner, records: Sequence[Dict[str, Any]], da
         return str(fn)
 
     kept = sel.kept.tolist()
-    sel.extra["dataset"] = dataset_name
-    sel.extra["root"] = root
-    sel.extra["image_ids"] = [records[i].get("image_id") for i in kept]
-    sel.extra["file_names"] = [rel(records[i].get("file_name", "")) for i in kept]
+    sel.extra.update(dataset=dataset_name, root=root, image_ids=[records[i].get("image_id") for i in kept],
+                     file_names=[rel(records[i].get("file_name", "")) for i in kept])
     never = int((~pruner._seen).sum())
     if never:
         logger.warning("AdaPruner: %d of %d images were never seen in training (filtered out, or too few "
@@ -155,8 +151,7 @@ class AdaPrunerSimpleTrainer(SimpleTrainer):
         if isinstance(model, torch.nn.parallel.DistributedDataParallel) or comm.get_world_size() > 1:
             raise PruneDataError(
                 "AdaPruner detection training runs in one process for now: the per-image losses bypass "
-                "DistributedDataParallel's forward, and the mask gradient is not all-reduced"
-            )
+                "DistributedDataParallel's forward, and the mask gradient is not all-reduced")
         super().__init__(model, data_loader, optimizer)
         self.pruner = pruner
         self.epoch_length = int(epoch_length or pruner.num_samples)
@@ -249,8 +244,7 @@ class AdaPrunerTrainer(DefaultTrainer):
         if len(names) != 1:
             raise PruneDataError(
                 f"AdaPrunerTrainer prunes one dataset; cfg.DATASETS.TRAIN has {len(names)}: {names}. Register "
-                "their union as one dataset first"
-            )
+                "their union as one dataset first")
         if cfg.SOLVER.AMP.ENABLED:
             raise PruneDataError("AdaPrunerTrainer does not support SOLVER.AMP.ENABLED yet; turn AMP off")
         self.dataset_name = names[0]
@@ -258,10 +252,8 @@ class AdaPrunerTrainer(DefaultTrainer):
         if not records:
             raise PruneDataError(f"dataset {self.dataset_name!r} is empty")
         self.records = records
-        used = records
-        if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
-            used = filter_images_with_only_crowd_annotations(records)
-        self._train_records = used
+        filtered = cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+        self._train_records = used = filter_images_with_only_crowd_annotations(records) if filtered else records
         ims = int(cfg.SOLVER.IMS_PER_BATCH)
         if epochs is None:
             epochs = (int(cfg.SOLVER.MAX_ITER) * ims) // len(used)
@@ -269,15 +261,13 @@ class AdaPrunerTrainer(DefaultTrainer):
                 raise PruneDataError(
                     f"SOLVER.MAX_ITER={cfg.SOLVER.MAX_ITER} x IMS_PER_BATCH={ims} is less than one epoch of "
                     f"{len(used)} images; AdaPruner needs several epochs (set MAX_ITER to "
-                    f"iterations_for_epochs({len(used)}, epochs, {ims}))"
-                )
+                    f"iterations_for_epochs({len(used)}, epochs, {ims}))")
         else:
             need = iterations_for_epochs(len(used), int(epochs), ims)
             if int(cfg.SOLVER.MAX_ITER) < need:
                 raise PruneDataError(
                     f"epochs={epochs} over {len(used)} images at IMS_PER_BATCH={ims} needs SOLVER.MAX_ITER >= "
-                    f"{need}, but it is {cfg.SOLVER.MAX_ITER}"
-                )
+                    f"{need}, but it is {cfg.SOLVER.MAX_ITER}")
         self.pruner = AdaPruner(len(records), keep_ratio, epochs=int(epochs), **pruner_kwargs)
         self.loss_mode = loss_mode
         self._sampler = _ResumableSampler(len(used), int(cfg.SEED) if int(cfg.SEED) >= 0 else None)
@@ -296,7 +286,6 @@ class AdaPrunerTrainer(DefaultTrainer):
             old.model, old.data_loader, old.optimizer, self.pruner, epoch_length=len(used),
             images_per_batch=ims, loss_mode=loss_mode,
         )
-        del old
 
     def build_train_loader(self, cfg):  # instance method: uses the indexed records
         return build_detection_train_loader(cfg, dataset=self._train_records, sampler=self._sampler)
@@ -365,10 +354,8 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
     def save(self, name: str, **kwargs: Any) -> None:
         if not self.save_to_disk or not self._local():
             return super().save(name, **kwargs)
-        data: Dict[str, Any] = {"model": self.model.state_dict()}
-        for key, obj in self.checkpointables.items():
-            data[key] = obj.state_dict()
-        data.update(kwargs)
+        data = {"model": self.model.state_dict(), **{k: obj.state_dict() for k, obj in self.checkpointables.items()},
+                **kwargs}
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
         self.logger.info("Saving checkpoint to %s", path)

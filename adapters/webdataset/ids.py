@@ -1,7 +1,6 @@
 """Sample ids of a shard stream (``key`` or ``shard/key``), shard names and URL expansion."""
 from __future__ import annotations
 
-import logging
 import os
 import re
 from pathlib import Path
@@ -14,26 +13,10 @@ from prunedata.errors import PruneDataError
 if TYPE_CHECKING:
     from .manifest import ShardManifest
 
-logger = logging.getLogger(__name__)
-
-
-ID_SCHEMES = ("key", "shard/key")
-
-
 ID_SCHEMES = ("key", "shard/key")
 MANIFEST_FORMAT = "prunedata.shards"
-
-
-MANIFEST_FORMAT = "prunedata.shards"
-MANIFEST_VERSION = 1
-
-
 MANIFEST_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-
-
-Handler = Callable[[BaseException], bool]
-
 
 Handler = Callable[[BaseException], bool]
 UrlsLike = Union[str, Sequence[str], "ShardManifest", Path]
@@ -66,20 +49,17 @@ def check_scheme(id_scheme: str) -> str:
 
 def sample_id(key: str, url: Optional[str] = None, id_scheme: str = "key") -> str:
     """The id of a sample: its ``__key__``, or ``"<shard name>/<key>"`` for ``id_scheme='shard/key'``."""
-    if id_scheme == "key":
+    if check_scheme(id_scheme) == "key":
         return str(key)
-    if id_scheme == "shard/key":
-        if url is None:
-            raise PruneDataError(
-                "id_scheme='shard/key' needs the shard of every sample; keep '__url__' in the samples "
-                "(and pass the batch's '__url__' list next to its '__key__' list)"
-            )
-        return f"{shard_name(url)}/{key}"
-    check_scheme(id_scheme)
-    raise AssertionError  # pragma: no cover
+    if url is None:
+        raise PruneDataError(
+            "id_scheme='shard/key' needs the shard of every sample; keep '__url__' in the samples "
+            "(and pass the batch's '__url__' list next to its '__key__' list)")
+    return f"{shard_name(url)}/{key}"
 
 
-def ids_of(keys: Sequence[str], urls: Optional[Sequence[str]], id_scheme: str) -> List[str]:
+def ids_of(keys: Sequence[str], urls: Union[None, str, Sequence[str]], id_scheme: str) -> List[str]:
+    """The ids of ``keys``; ``urls`` is one shard's URL for all of them or one URL per key."""
     if isinstance(keys, str):
         keys = [keys]
     if id_scheme == "key":
@@ -109,8 +89,7 @@ def expand_shards(urls: UrlsLike) -> List[str]:
             if not os.path.isfile(os.path.join(urls, MANIFEST_NAME)):
                 raise PruneDataError(
                     f"{urls} is a folder without a {MANIFEST_NAME}; pass the shard URLs (e.g. "
-                    f"'{urls}/train-{{000000..000099}}.tar') or write a manifest with scan_shards(urls).save(...)"
-                )
+                    f"'{urls}/train-{{000000..000099}}.tar') or write a manifest with scan_shards(urls).save(...)")
             return ShardManifest.load(os.path.join(urls, MANIFEST_NAME)).urls
         out = expand_urls(urls)
     else:

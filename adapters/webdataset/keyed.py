@@ -60,7 +60,7 @@ class KeyedAdaPruner(AdaPruner):
                  pruner: Optional[AdaPruner] = None, id_scheme: Optional[str] = None, warn_repeats: bool = True,
                  **adapruner_kw):
         manifest: Optional[ShardManifest] = None
-        if isinstance(ids, (ShardManifest, Path)) or (isinstance(ids, str)):
+        if isinstance(ids, (ShardManifest, Path, str)):
             manifest = load_manifest(ids)
             id_list = manifest.ids()
             if id_scheme is not None and id_scheme != manifest.id_scheme:
@@ -87,8 +87,7 @@ class KeyedAdaPruner(AdaPruner):
                 raise OptionError(f"pruner must be an AdaPruner, got {type(pruner).__name__}")
             if pruner.num_samples != len(keys):
                 raise PruneDataError(
-                    f"the AdaPruner has {pruner.num_samples} mask entries but there are {len(keys)} sample ids"
-                )
+                    f"the AdaPruner has {pruner.num_samples} mask entries but there are {len(keys)} sample ids")
             # adopt the given pruner: its parameters, state, device and process group
             super().__init__(len(keys), device=pruner.mask.device, process_group=pruner.process_group,
                              sync_tolerance=pruner.sync_tolerance, **pruner.params())
@@ -122,8 +121,7 @@ class KeyedAdaPruner(AdaPruner):
         if isinstance(keys, torch.Tensor):
             raise PruneDataError(
                 "KeyedAdaPruner needs the batch's sample keys (strings from '__key__'), got a tensor; "
-                "for map-style data with integer indices use prunedata.AdaPruner"
-            )
+                "for map-style data with integer indices use prunedata.AdaPruner")
         ids = ids_of(keys, urls, self.id_scheme)
         try:
             return super().positions(ids)
@@ -170,18 +168,16 @@ class KeyedAdaPruner(AdaPruner):
 
     def logits(self) -> Dict[str, float]:
         """Current mask logit per sample id."""
-        m = self.mask.detach().cpu().tolist()
-        return dict(zip(self.keys, m))
+        return dict(zip(self.keys, self.mask.detach().cpu().tolist()))
 
     def selection(self, dataset: Any = None, *, method: str = "adapruner",  # type: ignore[override]
                   extra_params: Optional[Dict[str, Any]] = None) -> Selection:
         """The binarised mask as a keyed :class:`Selection` (scores = mask logits in sorted-id order)."""
         base = super().selection(fingerprint=self.fingerprint, extra_params=extra_params, method=method)
         kept = [self.keys[i] for i in base.kept.tolist()]
-        extra = dict(base.extra)
         sel = Selection.from_keys(kept, self.keys, method=base.method, params=base.params,
                                   fingerprint=self.fingerprint, scores=base.scores, score_name=base.score_name,
-                                  metrics=base.metrics, extra=extra)
+                                  metrics=base.metrics, extra=dict(base.extra))
         if self.manifest is not None:
             annotate_selection(sel, self.manifest, set(kept))
         else:
@@ -196,8 +192,7 @@ class KeyedAdaPruner(AdaPruner):
         if state.get("keys_fingerprint") != self.fingerprint:
             raise SelectionMismatchError(
                 f"checkpoint was made for another key set ({state.get('num_keys')} ids, fingerprint "
-                f"{state.get('keys_fingerprint')}); this pruner has {len(self.keys)} ids ({self.fingerprint})"
-            )
+                f"{state.get('keys_fingerprint')}); this pruner has {len(self.keys)} ids ({self.fingerprint})")
         super().load_state_dict(state["pruner"], strict=strict)
 
     def __repr__(self) -> str:

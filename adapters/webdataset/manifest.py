@@ -57,10 +57,7 @@ class ShardManifest:
     def ids(self) -> List[str]:
         """Sample ids in stream order (shards in order, samples in shard order)."""
         if self._ids is None:
-            out: List[str] = []
-            for s in self.shards:
-                out.extend(ids_of(s.keys, [s.url] * len(s.keys), self.id_scheme))
-            self._ids = out
+            self._ids = [i for s in self.shards for i in ids_of(s.keys, s.url, self.id_scheme)]
         return self._ids
 
     def _check_unique(self) -> None:
@@ -70,13 +67,12 @@ class ShardManifest:
             if dup:
                 raise ManifestError(
                     f"shard file name {dup[0]!r} appears {names[dup[0]]} times; with id_scheme='shard/key' "
-                    "shard names must be unique. Rename the shards."
-                )
+                    "shard names must be unique. Rename the shards.")
         ids = self.ids()
         if len(set(ids)) != len(ids):
             seen: Dict[str, str] = {}
             for s in self.shards:
-                for k in ids_of(s.keys, [s.url] * len(s.keys), self.id_scheme):
+                for k in ids_of(s.keys, s.url, self.id_scheme):
                     if k in seen:
                         where = f"shards {seen[k]} and {s.name}" if seen[k] != s.name else f"shard {s.name} (twice)"
                         hint = (" Sample keys must be unique across shards to address samples by key; pass "
@@ -145,8 +141,7 @@ class ShardManifest:
         if not isinstance(d, dict) or d.get("format") != MANIFEST_FORMAT:
             raise ManifestError(
                 f"{path} is not a prunedata shard manifest (format={d.get('format') if isinstance(d, dict) else None!r}); "
-                "make one with prunedata.adapters.webdataset.scan_shards(urls).save(path)"
-            )
+                "make one with prunedata.adapters.webdataset.scan_shards(urls).save(path)")
         if d.get("format_version") != MANIFEST_VERSION:
             raise ManifestError(f"{path}: manifest format version {d.get('format_version')} is not supported")
         root = path.parent.resolve()

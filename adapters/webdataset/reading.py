@@ -19,15 +19,6 @@ def _meta(fname: str) -> bool:
     return "/" not in fname and fname.startswith("__") and fname.endswith("__")
 
 
-def _annotate(exn: BaseException, url: str) -> BaseException:
-    """Add the shard URL to an exception's message, as webdataset does."""
-    if getattr(exn, "args", None):
-        exn.args = (f"{exn.args[0]} @ {url}",) + tuple(exn.args[1:])
-    else:
-        exn.args = (f"@ {url}",)
-    return exn
-
-
 class _StrictTarInfo(tarfile.TarInfo):
     """TarInfo that treats a shard ending without its end-of-archive blocks as broken.
 
@@ -45,8 +36,7 @@ class _StrictTarInfo(tarfile.TarInfo):
                 raise
             raise tarfile.ReadError(
                 f"tar data ends or breaks at byte {tf.offset} without the end-of-archive marker ({e}): "
-                "the shard is truncated or corrupt"
-            ) from None
+                "the shard is truncated or corrupt") from None
 
 
 def iter_raw_samples(urls: UrlsLike, *, keep: Optional[Callable[[str, str], bool]] = None,
@@ -102,9 +92,8 @@ def iter_raw_samples(urls: UrlsLike, *, keep: Optional[Callable[[str, str], bool
         except Exception as exn:  # noqa: BLE001 - routed to the handler, webdataset-style
             if pending is not None:
                 logger.debug("dropping sample %r cut off by an error in %s", pending["__key__"], url)
-            _annotate(exn, url)
+            exn.args = (f"{exn.args[0]} @ {url}", *exn.args[1:]) if exn.args else (f"@ {url}",)  # name the shard
             if errors is not None:
                 errors.append({"url": url, "error": f"{type(exn).__name__}: {exn}"})
-            if handler(exn):
-                continue
-            break
+            if not handler(exn):
+                break

@@ -1,7 +1,6 @@
 """Selections of a stream: keyed by sample id, converted to and from index selections via a manifest."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Dict, Iterable, Optional, Union
 
@@ -11,8 +10,6 @@ from prunedata.errors import OptionError, SelectionFormatError, SelectionMismatc
 from prunedata.selection import Selection
 from .ids import ids_of
 from .manifest import ShardManifest, load_manifest
-
-logger = logging.getLogger(__name__)
 
 
 def kept_per_shard(selection: Selection) -> Dict[str, Dict[str, int]]:
@@ -36,11 +33,9 @@ def keyed_selection(kept_ids: Iterable[str], manifest: Union[ShardManifest, str,
 
 def annotate_selection(sel: Selection, manifest: ShardManifest, kept_set) -> None:
     sel.extra["id_scheme"] = manifest.id_scheme
-    rows = []
-    for s in manifest.shards:
-        ids = ids_of(s.keys, [s.url] * len(s.keys), manifest.id_scheme)
-        rows.append({"name": s.name, "num_samples": s.num_samples, "num_kept": sum(i in kept_set for i in ids)})
-    sel.extra["shards"] = rows
+    sel.extra["shards"] = [{"name": s.name, "num_samples": s.num_samples,
+                            "num_kept": sum(i in kept_set for i in ids_of(s.keys, s.url, manifest.id_scheme))}
+                           for s in manifest.shards]
 
 
 def to_keyed(selection: Selection, manifest: Union[ShardManifest, str, Path]) -> Selection:
@@ -51,8 +46,7 @@ def to_keyed(selection: Selection, manifest: Union[ShardManifest, str, Path]) ->
     if selection.dataset_size != manifest.num_samples:
         raise SelectionMismatchError(
             f"index selection is for {selection.dataset_size} samples but the shards hold "
-            f"{manifest.num_samples}; use the selection made for these shards"
-        )
+            f"{manifest.num_samples}; use the selection made for these shards")
     ids = manifest.ids()
     kept = [ids[i] for i in selection.kept.tolist()]
     scores = None
@@ -93,8 +87,7 @@ def _check_against_manifest(selection: Selection, manifest: ShardManifest) -> No
     if scheme != manifest.id_scheme:
         raise SelectionMismatchError(
             f"the selection addresses samples by {scheme!r} but the manifest by {manifest.id_scheme!r}; "
-            "scan the shards again with the selection's id_scheme"
-        )
+            "scan the shards again with the selection's id_scheme")
     selection.check(size=manifest.num_samples, fingerprint=manifest.fingerprint)
 
 
@@ -108,8 +101,7 @@ def resolve_selection(selection: Union[Selection, str, Path], manifest: Optional
             raise SelectionFormatError(
                 "this selection addresses samples by index, but a stream only has keys. Pass the shards' "
                 "manifest (manifest=scan_shards(urls) or a manifest.json) so index i can be read as the i-th "
-                "sample in stream order, or convert once with to_keyed(selection, manifest)."
-            )
+                "sample in stream order, or convert once with to_keyed(selection, manifest).")
         return to_keyed(selection, manifest)
     if manifest is not None:
         _check_against_manifest(selection, manifest)

@@ -1,7 +1,6 @@
 """The pipeline stage: keep only the selected samples of a webdataset stream (``select_keys``, ``pruned_webdataset``)."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
 
@@ -14,8 +13,6 @@ from prunedata.selection import Selection
 from .ids import Handler, IncompleteShardError, UrlsLike, check_scheme, expand_shards, sample_id, shard_name
 from .manifest import ShardManifest, load_manifest
 from .selections import resolve_selection
-
-logger = logging.getLogger(__name__)
 
 
 class SelectKeys:
@@ -82,22 +79,16 @@ class SelectKeys:
     def __call__(self, src: Iterable[Dict[str, Any]]) -> Iterator[Dict[str, Any]]:
         keep, invert, scheme = self.keep, self.invert, self.id_scheme
         names = self.shard_names
-        last_url = None
         pass_url, pass_kept = None, 0  # the shard being read and its kept samples so far
         for sample in src:
             try:
                 key = sample["__key__"]
                 url = sample.get("__url__")
-                if names is not None and url is not None and url != last_url:
-                    name = shard_name(url)
-                    if name not in names:
-                        raise SelectionMismatchError(
-                            f"sample {key!r} comes from shard {name!r}, which the selection (method "
-                            f"{self.selection.method!r}, {len(names)} shards) was not made for. Use the "
-                            "selection made for these shards, or pass check_shards=False if the shards "
-                            "were renamed."
-                        )
-                    last_url = url
+                if names is not None and url is not None and url != pass_url and shard_name(url) not in names:
+                    raise SelectionMismatchError(
+                        f"sample {key!r} comes from shard {shard_name(url)!r}, which the selection (method "
+                        f"{self.selection.method!r}, {len(names)} shards) was not made for. Use the "
+                        "selection made for these shards, or pass check_shards=False if the shards were renamed.")
                 sid = key if scheme == "key" else sample_id(key, url, scheme)
                 if url != pass_url:
                     short = self._short_shard(pass_url, pass_kept)
@@ -111,8 +102,7 @@ class SelectKeys:
                 if not isinstance(exn, PruneDataError):
                     exn = PruneDataError(
                         f"sample without '__key__' (fields {sorted(sample) if isinstance(sample, dict) else type(sample).__name__}); "
-                        "put the pruning stage before to_tuple/map steps that drop the key"
-                    )
+                        "put the pruning stage before to_tuple/map steps that drop the key")
                 if self.handler(exn):
                     continue
                 break
@@ -169,10 +159,10 @@ def pruned_webdataset(urls: UrlsLike, selection: Union[Selection, str, Path], *,
     files are not even copied out of the tar stream. ``urls`` may also be a manifest (or its path).
     Other keyword arguments go to ``wds.WebDataset``.
     """
-    if isinstance(urls, (ShardManifest,)) or (isinstance(urls, (str, Path)) and str(urls).endswith(".json")):
-        manifest = manifest if manifest is not None else load_manifest(urls)
-    man = load_manifest(manifest) if manifest is not None else None
-    stage = SelectKeys(selection, manifest=man, invert=invert, check_shards=check_shards, handler=handler)
+    if manifest is None and (isinstance(urls, ShardManifest)
+                             or (isinstance(urls, (str, Path)) and str(urls).endswith(".json"))):
+        manifest = urls
+    stage = SelectKeys(selection, manifest=manifest, invert=invert, check_shards=check_shards, handler=handler)
     url_list = expand_shards(urls)
     if skip_pruned_reads and stage.id_scheme == "key" and "select_files" not in kw:
         kw["select_files"] = stage.files()

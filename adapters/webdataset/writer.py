@@ -61,8 +61,7 @@ def write_pruned_shards(source: UrlsLike, selection: Union[Selection, str, Path]
         if unknown:
             raise SelectionMismatchError(
                 f"the selection was made for other shards: it does not know {unknown[:3]} "
-                f"({len(unknown)} of {len(urls)} shards). Use the selection made for these shards."
-            )
+                f"({len(unknown)} of {len(urls)} shards). Use the selection made for these shards.")
     if repack and "%" not in pattern:
         raise PruneDataError(f"pattern must contain a %-format for the shard number (e.g. 'pruned-%06d.tar'), got {pattern!r}")
     # refuse to overwrite the shards being read, or an earlier output
@@ -78,8 +77,7 @@ def write_pruned_shards(source: UrlsLike, selection: Union[Selection, str, Path]
         if clash:
             raise PruneDataError(
                 f"out_dir {out_dir} holds the source shard {clash[0]!r}; writing there would overwrite the "
-                "data being read. Choose another out_dir."
-            )
+                "data being read. Choose another out_dir.")
     if (out_dir / MANIFEST_NAME).exists() and not overwrite:
         raise PruneDataError(f"{out_dir / MANIFEST_NAME} already exists; pass overwrite=True or choose another out_dir")
     stale = [p for p in out_dir.iterdir() if p.name.startswith(".") and p.name.endswith(".partial") and p.is_file()]
