@@ -25,8 +25,7 @@ def checked_loader(path: str):
     Image = require("PIL.Image", extra="vision", purpose="reading images")
     try:
         with open(path, "rb") as fh:
-            img = Image.open(fh)
-            return img.convert("RGB")
+            return Image.open(fh).convert("RGB")
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageReadError(f"cannot read the image {path} ({e}); remove or replace the file") from None
 

@@ -25,43 +25,22 @@ def small_faster_rcnn_config(num_classes: int, *, train: Sequence[str] = (), ima
     """A ``CfgNode`` for a ResNet-18-FPN Faster R-CNN sized for ``image_size``-pixel images on a CPU."""
     cfg = get_cfg()
     cfg.merge_from_file(model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"))
-    cfg.MODEL.DEVICE = device
-    cfg.MODEL.WEIGHTS = ""
-    cfg.MODEL.PIXEL_MEAN = [128.0, 128.0, 128.0]
-    cfg.MODEL.PIXEL_STD = [64.0, 64.0, 64.0]
-    cfg.MODEL.RESNETS.DEPTH = 18
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-    cfg.MODEL.RESNETS.NORM = norm
+    cfg.MODEL.update(DEVICE=device, WEIGHTS="", PIXEL_MEAN=[128.0, 128.0, 128.0], PIXEL_STD=[64.0, 64.0, 64.0])
+    cfg.MODEL.RESNETS.update(DEPTH=18, RES2_OUT_CHANNELS=64, NORM=norm)
     cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    cfg.MODEL.FPN.OUT_CHANNELS = fpn_channels
-    cfg.MODEL.FPN.NORM = "" if norm == "BN" else norm
+    cfg.MODEL.FPN.update(OUT_CHANNELS=fpn_channels, NORM="" if norm == "BN" else norm)
     s = max(4, image_size // 12)
     cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[s], [2 * s], [4 * s], [8 * s], [16 * s]]
-    cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN = 4 * proposals
-    cfg.MODEL.RPN.PRE_NMS_TOPK_TEST = 4 * proposals
-    cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = proposals
-    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = proposals
-    cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 128
-    cfg.MODEL.ROI_HEADS.NUM_CLASSES = int(num_classes)
-    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = rois_per_image
-    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = fc_dim
-    cfg.MODEL.ROI_BOX_HEAD.NORM = ""
-    cfg.INPUT.MIN_SIZE_TRAIN = (image_size,)
-    cfg.INPUT.MAX_SIZE_TRAIN = image_size
-    cfg.INPUT.MIN_SIZE_TEST = image_size
-    cfg.INPUT.MAX_SIZE_TEST = image_size
-    cfg.INPUT.RANDOM_FLIP = "none"
-    cfg.DATASETS.TRAIN = tuple(train)
-    cfg.DATASETS.TEST = ()
-    cfg.DATALOADER.NUM_WORKERS = 0
-    cfg.DATALOADER.ASPECT_RATIO_GROUPING = False
-    cfg.SOLVER.IMS_PER_BATCH = ims_per_batch
-    cfg.SOLVER.BASE_LR = base_lr
-    cfg.SOLVER.MAX_ITER = max_iter
-    cfg.SOLVER.STEPS = ()
-    cfg.SOLVER.WARMUP_ITERS = 0
-    cfg.SOLVER.CHECKPOINT_PERIOD = 10 ** 9
+    cfg.MODEL.RPN.update(PRE_NMS_TOPK_TRAIN=4 * proposals, PRE_NMS_TOPK_TEST=4 * proposals,
+                         POST_NMS_TOPK_TRAIN=proposals, POST_NMS_TOPK_TEST=proposals, BATCH_SIZE_PER_IMAGE=128)
+    cfg.MODEL.ROI_HEADS.update(NUM_CLASSES=int(num_classes), BATCH_SIZE_PER_IMAGE=rois_per_image)
+    cfg.MODEL.ROI_BOX_HEAD.update(FC_DIM=fc_dim, NORM="")
+    cfg.INPUT.update(MIN_SIZE_TRAIN=(image_size,), MAX_SIZE_TRAIN=image_size, MIN_SIZE_TEST=image_size,
+                     MAX_SIZE_TEST=image_size, RANDOM_FLIP="none")
+    cfg.DATASETS.update(TRAIN=tuple(train), TEST=())
+    cfg.DATALOADER.update(NUM_WORKERS=0, ASPECT_RATIO_GROUPING=False)
+    cfg.SOLVER.update(IMS_PER_BATCH=ims_per_batch, BASE_LR=base_lr, MAX_ITER=max_iter, STEPS=(), WARMUP_ITERS=0,
+                      CHECKPOINT_PERIOD=10 ** 9)
     cfg.TEST.EVAL_PERIOD = 0
-    cfg.OUTPUT_DIR = output_dir
-    cfg.SEED = seed
+    cfg.update(OUTPUT_DIR=output_dir, SEED=seed)
     return cfg

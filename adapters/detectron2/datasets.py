@@ -37,17 +37,11 @@ from detectron2.structures import BoxMode  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "AnnotationError", "VOC_CLASSES", "IMAGE_EXTENSIONS",
-    "load_voc", "load_yolo", "register_voc", "register_yolo", "register_pruned",
-    "detection_fingerprint", "index_records", "read_class_names",
-]
+__all__ = ["AnnotationError", "VOC_CLASSES", "IMAGE_EXTENSIONS", "load_voc", "load_yolo", "register_voc",
+           "register_yolo", "register_pruned", "detection_fingerprint", "index_records", "read_class_names"]
 
-VOC_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-    "tvmonitor",
-)
+VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
+               "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 INDEX_KEY = "prunedata_index"
 BASE_INDEX_KEY = "prunedata_base_index"
@@ -79,10 +73,8 @@ class _Problems:
 
     def summary(self, n_images: int) -> None:
         if self.skipped_images or self.skipped_boxes:
-            logger.warning(
-                "%s: skipped %d images and %d boxes with bad annotations (kept %d images)",
-                self.what, self.skipped_images, self.skipped_boxes, n_images,
-            )
+            logger.warning("%s: skipped %d images and %d boxes with bad annotations (kept %d images)",
+                           self.what, self.skipped_images, self.skipped_boxes, n_images)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -143,9 +135,8 @@ def index_records(dicts: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         iid = d.get("image_id", d.get("file_name"))
         if iid is not None:
             if iid in seen:
-                raise PruneDataError(
-                    f"records {seen[iid]} and {i} have the same image_id {iid!r}; sample ids must be unique "
-                    "so that selections can name images")
+                raise PruneDataError(f"records {seen[iid]} and {i} have the same image_id {iid!r}; sample ids must be "
+                                     "unique so that selections can name images")
             seen[iid] = i
         d[INDEX_KEY] = i
     return dicts
@@ -182,9 +173,8 @@ def _voc_layout(root: Path, split: str) -> Path:
         raise PruneDataError(f"VOC root {root} is not a directory")
     missing = [d for d in ("Annotations", "JPEGImages", "ImageSets/Main") if not (root / d).is_dir()]
     if missing:
-        raise PruneDataError(
-            f"{root} is not a Pascal VOC directory: missing {', '.join(missing)} (expected "
-            "Annotations/, JPEGImages/, ImageSets/Main/<split>.txt)")
+        raise PruneDataError(f"{root} is not a Pascal VOC directory: missing {', '.join(missing)} (expected "
+                             "Annotations/, JPEGImages/, ImageSets/Main/<split>.txt)")
     split_file = root / "ImageSets" / "Main" / f"{split}.txt"
     if not split_file.is_file():
         avail = sorted(p.stem for p in (root / "ImageSets" / "Main").glob("*.txt") if "_" not in p.stem)
@@ -271,10 +261,9 @@ def load_voc(root: Union[str, os.PathLike], split: str = "trainval",
                 problems(f"{where}: box coordinates are not finite")
                 continue
             if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height):
-                problems(
-                    f"{where}: box (xmin={xmin:g}, ymin={ymin:g}, xmax={xmax:g}, ymax={ymax:g}) is outside "
-                    f"the {width}x{height} image or empty (VOC needs 1 <= xmin < xmax <= width, "
-                    "1 <= ymin < ymax <= height)")
+                problems(f"{where}: box (xmin={xmin:g}, ymin={ymin:g}, xmax={xmax:g}, ymax={ymax:g}) is outside the "
+                         f"{width}x{height} image or empty (VOC needs 1 <= xmin < xmax <= width, "
+                         "1 <= ymin < ymax <= height)")
                 continue
             annotations.append({"category_id": cls_index[name], "bbox": [x1, y1, x2, y2],
                                 "bbox_mode": BoxMode.XYXY_ABS, "iscrowd": 0, "difficult": difficult})
@@ -302,9 +291,8 @@ def _yolo_class_names(root: Path, class_names: Any) -> List[str]:
     for cand in ("classes.txt", "obj.names", "data.yaml", "dataset.yaml"):
         if (root / cand).is_file():
             return read_class_names(root / cand)
-    raise PruneDataError(
-        f"no class-name list for YOLO dataset {root}: pass class_names=[...] or a file, or put "
-        "classes.txt (one name per line), obj.names or data.yaml (names: [...]) in the root")
+    raise PruneDataError(f"no class-name list for YOLO dataset {root}: pass class_names=[...] or a file, or put "
+                         "classes.txt (one name per line), obj.names or data.yaml (names: [...]) in the root")
 
 
 def load_yolo(root: Union[str, os.PathLike], split: Optional[str] = None,
@@ -355,8 +343,7 @@ def load_yolo(root: Union[str, os.PathLike], split: Optional[str] = None,
                     problems(f"{where}: expected 5 fields 'class cx cy w h', got {len(parts)}: {line[:60]!r}")
                     continue
                 try:
-                    cls_f = float(parts[0])
-                    cx, cy, bw, bh = (float(v) for v in parts[1:])
+                    cls_f, cx, cy, bw, bh = (float(v) for v in parts)
                 except ValueError:
                     problems(f"{where}: fields must be numbers: {line[:60]!r}")
                     continue
@@ -369,9 +356,8 @@ def load_yolo(root: Union[str, os.PathLike], split: Optional[str] = None,
                     continue
                 x1, y1, x2, y2 = cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2
                 if x1 < -_YOLO_EPS or y1 < -_YOLO_EPS or x2 > 1 + _YOLO_EPS or y2 > 1 + _YOLO_EPS:
-                    problems(
-                        f"{where}: box (cx={cx:g}, cy={cy:g}, w={bw:g}, h={bh:g}) reaches outside the image "
-                        "(normalised corners must lie in [0, 1]; are the coordinates in pixels instead?)")
+                    problems(f"{where}: box (cx={cx:g}, cy={cy:g}, w={bw:g}, h={bh:g}) reaches outside the image "
+                             "(normalised corners must lie in [0, 1]; are the coordinates in pixels instead?)")
                     continue
                 x1, y1 = max(x1, 0.0) * width, max(y1, 0.0) * height
                 x2, y2 = min(x2, 1.0) * width, min(y2, 1.0) * height
@@ -390,9 +376,8 @@ def _register(name: str, overwrite: bool, loader, **metadata: Any) -> str:
         raise PruneDataError(f"dataset name must be a non-empty string, got {name!r}")
     if name in DatasetCatalog.list():
         if not overwrite:
-            raise PruneDataError(
-                f"a dataset named {name!r} is already registered in Detectron2's DatasetCatalog; pick "
-                "another name or pass overwrite=True")
+            raise PruneDataError(f"a dataset named {name!r} is already registered in Detectron2's DatasetCatalog; pick "
+                                 "another name or pass overwrite=True")
         DatasetCatalog.remove(name)
     if name in MetadataCatalog.list():
         MetadataCatalog.remove(name)
@@ -442,13 +427,7 @@ def _pruned_records(base_name: str, selection: Selection, strict: bool) -> List[
         selection.check(size=len(base), fingerprint=fp, strict=strict)
     except SelectionMismatchError as e:
         raise SelectionMismatchError(f"selection does not belong to dataset {base_name!r}: {e}") from None
-    out = []
-    for j, i in enumerate(selection.kept.tolist()):
-        d = dict(base[i])
-        d[BASE_INDEX_KEY] = i
-        d[INDEX_KEY] = j
-        out.append(d)
-    return out
+    return [{**base[i], BASE_INDEX_KEY: i, INDEX_KEY: j} for j, i in enumerate(selection.kept.tolist())]
 
 
 def register_pruned(base_name: str, selection: Union[str, os.PathLike, Selection], name: Optional[str] = None,
@@ -462,9 +441,8 @@ def register_pruned(base_name: str, selection: Union[str, os.PathLike, Selection
     fingerprint); otherwise when the dataset is first loaded.
     """
     if base_name not in DatasetCatalog.list():
-        raise PruneDataError(
-            f"base dataset {base_name!r} is not registered in Detectron2's DatasetCatalog; register it "
-            "first (register_voc / register_yolo / your own registration)")
+        raise PruneDataError(f"base dataset {base_name!r} is not registered in Detectron2's DatasetCatalog; register "
+                             "it first (register_voc / register_yolo / your own registration)")
     sel = selection if isinstance(selection, Selection) else Selection.load(selection)
     if sel.id_kind != "index":
         raise PruneDataError("a detection selection must be by index (id_kind='index'); this one is keyed")
@@ -474,8 +452,7 @@ def register_pruned(base_name: str, selection: Union[str, os.PathLike, Selection
     if verify:
         _pruned_records(base_name, sel, strict)
     meta = {k: v for k, v in MetadataCatalog.get(base_name).as_dict().items() if k != "name"}
-    meta.update(prunedata_base=base_name, prunedata_selection_method=sel.method,
-                prunedata_kept=sel.num_kept)
+    meta.update(prunedata_base=base_name, prunedata_selection_method=sel.method, prunedata_kept=sel.num_kept)
     if not isinstance(selection, Selection):
         meta["prunedata_selection"] = str(Path(selection).resolve())
     _register(name, overwrite, partial(_pruned_records, base_name, sel, strict), **meta)

@@ -161,9 +161,8 @@ def _heads_losses(model: GeneralizedRCNN, batched_inputs: Sequence[Dict[str, Any
         ]
         gt_labels, gt_boxes = rpn.label_and_sample_anchors(anchors, gt_instances)
         for i in range(n):
-            per_image[i].update(rpn.losses(
-                anchors, [s[i:i + 1] for s in logits], [gt_labels[i]], [d[i:i + 1] for d in deltas], [gt_boxes[i]]
-            ))
+            per_image[i].update(rpn.losses(anchors, [s[i:i + 1] for s in logits], [gt_labels[i]],
+                                           [d[i:i + 1] for d in deltas], [gt_boxes[i]]))
         proposals = rpn.predict_proposals(anchors, logits, deltas, images.image_sizes)
     else:
         if "proposals" not in batched_inputs[0]:
@@ -200,9 +199,8 @@ def _microbatch_losses(model: Any, batched_inputs: Sequence[Dict[str, Any]]) -> 
         if isinstance(out, torch.Tensor):
             out = {"total_loss": out}
         if not isinstance(out, dict):
-            raise PruneDataError(
-                f"the model returned a {type(out).__name__} in training mode; expected a dict of losses "
-                "(is the model in eval mode?)")
+            raise PruneDataError(f"the model returned a {type(out).__name__} in training mode; expected a dict of "
+                                 "losses (is the model in eval mode?)")
         per_image.append(out)
     return _stack(per_image)
 

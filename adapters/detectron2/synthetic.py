@@ -68,10 +68,8 @@ def make_voc_dataset(root: Union[str, os.PathLike], n: int = 16, *, size: Union[
     for k, h, w, arr, objs in _scenes(n, size, seed, vary_size, max_objects):
         fid = f"{k:06d}"
         Image.fromarray(arr).save(root / "JPEGImages" / f"{fid}.jpg", quality=95)
-        lines = [
-            "<annotation>", "  <folder>VOC</folder>", f"  <filename>{fid}.jpg</filename>",
-            f"  <size><width>{w}</width><height>{h}</height><depth>3</depth></size>",
-        ]
+        lines = ["<annotation>", "  <folder>VOC</folder>", f"  <filename>{fid}.jpg</filename>",
+                 f"  <size><width>{w}</width><height>{h}</height><depth>3</depth></size>"]
         for c, x1, y1, x2, y2 in objs:
             lines += [
                 "  <object>", f"    <name>{SHAPE_CLASSES[c]}</name>", "    <pose>Unspecified</pose>",
@@ -102,10 +100,8 @@ def make_yolo_dataset(root: Union[str, os.PathLike], n: int = 16, *, size: Union
     for k, h, w, arr, objs in _scenes(n, size, seed, vary_size, max_objects):
         stem = f"img_{k:04d}"
         Image.fromarray(arr).save(img_dir / f"{stem}{ext}")
-        rows = [
-            f"{c} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}"
-            for c, x1, y1, x2, y2 in objs
-        ]
+        rows = [f"{c} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}"
+                for c, x1, y1, x2, y2 in objs]
         (lbl_dir / f"{stem}.txt").write_text("\n".join(rows) + "\n")
         names.append(f"{split}/{stem}")
     return {"root": str(root), "ids": names, "classes": list(SHAPE_CLASSES)}

@@ -106,9 +106,7 @@ def detection_selection(pruner: AdaPruner, records: Sequence[Dict[str, Any]], da
         params["dataset"] = dataset_name
     params.update(extra_params or {})
     sel = pruner.selection(None, fingerprint=detection_fingerprint(records), extra_params=params)
-    root = None
-    if dataset_name and dataset_name in MetadataCatalog.list():
-        root = MetadataCatalog.get(dataset_name).get("prunedata_root", None)
+    root = MetadataCatalog.get(dataset_name).get("prunedata_root") if dataset_name in MetadataCatalog.list() else None
 
     def rel(fn: str) -> str:
         if root:
@@ -121,7 +119,7 @@ def detection_selection(pruner: AdaPruner, records: Sequence[Dict[str, Any]], da
     kept = sel.kept.tolist()
     sel.extra.update(dataset=dataset_name, root=root, image_ids=[records[i].get("image_id") for i in kept],
                      file_names=[rel(records[i].get("file_name", "")) for i in kept])
-    never = int((~pruner._seen).sum())
+    never = sel.metrics["never_seen"]
     if never:
         logger.warning("AdaPruner: %d of %d images were never seen in training (filtered out, or too few "
                        "iterations); their mask stayed at its initial value", never, pruner.num_samples)
@@ -149,9 +147,8 @@ class AdaPrunerSimpleTrainer(SimpleTrainer):
         if loss_mode not in MODES:
             raise PruneDataError(f"loss_mode must be one of {MODES}, got {loss_mode!r}")
         if isinstance(model, torch.nn.parallel.DistributedDataParallel) or comm.get_world_size() > 1:
-            raise PruneDataError(
-                "AdaPruner detection training runs in one process for now: the per-image losses bypass "
-                "DistributedDataParallel's forward, and the mask gradient is not all-reduced")
+            raise PruneDataError("AdaPruner detection training runs in one process for now: the per-image losses "
+                                 "bypass DistributedDataParallel's forward, and the mask gradient is not all-reduced")
         super().__init__(model, data_loader, optimizer)
         self.pruner = pruner
         self.epoch_length = int(epoch_length or pruner.num_samples)
@@ -242,9 +239,8 @@ class AdaPrunerTrainer(DefaultTrainer):
                  selection_path: Union[None, str, os.PathLike] = None, **pruner_kwargs):
         names = list(cfg.DATASETS.TRAIN)
         if len(names) != 1:
-            raise PruneDataError(
-                f"AdaPrunerTrainer prunes one dataset; cfg.DATASETS.TRAIN has {len(names)}: {names}. Register "
-                "their union as one dataset first")
+            raise PruneDataError(f"AdaPrunerTrainer prunes one dataset; cfg.DATASETS.TRAIN has {len(names)}: {names}. "
+                                 "Register their union as one dataset first")
         if cfg.SOLVER.AMP.ENABLED:
             raise PruneDataError("AdaPrunerTrainer does not support SOLVER.AMP.ENABLED yet; turn AMP off")
         self.dataset_name = names[0]
@@ -258,16 +254,14 @@ class AdaPrunerTrainer(DefaultTrainer):
         if epochs is None:
             epochs = (int(cfg.SOLVER.MAX_ITER) * ims) // len(used)
             if epochs < 1:
-                raise PruneDataError(
-                    f"SOLVER.MAX_ITER={cfg.SOLVER.MAX_ITER} x IMS_PER_BATCH={ims} is less than one epoch of "
-                    f"{len(used)} images; AdaPruner needs several epochs (set MAX_ITER to "
-                    f"iterations_for_epochs({len(used)}, epochs, {ims}))")
+                raise PruneDataError(f"SOLVER.MAX_ITER={cfg.SOLVER.MAX_ITER} x IMS_PER_BATCH={ims} is less than one "
+                                     f"epoch of {len(used)} images; AdaPruner needs several epochs (set MAX_ITER to "
+                                     f"iterations_for_epochs({len(used)}, epochs, {ims}))")
         else:
             need = iterations_for_epochs(len(used), int(epochs), ims)
             if int(cfg.SOLVER.MAX_ITER) < need:
-                raise PruneDataError(
-                    f"epochs={epochs} over {len(used)} images at IMS_PER_BATCH={ims} needs SOLVER.MAX_ITER >= "
-                    f"{need}, but it is {cfg.SOLVER.MAX_ITER}")
+                raise PruneDataError(f"epochs={epochs} over {len(used)} images at IMS_PER_BATCH={ims} needs "
+                                     f"SOLVER.MAX_ITER >= {need}, but it is {cfg.SOLVER.MAX_ITER}")
         self.pruner = AdaPruner(len(records), keep_ratio, epochs=int(epochs), **pruner_kwargs)
         self.loss_mode = loss_mode
         self._sampler = _ResumableSampler(len(used), int(cfg.SEED) if int(cfg.SEED) >= 0 else None)
@@ -282,10 +276,8 @@ class AdaPrunerTrainer(DefaultTrainer):
         if type(self.checkpointer) is DetectionCheckpointer:  # same object the hooks hold, now writing atomically
             self.checkpointer.__class__ = AtomicDetectionCheckpointer
         old = self._trainer
-        self._trainer = AdaPrunerSimpleTrainer(
-            old.model, old.data_loader, old.optimizer, self.pruner, epoch_length=len(used),
-            images_per_batch=ims, loss_mode=loss_mode,
-        )
+        self._trainer = AdaPrunerSimpleTrainer(old.model, old.data_loader, old.optimizer, self.pruner,
+                                               epoch_length=len(used), images_per_batch=ims, loss_mode=loss_mode)
 
     def build_train_loader(self, cfg):  # instance method: uses the indexed records
         return build_detection_train_loader(cfg, dataset=self._train_records, sampler=self._sampler)

@@ -52,9 +52,8 @@ def sample_id(key: str, url: Optional[str] = None, id_scheme: str = "key") -> st
     if check_scheme(id_scheme) == "key":
         return str(key)
     if url is None:
-        raise PruneDataError(
-            "id_scheme='shard/key' needs the shard of every sample; keep '__url__' in the samples "
-            "(and pass the batch's '__url__' list next to its '__key__' list)")
+        raise PruneDataError("id_scheme='shard/key' needs the shard of every sample; keep '__url__' in the samples "
+                             "(and pass the batch's '__url__' list next to its '__key__' list)")
     return f"{shard_name(url)}/{key}"
 
 

@@ -23,12 +23,11 @@ logger = logging.getLogger(__name__)
 class KeyedAdaPruner(AdaPruner):
     """The AdaPruner of a stream: mask entries addressed by sample id (``__key__`` or ``shard/key``).
 
-    It is an :class:`~prunedata.adapruner.AdaPruner` whose key table (:meth:`AdaPruner.use_keys`)
-    holds the sorted ids (entry ``i`` of the mask is the ``i``-th id in sorted order, as in keyed
-    selections); each batch's ids, which travel with the batch, are looked up there, so losses,
-    schedule, binarisation and checkpoints are those of the map-style pruner. This class adds what
-    streams need: ids from a manifest or the shards, ``shard/key`` ids from the batch's ``__url__``,
-    a warning for a stream that repeats samples within an epoch, and keyed selections. Stream every sample each epoch (do not prune
+    An :class:`~prunedata.adapruner.AdaPruner` whose key table (:meth:`AdaPruner.use_keys`) holds the
+    sorted ids (mask entry ``i`` is the ``i``-th id, as in keyed selections), so losses, schedule,
+    binarisation and checkpoints are the map-style pruner's. It adds what streams need: ids from a
+    manifest or the shards, ``shard/key`` ids from the batch's ``__url__``, a warning for a stream that
+    repeats samples within an epoch, and keyed selections. Stream every sample each epoch (do not prune
     while learning the mask); mark epochs with :meth:`set_epoch` / :meth:`end_epoch`.
 
     >>> pruner = KeyedAdaPruner.from_shards(urls, keep_ratio=0.7, epochs=10)
@@ -45,11 +44,10 @@ class KeyedAdaPruner(AdaPruner):
 
     Parameters: ``ids`` -- the full id set (a :class:`ShardManifest`, a path to one, or a sequence of
     ids); ``keep_ratio`` and ``**adapruner_kw`` build the ``AdaPruner``, or pass ``pruner=`` (an
-    ``AdaPruner`` or subclass with one entry per id) to use your own. ``warn_repeats`` (default
-    True): warn once when an id comes back within one epoch -- the sign of a stream whose shards are
-    not split over DataLoader workers (``wds.split_by_worker``) or ranks, where every worker streams
-    every shard and the mask sees each sample several times per epoch. Set it to False for streams
-    that sample with replacement (``resampled=True``).
+    ``AdaPruner`` or subclass with one entry per id) to use your own. ``warn_repeats``: warn once when an
+    id comes back within one epoch -- the sign of shards not split over DataLoader workers
+    (``wds.split_by_worker``) or ranks, so that every worker streams every shard; set it to False for
+    streams that sample with replacement (``resampled=True``).
 
     Resume: ``state_dict()`` / ``load_state_dict()`` hold the mask, its optimiser and schedule position
     (``prunedata.checkpoint.save_checkpoint(path, pruner=keyed, model=..., optimizer=..., epoch=...)``
@@ -106,7 +104,7 @@ class KeyedAdaPruner(AdaPruner):
     @classmethod
     def from_manifest(cls, manifest: Union[ShardManifest, str, Path], keep_ratio: Optional[float] = None,
                       **kw) -> "KeyedAdaPruner":
-        return cls(load_manifest(manifest), keep_ratio, **kw)
+        return cls(manifest, keep_ratio, **kw)
 
     @classmethod
     def from_shards(cls, urls: UrlsLike, keep_ratio: Optional[float] = None, *, id_scheme: str = "key",
@@ -119,9 +117,8 @@ class KeyedAdaPruner(AdaPruner):
         """Mask positions of the batch's samples (from its ``__key__`` list, plus ``__url__`` for
         ``id_scheme='shard/key'``)."""
         if isinstance(keys, torch.Tensor):
-            raise PruneDataError(
-                "KeyedAdaPruner needs the batch's sample keys (strings from '__key__'), got a tensor; "
-                "for map-style data with integer indices use prunedata.AdaPruner")
+            raise PruneDataError("KeyedAdaPruner needs the batch's sample keys (strings from '__key__'), got a tensor; "
+                                 "for map-style data with integer indices use prunedata.AdaPruner")
         ids = ids_of(keys, urls, self.id_scheme)
         try:
             return super().positions(ids)
@@ -144,11 +141,10 @@ class KeyedAdaPruner(AdaPruner):
         if bool(again.any()):
             self._warned_repeat = True
             k = self.keys[int(pos[again.nonzero()[0, 0]])]
-            logger.warning(
-                "KeyedAdaPruner: sample %r came back within epoch %d -- the stream shows samples more than once per "
-                "epoch, so the mask learns from repeated samples. Split the shards over DataLoader workers and "
-                "ranks (wds.split_by_worker / wds.split_by_node, as pruned_webdataset does), or pass "
-                "warn_repeats=False if you sample with replacement (resampled=True)", k, self.epoch)
+            logger.warning("KeyedAdaPruner: sample %r came back within epoch %d -- the stream shows samples more than "
+                           "once per epoch, so the mask learns from repeated samples. Split the shards over DataLoader "
+                           "workers and ranks (wds.split_by_worker / wds.split_by_node, as pruned_webdataset does), or "
+                           "pass warn_repeats=False if you sample with replacement (resampled=True)", k, self.epoch)
 
     def weights(self, keys: Sequence[str], urls: Optional[Sequence[str]] = None) -> torch.Tensor:
         """Detached soft weights of the batch's samples (see :meth:`AdaPruner.weights`)."""

@@ -65,9 +65,8 @@ class ShardManifest:
             names = Counter(s.name for s in self.shards)
             dup = [n for n, c in names.items() if c > 1]
             if dup:
-                raise ManifestError(
-                    f"shard file name {dup[0]!r} appears {names[dup[0]]} times; with id_scheme='shard/key' "
-                    "shard names must be unique. Rename the shards.")
+                raise ManifestError(f"shard file name {dup[0]!r} appears {names[dup[0]]} times; with "
+                                    "id_scheme='shard/key' shard names must be unique. Rename the shards.")
         ids = self.ids()
         if len(set(ids)) != len(ids):
             seen: Dict[str, str] = {}
@@ -165,7 +164,7 @@ def is_local(url: str) -> bool:
 def _relative(url: str, root: Optional[Path]) -> str:
     if root is None or not is_local(url):
         return url
-    p = Path(url.replace("file:", "", 1) if url.startswith("file:") else url).resolve()
+    p = Path(url.removeprefix("file:")).resolve()
     try:
         return p.relative_to(root).as_posix()
     except ValueError:
@@ -205,7 +204,5 @@ def scan_shards(urls: UrlsLike, *, id_scheme: str = "key", handler: Handler = re
         keys[s["__url__"]].append(s["__key__"])
     reached = set(done) | {e["url"] for e in errors}
     shards = [ShardInfo(url=u, keys=keys[u]) for u in url_list if u in reached]
-    extra: Dict[str, Any] = {}
-    if errors:
-        extra["errors"] = errors
-    return ShardManifest(shards, id_scheme=id_scheme, complete=len(done) == len(url_list), extra=extra)
+    return ShardManifest(shards, id_scheme=id_scheme, complete=len(done) == len(url_list),
+                         extra={"errors": errors} if errors else {})

@@ -34,9 +34,8 @@ class _StrictTarInfo(tarfile.TarInfo):
         except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError, tarfile.InvalidHeaderError) as e:
             if tf.offset == 0:
                 raise
-            raise tarfile.ReadError(
-                f"tar data ends or breaks at byte {tf.offset} without the end-of-archive marker ({e}): "
-                "the shard is truncated or corrupt") from None
+            raise tarfile.ReadError(f"tar data ends or breaks at byte {tf.offset} without the end-of-archive marker "
+                                    f"({e}): the shard is truncated or corrupt") from None
 
 
 def iter_raw_samples(urls: UrlsLike, *, keep: Optional[Callable[[str, str], bool]] = None,

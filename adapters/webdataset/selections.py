@@ -44,9 +44,8 @@ def to_keyed(selection: Selection, manifest: Union[ShardManifest, str, Path]) ->
     if selection.id_kind == "key":
         return selection
     if selection.dataset_size != manifest.num_samples:
-        raise SelectionMismatchError(
-            f"index selection is for {selection.dataset_size} samples but the shards hold "
-            f"{manifest.num_samples}; use the selection made for these shards")
+        raise SelectionMismatchError(f"index selection is for {selection.dataset_size} samples but the shards hold "
+                                     f"{manifest.num_samples}; use the selection made for these shards")
     ids = manifest.ids()
     kept = [ids[i] for i in selection.kept.tolist()]
     scores = None
@@ -85,9 +84,8 @@ def to_index(selection: Selection, manifest: Union[ShardManifest, str, Path]) ->
 def _check_against_manifest(selection: Selection, manifest: ShardManifest) -> None:
     scheme = selection.extra.get("id_scheme", "key")
     if scheme != manifest.id_scheme:
-        raise SelectionMismatchError(
-            f"the selection addresses samples by {scheme!r} but the manifest by {manifest.id_scheme!r}; "
-            "scan the shards again with the selection's id_scheme")
+        raise SelectionMismatchError(f"the selection addresses samples by {scheme!r} but the manifest by "
+                                     f"{manifest.id_scheme!r}; scan the shards again with the selection's id_scheme")
     selection.check(size=manifest.num_samples, fingerprint=manifest.fingerprint)
 
 

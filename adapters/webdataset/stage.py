@@ -60,8 +60,7 @@ class SelectKeys:
         if check_counts and shards:
             self.expected = {s["name"]: int(s["num_samples"]) - int(s["num_kept"]) if invert else int(s["num_kept"])
                              for s in shards}
-        self.num_seen = 0
-        self.num_kept = 0
+        self.num_seen = self.num_kept = 0
         self.incomplete: List[Dict[str, Any]] = []
 
     def _short_shard(self, url: Optional[str], got: int) -> Optional[IncompleteShardError]:

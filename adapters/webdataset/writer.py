@@ -75,9 +75,8 @@ def write_pruned_shards(source: UrlsLike, selection: Union[Selection, str, Path]
             raise PruneDataError(f"two source shards are called {dup[0]!r}; pass maxcount=... to repack into new names")
         clash = [n for n in names if (out_resolved / n) in local_inputs]
         if clash:
-            raise PruneDataError(
-                f"out_dir {out_dir} holds the source shard {clash[0]!r}; writing there would overwrite the "
-                "data being read. Choose another out_dir.")
+            raise PruneDataError(f"out_dir {out_dir} holds the source shard {clash[0]!r}; writing there would "
+                                 "overwrite the data being read. Choose another out_dir.")
     if (out_dir / MANIFEST_NAME).exists() and not overwrite:
         raise PruneDataError(f"{out_dir / MANIFEST_NAME} already exists; pass overwrite=True or choose another out_dir")
     stale = [p for p in out_dir.iterdir() if p.name.startswith(".") and p.name.endswith(".partial") and p.is_file()]
@@ -104,12 +103,10 @@ def write_pruned_shards(source: UrlsLike, selection: Union[Selection, str, Path]
         return m
 
     def open_shard(name: str) -> None:
-        final = out_dir / name
         tmp = out_dir / f".{name}.partial"
         fh = open(tmp, "wb")
-        compress = name.endswith((".gz", ".tgz"))
-        state.update(fh=fh, tw=wds.TarWriter(fh, encoder=False, mtime=0, compress=compress or False),
-                     tmp=tmp, final=final, keys=[], size=0)
+        state.update(fh=fh, tw=wds.TarWriter(fh, encoder=False, mtime=0, compress=name.endswith((".gz", ".tgz"))),
+                     tmp=tmp, final=out_dir / name, keys=[], size=0)
 
     def close_shard() -> None:
         tw = state["tw"]
@@ -143,10 +140,8 @@ def write_pruned_shards(source: UrlsLike, selection: Union[Selection, str, Path]
         for sample in progress(it, desc="writing pruned shards", disable=not show_progress):
             url = sample["__url__"]
             if repack:
-                full = state["tw"] is not None and (
-                    (maxcount is not None and len(state["keys"]) >= int(maxcount))
-                    or (maxsize is not None and state["size"] >= float(maxsize)))
-                if state["tw"] is None or full:
+                if (state["tw"] is None or (maxcount is not None and len(state["keys"]) >= int(maxcount))
+                        or (maxsize is not None and state["size"] >= float(maxsize))):  # none open, or it is full
                     close_shard()
                     open_shard(pattern % state["n"])
                     state["n"] += 1
@@ -154,8 +149,7 @@ def write_pruned_shards(source: UrlsLike, selection: Union[Selection, str, Path]
                 close_shard()
                 open_shard(shard_name(url))
             state["src"] = url
-            rec = {k: v for k, v in sample.items() if not k.startswith("__")}
-            rec["__key__"] = sample["__key__"]
+            rec = {k: v for k, v in sample.items() if k == "__key__" or not k.startswith("__")}  # no __url__
             state["size"] += state["tw"].write(rec)
             state["keys"].append(sample["__key__"])
         close_shard()
