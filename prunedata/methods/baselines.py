@@ -33,11 +33,12 @@ budgets).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import numpy as np
 import torch
@@ -46,7 +47,7 @@ from ..ratios import check_keep_ratio
 from ..errors import PruneDataError
 from ..identity import dataset_fingerprint
 from ..selection import Selection
-from .registry import MethodConfig, register_method
+from .registry import BUILTIN_METHODS, MethodConfig, check_options, register_method
 from .scoring import (ForgettingTracker, dataset_labels, el2n_scores, grand_scores, herding_order, keep_top_k,
                       features_and_logits, train_proxy)
 
@@ -77,16 +78,6 @@ def _scorer(name: str):
         SCORERS[name] = fn
         return fn
     return deco
-
-
-def _reject_unknown(method: str, unknown: Dict[str, Any], known: Sequence[str]) -> None:
-    if unknown:
-        from ..errors import OptionError
-
-        raise OptionError(
-            f"method {method!r} has no option(s) {', '.join(sorted(unknown))}; its options are: "
-            f"{', '.join(known) if known else '(none)'}"
-        )
 
 
 def _check_keep(keep: str) -> bool:
@@ -131,18 +122,9 @@ def _run_checkpoint(checkpoint: Any, run: int, runs: int) -> Any:
     return p.with_name(f"{p.stem}.run{run}{p.suffix}")
 
 
-def _make_proxy(config: MethodConfig, seed: int) -> torch.nn.Module:
-    if seed == config.seed:
-        return config.make_model()
-    import dataclasses
-
-    return dataclasses.replace(config, seed=seed).make_model()
-
-
 # --------------------------------------------------------------------------- scorers
 @_scorer("random")
-def _score_random(dataset: Any, *, config: MethodConfig, **unknown) -> SampleScores:
-    _reject_unknown("random", unknown, [])
+def _score_random(dataset: Any, *, config: MethodConfig) -> SampleScores:
     n = len(dataset)
     labels = dataset_labels(dataset) if config.class_balanced else None
     prio = np.random.default_rng(config.seed).random(n)
@@ -150,9 +132,7 @@ def _score_random(dataset: Any, *, config: MethodConfig, **unknown) -> SampleSco
 
 
 @_scorer("herding")
-def _score_herding(dataset: Any, *, config: MethodConfig, checkpoint: Any = None, resume: bool = False,
-                   **unknown) -> SampleScores:
-    _reject_unknown("herding", unknown, ["checkpoint", "resume"])
+def _score_herding(dataset: Any, *, config: MethodConfig, checkpoint: Any = None, resume: bool = False) -> SampleScores:
     model = config.make_model()
     train_proxy(model, dataset, seed=config.seed, desc="herding proxy", **_proxy_kw(config, checkpoint, resume))
     feats, logits, labels = features_and_logits(model, dataset, device=config.device)
@@ -176,8 +156,7 @@ def _score_herding(dataset: Any, *, config: MethodConfig, checkpoint: Any = None
 
 @_scorer("forgetting")
 def _score_forgetting(dataset: Any, *, config: MethodConfig, keep: str = "hard", checkpoint: Any = None,
-                      resume: bool = False, **unknown) -> SampleScores:
-    _reject_unknown("forgetting", unknown, ["keep", "checkpoint", "resume"])
+                      resume: bool = False) -> SampleScores:
     largest = _check_keep(keep)
     n = len(dataset)
     tracker = ForgettingTracker(n)
@@ -201,15 +180,17 @@ def _score_forgetting(dataset: Any, *, config: MethodConfig, keep: str = "hard",
     )
 
 
-def _checkpoint_average(name: str, dataset: Any, config: MethodConfig, runs: int, checkpoints: Optional[Iterable[int]],
-                        score_fn: Callable[[torch.nn.Module], np.ndarray], checkpoint: Any = None,
-                        resume: bool = False) -> tuple:
+def _averaged_scores(name: str, dataset: Any, config: MethodConfig, score_fn: Callable[[torch.nn.Module], np.ndarray],
+                     *, keep: str, runs: int, checkpoints: Optional[Iterable[int]], checkpoint: Any, resume: bool,
+                     **extra_params) -> SampleScores:
+    """``score_fn(proxy)`` averaged over the ``checkpoints`` epochs of ``runs`` proxies (seeds ``config.seed + 1000 r``)."""
+    largest = _check_keep(keep)
     runs = _check_runs(runs)
     cps = _checkpoints(checkpoints, config.epochs)
+    seeds = [config.seed + 1000 * r for r in range(runs)]
     total = np.zeros(len(dataset), dtype=np.float64)
     count = 0
-    for r in range(runs):
-        seed = config.seed + 1000 * r
+    for r, seed in enumerate(seeds):
         acc = {"total": np.zeros(len(dataset), dtype=np.float64), "count": 0}   # this run's part (checkpointed)
 
         def on_epoch_end(epoch, model):
@@ -221,39 +202,34 @@ def _checkpoint_average(name: str, dataset: Any, config: MethodConfig, runs: int
         def load_state(st):
             acc.update(total=np.asarray(st["total"], dtype=np.float64), count=int(st["count"]))
 
-        model = _make_proxy(config, seed)
+        model = dataclasses.replace(config, seed=seed).make_model()
         train_proxy(model, dataset, seed=seed, on_epoch_end=on_epoch_end, desc=f"{name} proxy {r + 1}/{runs}",
                     state=lambda: dict(acc), load_state=load_state,
                     **_proxy_kw(config, _run_checkpoint(checkpoint, r, runs), resume))
         total += acc["total"]
         count += acc["count"]
-    return total / max(count, 1), {"runs": runs, "checkpoints": cps, "run_seeds": [config.seed + 1000 * r for r in range(runs)]}
+    s = total / max(count, 1)
+    return SampleScores(name, s if largest else -s, name if largest else f"neg_{name}", dataset_labels(dataset),
+                        params={"keep": keep, **extra_params, "runs": runs, "checkpoints": cps, "run_seeds": seeds},
+                        metrics={f"mean_{name}": float(s.mean())})
 
 
 @_scorer("el2n")
 def _score_el2n(dataset: Any, *, config: MethodConfig, runs: int = 1, checkpoints: Any = None, keep: str = "hard",
-                checkpoint: Any = None, resume: bool = False, **unknown) -> SampleScores:
-    _reject_unknown("el2n", unknown, ["runs", "checkpoints", "keep", "checkpoint", "resume"])
-    largest = _check_keep(keep)
-    s, info = _checkpoint_average("el2n", dataset, config, runs, checkpoints,
-                                  lambda m: el2n_scores(m, dataset, device=config.device), checkpoint, resume)
-    return SampleScores("el2n", s if largest else -s, "el2n" if largest else "neg_el2n", dataset_labels(dataset),
-                        params={"keep": keep, **info}, metrics={"mean_el2n": float(s.mean())})
+                checkpoint: Any = None, resume: bool = False) -> SampleScores:
+    return _averaged_scores("el2n", dataset, config, lambda m: el2n_scores(m, dataset, device=config.device),
+                            keep=keep, runs=runs, checkpoints=checkpoints, checkpoint=checkpoint, resume=resume)
 
 
 @_scorer("grand")
 def _score_grand(dataset: Any, *, config: MethodConfig, runs: int = 1, checkpoints: Any = None, keep: str = "hard",
-                 params: str = "last", checkpoint: Any = None, resume: bool = False, **unknown) -> SampleScores:
-    _reject_unknown("grand", unknown, ["runs", "checkpoints", "keep", "params", "checkpoint", "resume"])
-    largest = _check_keep(keep)
+                 params: str = "last", checkpoint: Any = None, resume: bool = False) -> SampleScores:
     if params not in ("last", "all"):
         raise PruneDataError(f"grand params must be 'last' (closed form, last layer) or 'all' (every parameter), got {params!r}")
-    s, info = _checkpoint_average(
-        "grand", dataset, config, runs, checkpoints,
+    return _averaged_scores(
+        "grand", dataset, config,
         lambda m: grand_scores(m, dataset, params=params, device=config.device, show_progress=config.show_progress),
-        checkpoint, resume)
-    return SampleScores("grand", s if largest else -s, "grand" if largest else "neg_grand", dataset_labels(dataset),
-                        params={"keep": keep, "params": params, **info}, metrics={"mean_grand": float(s.mean())})
+        keep=keep, runs=runs, checkpoints=checkpoints, checkpoint=checkpoint, resume=resume, params=params)
 
 
 # --------------------------------------------------------------------------- public two-step API
@@ -263,6 +239,7 @@ def score_samples(method: str, dataset: Any, *, config: Optional[MethodConfig] =
         raise PruneDataError(f"{method!r} is not a score-based baseline; these are: {', '.join(sorted(SCORERS))}")
     if len(dataset) < 2:
         raise PruneDataError(f"cannot prune a dataset of {len(dataset)} sample(s)")
+    check_options(method, SCORERS[method], options)
     config = config or MethodConfig()
     t0 = time.perf_counter()
     sc = SCORERS[method](dataset, config=config, **options)
@@ -309,13 +286,5 @@ def _method(name: str):
     return fn
 
 
-random_method = register_method("random", "Random: a uniformly random subset (seeded)")(_method("random"))
-herding_method = register_method(
-    "herding", "Herding: greedy herding on the proxy's penultimate features (Welling 2009)")(_method("herding"))
-forgetting_method = register_method(
-    "forgetting", "Forgetting: keep the most-forgotten samples during proxy training (Toneva et al. 2019)")(
-    _method("forgetting"))
-el2n_method = register_method(
-    "el2n", "EL2N: keep samples with the largest early-training error norm (Paul et al. 2021)")(_method("el2n"))
-grand_method = register_method(
-    "grand", "GraNd: keep samples with the largest per-sample gradient norm (Paul et al. 2021)")(_method("grand"))
+for _name in SCORERS:
+    register_method(_name, BUILTIN_METHODS[_name][1])(_method(_name))

@@ -26,18 +26,12 @@ from ..progress import progress
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "last_linear", "dataset_labels", "apportion", "keep_top_k", "train_proxy", "features_and_logits",
+    "dataset_labels", "apportion", "keep_top_k", "train_proxy", "features_and_logits",
     "el2n_scores", "grand_scores", "ForgettingTracker", "herding_order",
 ]
 
 
 # --------------------------------------------------------------------------- small helpers
-def last_linear(model: nn.Module) -> nn.Linear:
-    """The classifier layer (:func:`prunedata.features.find_linear_layer`: ``model.fc`` if it is a
-    ``Linear``, else the last ``Linear`` module)."""
-    return find_linear_layer(model)[1]
-
-
 #: the labels of every sample (:func:`prunedata.labels.read_labels`; the name the baselines used)
 dataset_labels = read_labels
 
@@ -221,7 +215,7 @@ def grand_scores(model: nn.Module, dataset: Any, *, params: str = "last", batch_
     exact per-sample gradients of every parameter with ``torch.func`` (slower).
     """
     if params == "last":
-        fc = last_linear(model)
+        fc = find_linear_layer(model)[1]
         h, logits, labels = features_and_logits(model, dataset, batch_size=batch_size, device=device)
         return grand_last_layer(h, logits, labels, bias=fc.bias is not None).numpy()
     if params == "all":

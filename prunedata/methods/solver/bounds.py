@@ -2,7 +2,6 @@
 relaxations whose solutions are the best directions (projected gradient, active set, interior point)."""
 from __future__ import annotations
 
-import logging
 import math
 import time
 from typing import Any, Dict, List, Optional, Sequence
@@ -11,8 +10,6 @@ import numpy as np
 import torch
 
 from .problem import ArrayLike, as_matrix, check_eps, check_groups, check_m, group_quota
-
-logger = logging.getLogger(__name__)
 
 
 def _m_smallest_sum(x: torch.Tensor, m: int) -> float:
@@ -52,10 +49,7 @@ def cardinality_lower_bound(S: ArrayLike, m: int, directions: Sequence[ArrayLike
     n = S.shape[0]
     m = check_m(m, n)
     gi, quota = group_index(check_groups(groups, n), m, S.device)
-    best = 0.0
-    for Su in _directions_matvec64(S, directions):
-        best = max(best, _phi(Su, m, gi, quota))
-    return best
+    return max([0.0] + [_phi(Su, m, gi, quota) for Su in _directions_matvec64(S, directions)])
 
 
 def max_removed_upper_bound(S: ArrayLike, eps: float, directions: Sequence[ArrayLike], *, _trusted: bool = False) -> int:
@@ -99,8 +93,8 @@ def relaxation_directions(S: torch.Tensor, m: int, gi, quota, *, iters: int, dea
                            x0: Optional[torch.Tensor] = None) -> tuple:
     """Accelerated projected gradient on min 1/2||S^T w||^2 over the (grouped) capped simplex.
 
-    Returns (best direction u found, its bound, number of iterations). Each gradient ``S S^T y``
-    gives a bound for free: ``u = S^T y / ||S^T y||``.
+    Returns (best direction u found, its bound, number of iterations, last point w). Each gradient
+    ``S S^T y`` gives a bound for free: ``u = S^T y / ||S^T y||``.
     """
     n = S.shape[0]
     dt = S.dtype
@@ -316,48 +310,40 @@ def small_bound(G: np.ndarray, m: int, groups_idx: Optional[List[np.ndarray]], q
     n = G.shape[0]
     gl = groups_idx if groups_idx is not None else [np.arange(n)]
     ql = quota if quota is not None else [m]
-    single = groups_idx is None
+    info = {} if info is None else info
 
-    def phi(x):
-        if single:
-            return float(np.partition(x, m - 1)[:m].sum())
-        return sum(float(np.partition(x[ix], q - 1)[:q].sum()) if q > 0 else 0.0 for ix, q in zip(gl, ql))
-
-    best = 0.0
-    for w in (w_found, np.ones(n)):
+    def bound_at(w):
+        """(the bound of the direction ``S^T w``, ``||S^T w||``); the bound is 0 when ``S^T w = 0``."""
         gw = G @ w
         nv = math.sqrt(max(float(w @ gw), 0.0))
-        if nv > 0:
-            best = max(best, phi(gw / nv))
+        if not nv > 0:
+            return 0.0, nv
+        x = gw / nv
+        return sum(float(np.partition(x[ix], q - 1)[:q].sum()) if q > 0 else 0.0 for ix, q in zip(gl, ql)), nv
+
+    best = max(0.0, bound_at(w_found)[0], bound_at(np.ones(n))[0])
     if iters <= 0:
         return best
     now = time.perf_counter()
     # the active-set solve gets at most half of the time left; the interior-point method the rest if needed
     w_pd, conv = pdas_relaxation(G, gl, ql, w_found, now + 0.5 * (deadline - now) if math.isfinite(deadline) else deadline)
-    if info is not None:
-        info["bound_method"], info["relaxation_value"] = "active-set", None
+    info["bound_method"], info["relaxation_value"] = "active-set", None
     if w_pd is not None:
-        gw = G @ w_pd
-        nv = math.sqrt(max(float(w_pd @ gw), 0.0))
-        if nv > 0:
-            b = phi(gw / nv)
-            best = max(best, b)
-            if conv and info is not None:
-                info["relaxation_value"] = nv
+        b, nv = bound_at(w_pd)
+        best = max(best, b)
+        if conv and nv > 0:
+            info["relaxation_value"] = nv
             # at the relaxation's optimum the bound equals its value: nothing left to gain
-            if conv and b >= nv * (1 - 1e-9):
+            if b >= nv * (1 - 1e-9):
                 return best
     if time.perf_counter() + 1e-10 * n ** 3 > deadline:
         return best          # not even one interior-point iteration (a Cholesky of n x n) fits
-    if info is not None:
-        info["bound_method"] = "interior point"
+    info["bound_method"] = "interior point"
     for w in ipm_relaxation(G, gl, ql, deadline, max_iter=iters):
-        gw = G @ w
-        nv = math.sqrt(max(float(w @ gw), 0.0))
+        b, nv = bound_at(w)
+        best = max(best, b)
         if nv > 0:
-            best = max(best, phi(gw / nv))
-            if info is not None:
-                info["relaxation_value"] = nv
+            info["relaxation_value"] = nv
     return best
 
 

@@ -1,7 +1,6 @@
 """One call for both problems: :func:`solve_pruning` picks the exact MIP or the fast solvers."""
 from __future__ import annotations
 
-import logging
 from typing import Optional, Sequence
 
 import numpy as np
@@ -11,8 +10,6 @@ from .exact import solve_exact
 from .generalization import solve_generalization_fast
 from .problem import ArrayLike, EXACT_AUTO_MAX_N, PruningSolution, as_matrix
 from .search import solve_cardinality_fast
-
-logger = logging.getLogger(__name__)
 
 
 def solve_pruning(S: ArrayLike, *, remove: Optional[int] = None, keep: Optional[int] = None,

@@ -162,7 +162,7 @@ def solve_generalization_fast(S: ArrayLike, eps: float, *, time_limit: Optional[
     lb = cardinality_lower_bound(S, int(removed.size), dirs, _trusted=True) if 1 <= removed.size <= n - 1 else 0.0
     status = "optimal" if removed.size >= ub else "feasible"
     r = torch.linalg.vector_norm(S, dim=1).to(torch.float64) ** 2
-    degenerate = degeneracy(S, total, r, lb, objective, eps=eps)
+    degenerate = degeneracy(total, r, lb, objective, eps=eps)
     sol = PruningSolution(removed=removed, n=n, problem="generalization", objective=objective, lower_bound=lb,
                           status=status, time=time.perf_counter() - t0, solver="fast", eps=eps,
                           max_removed_bound=int(ub), degenerate=degenerate,

@@ -1,7 +1,6 @@
 """The problem's inputs and result: checks of S, m, eps and class groups, class quotas, :class:`PruningSolution`."""
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence, Union
@@ -11,16 +10,9 @@ import torch
 
 from ...errors import PruneDataError
 
-logger = logging.getLogger(__name__)
-
-
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
-
 #: method="auto" uses the exact MIP up to this many rows, the fast solver beyond
-EXACT_AUTO_MAX_N = 120
-
-
 EXACT_AUTO_MAX_N = 120
 #: up to this many rows the fast solver works on the full Gram matrix (n x n) in numpy
 SMALL_N = 2000
@@ -125,7 +117,7 @@ def as_matrix(S: ArrayLike) -> torch.Tensor:
     return S
 
 
-def check_m(m: Any, n: int, groups: Optional[np.ndarray] = None) -> int:
+def check_m(m: Any, n: int) -> int:
     if isinstance(m, bool) or not isinstance(m, (int, np.integer)):
         raise PruneDataError(f"the number of samples to remove must be an integer, got {m!r}")
     m = int(m)
@@ -191,14 +183,14 @@ def chunked_sum64(S: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
     return out
 
 
-def degeneracy(S: torch.Tensor, total: torch.Tensor, r: torch.Tensor, lb: float, objective: float,
-                eps: Optional[float] = None) -> Dict[str, Any]:
-    """Flags for the cases where the certificate says nothing (see the module docstring)."""
+def degeneracy(total: Union[np.ndarray, torch.Tensor], r: Union[np.ndarray, torch.Tensor], lb: float,
+               objective: float, eps: Optional[float] = None) -> Dict[str, Any]:
+    """Flags for the cases where the certificate says nothing, given the sum of all rows ``total`` and
+    the squared row norms ``r``; empty when there are none."""
     flags: Dict[str, Any] = {}
     scale = math.sqrt(float(r.sum()))  # norm of a sum of the rows with random signs
     tn = float(np.linalg.norm(total)) if isinstance(total, np.ndarray) else float(total.norm())
     ratio = tn / scale if scale > 0 else 0.0
-    flags_out = {"total_norm": tn, "total_to_random_ratio": ratio}
     if ratio < 1e-3:
         flags["total_sum_near_zero"] = (
             "sum_i S_i is ~0 (the per-sample gradients sum to zero: they include the regulariser, or there "
@@ -211,5 +203,5 @@ def degeneracy(S: torch.Tensor, total: torch.Tensor, r: torch.Tensor, lb: float,
         flags["all_feasible"] = (f"||sum_i S_i|| = {tn:.4g} <= eps = {eps:.4g}: removing every sample is "
                                  "eps-redundant; eps is too large to constrain anything")
     if flags:
-        flags.update(flags_out)
+        flags.update(total_norm=tn, total_to_random_ratio=ratio)
     return flags

@@ -1,5 +1,5 @@
-"""Large-n search: greedy and signed construction, swap local search, iterated local search, and
-:func:`solve_cardinality_fast` (which sends small problems to :mod:`.small`)."""
+"""Large-n search: the signed construction (and the block greedy it is measured against), swap local
+search, iterated local search, and :func:`solve_cardinality_fast` (which sends small problems to :mod:`.small`)."""
 from __future__ import annotations
 
 import logging
@@ -21,11 +21,11 @@ logger = logging.getLogger(__name__)
 class _State:
     """Current removal set, ``v = sum_{removed} S_i`` and squared row norms."""
 
-    def __init__(self, S: torch.Tensor, sel: torch.Tensor):
+    def __init__(self, S: torch.Tensor):
         self.S = S
-        self.sel = sel
+        self.sel = torch.zeros(S.shape[0], dtype=torch.bool, device=S.device)     # nothing removed yet
         self.r = torch.linalg.vector_norm(S, dim=1).to(torch.float64) ** 2
-        self.v = S[sel].to(torch.float64).sum(0) if bool(sel.any()) else torch.zeros(S.shape[1], dtype=torch.float64, device=S.device)
+        self.v = torch.zeros(S.shape[1], dtype=torch.float64, device=S.device)
 
     def g(self) -> torch.Tensor:
         return (self.S @ self.v.to(self.S.dtype)).to(torch.float64)
@@ -36,12 +36,18 @@ class _State:
     def refresh(self) -> None:
         self.v = self.S[self.sel].to(torch.float64).sum(0)
 
+    def move(self, rows: torch.Tensor, removed: bool) -> None:
+        """Mark ``rows`` removed (or kept again) and update ``v``."""
+        self.sel[rows] = removed
+        part = self.S[rows].to(torch.float64).sum(0)
+        self.v += part if removed else -part
+
 
 def _greedy(st: _State, m: int, gi, quota, rounds: int) -> None:
     """Block greedy: each round adds the rows that most reduce (least increase) ``||v||^2`` alone."""
-    groups = gi if gi is not None else [None]
+    groups = gi if gi is not None else [torch.arange(st.S.shape[0], device=st.S.device)]
     quotas = quota if quota is not None else [m]
-    remaining = [q - (int(st.sel[ix].sum()) if ix is not None else int(st.sel.sum())) for ix, q in zip(groups, quotas)]
+    remaining = [q - int(st.sel[ix].sum()) for ix, q in zip(groups, quotas)]
     for t in range(rounds):
         if sum(remaining) <= 0:
             break
@@ -53,15 +59,9 @@ def _greedy(st: _State, m: int, gi, quota, rounds: int) -> None:
             if remaining[k] <= 0:
                 continue
             b = max(1, math.ceil(remaining[k] / left))
-            sc = score if ix is None else score[ix]
-            pick = torch.topk(sc, b, largest=False).indices
-            if ix is not None:
-                pick = ix[pick]
-            add_all.append(pick)
+            add_all.append(ix[torch.topk(score[ix], b, largest=False).indices])
             remaining[k] -= b
-        pick = torch.cat(add_all)
-        st.sel[pick] = True
-        st.v += st.S[pick].to(torch.float64).sum(0)
+        st.move(torch.cat(add_all), True)
 
 
 def _signed_construct(st: _State, m: int, gi, quota, deadline: float, gen: np.random.Generator, *,
@@ -174,9 +174,7 @@ def _repair_count(st: _State, m: int, gi, quota) -> None:
         if extra > 0:
             drop.append(cur[torch.topk(score[cur], extra, largest=False).indices])
     if drop:
-        d_ = torch.cat(drop)
-        st.sel[d_] = False
-        st.v -= st.S[d_].to(torch.float64).sum(0)
+        st.move(torch.cat(drop), False)
     if int(st.sel.sum()) < m:
         _greedy(st, m, gi, quota, 4)
 
@@ -224,7 +222,6 @@ def _swap_round(st: _State, pool: int, gid: Optional[torch.Tensor], gi, tol: flo
     if st.S.dtype != torch.float64:
         tol = max(tol, 1e-6)
     thresh = -tol * max(v2, 1e-300)
-    moved_out, moved_in = [], []
     for _ in range(min(P.numel(), max_steps)):
         a = -2 * gP + rP                 # un-remove
         c = 2 * gP + rP                  # remove
@@ -240,34 +237,18 @@ def _swap_round(st: _State, pool: int, gid: Optional[torch.Tensor], gi, tol: flo
         selP[i], selP[j] = False, True
         gP += Gm[:, j] - Gm[:, i]
         v2 += float(delta[i, j])
-        moved_out.append(int(P[i]))
-        moved_in.append(int(P[j]))
         swaps += 1
     if swaps:
-        # apply the net change (a row may have moved twice)
-        net = {}
-        for i in moved_out:
-            net[i] = net.get(i, 0) - 1
-        for j in moved_in:
-            net[j] = net.get(j, 0) + 1
-        outs = [i for i, k in net.items() if k < 0]
-        ins = [j for j, k in net.items() if k > 0]
-        if outs:
-            oi = torch.as_tensor(outs, device=st.S.device)
-            st.sel[oi] = False
-            st.v -= st.S[oi].to(torch.float64).sum(0)
-        if ins:
-            ii = torch.as_tensor(ins, device=st.S.device)
-            st.sel[ii] = True
-            st.v += st.S[ii].to(torch.float64).sum(0)
+        # apply the net change (a row may have moved twice): the pool's rows whose state changed
+        outs, ins = out_c[~selP[:ko]], in_c[selP[ko:]]
+        for rows, removed in ((outs, False), (ins, True)):
+            if rows.numel():
+                st.move(rows, removed)
         # the pool deltas use g = S v in S's precision: keep the round only if the true norm fell
         if st.norm2() > v2_start * (1 - 1e-9):
-            if outs:
-                st.sel[oi] = True
-                st.v += st.S[oi].to(torch.float64).sum(0)
-            if ins:
-                st.sel[ii] = False
-                st.v -= st.S[ii].to(torch.float64).sum(0)
+            for rows, removed in ((outs, True), (ins, False)):
+                if rows.numel():
+                    st.move(rows, removed)
             return 0
     return swaps
 
@@ -332,26 +313,27 @@ def solve_cardinality_fast(S: ArrayLike, m: int, *, groups: Optional[Sequence[in
                            _gram: Optional[tuple] = None) -> PruningSolution:
     """Remove exactly ``m`` rows minimising ``||sum S_i||`` (per-group quotas when ``groups`` is given).
 
-    With at most ``exhaustive_max`` possible removal sets every one is scored (proven optimal).
+    With at most ``exhaustive_max`` possible removal sets every one is scored (proven optimal). Up to
+    ``gram_max_n`` rows the search runs on the full Gram matrix (:func:`.small.cardinality_small`):
+    with n <= d best-improvement swaps and iterated local search, stopping after ``small_patience``
+    perturbations without improvement (default :func:`patience_ils`); with n > d the relaxation,
+    kernel and tabu chains of :func:`tabu_path` for the whole time limit (default
+    :func:`small_time_limit`; ``small_patience`` then counts kicks without a new best, default
+    :func:`patience_small`), so that result can depend on the machine's load. The certificate there
+    (the relaxation solved exactly: active set, else interior point) gets as much time as the search
+    (n <= d) or a tenth of it (n > d), and at least about 20 interior-point iterations up to 0.1 s,
+    unless ``bound_time`` is given.
 
-    Construction (``construct="signed"``: self-balancing signed greedy + single-flip sweeps for at
-    most ``construct_frac`` of the time, see :func:`_signed_construct`; ``"greedy"``: the older block
-    greedy with ``greedy_rounds`` blocks) -> swap local search on pools of ``pool`` candidates ->
-    iterated local search (perturb a few rows, local search, keep if better) until ``time_limit``
-    seconds (default scales with n*d, at most 30 s) or ``ils_patience`` perturbations without
-    improvement. Then a lower bound from the relaxation (at most ``bound_iters`` gradient steps or
-    ``bound_time`` seconds; ``certify=False`` skips it and reports a bound of 0). Up to
-    ``gram_max_n`` rows the search runs on the full Gram matrix instead: with n <= d exact
-    best-improvement swaps and iterated local search (``small_patience`` perturbations without
-    improvement, default from :func:`patience_ils`); with n > d the relaxation, kernel and tabu
-    chains of :func:`tabu_path` for the whole time limit (default :func:`small_time_limit`;
-    ``small_patience`` then counts kicks without a new best, default :func:`patience_small`). There the
-    certificate (the relaxation solved exactly: active set, else interior point) gets as much time as
-    the search (n <= d) or a tenth of it (n > d), and at least about 20 interior-point iterations up to
-    0.1 s, unless ``bound_time`` is given. ``effort`` multiplies the default time limit and patience
-    (``effort=20`` reached SCIP's proven optimum on the n > d family of benchmarks/solver.py).
-    The n > d search is time-limited, so its result can depend on the machine's load (as on the
-    large path; the n <= d path stops on its patience).
+    Beyond ``gram_max_n`` rows: the self-balancing signed construction (:func:`_signed_construct`, at
+    most ``construct_frac`` of the time) -> swap local search on pools of ``pool`` candidates ->
+    iterated local search until ``time_limit`` seconds (default scales with n*d, at most 30 s) or
+    ``ils_patience`` perturbations without improvement; then a lower bound from the relaxation (at
+    most ``bound_iters`` gradient steps or ``bound_time`` seconds). ``certify=False`` skips the bound
+    (reported as 0). ``effort`` multiplies the default time limit and patience (``effort=20`` reached
+    SCIP's proven optimum on the n > d family of benchmarks/solver.py).
+
+    ``construct="greedy"`` (``greedy_rounds`` blocks) swaps the construction for the older block
+    greedy: the baseline the signed construction is measured against (tests, benchmarks/solver.py).
     """
     t0 = time.perf_counter()
     S = as_matrix(S)
@@ -374,13 +356,12 @@ def solve_cardinality_fast(S: ArrayLike, m: int, *, groups: Optional[Sequence[in
     if small_patience is None and n <= gram_max_n:
         small_patience = int(math.ceil(effort * (patience_small(n, m) if tabu else patience_ils(n, m))))
     deadline = t0 + time_limit
-    gen = torch.Generator(device="cpu").manual_seed(seed)
     if n <= gram_max_n:
         return cardinality_small(S, m, g_arr, time_limit=time_limit, seed=seed, patience=small_patience,
                                   certify=certify, bound_iters=max(bound_iters, 400), bound_time=bound_time,
                                   exhaustive_max=exhaustive_max, gram=_gram)
 
-    st = _State(S, torch.zeros(n, dtype=torch.bool, device=S.device))
+    st = _State(S)
     sweeps = 0
     if construct == "signed":
         sweeps, _ = _signed_construct(st, m, gi, quota, t0 + construct_frac * time_limit,
@@ -396,7 +377,8 @@ def solve_cardinality_fast(S: ArrayLike, m: int, *, groups: Optional[Sequence[in
     t_swap = time.perf_counter() - t0 - t_greedy
     best_sel, best2 = st.sel.clone(), st.norm2()
     obj_swap = math.sqrt(best2)
-    best_sel, ils_iters, improved = _ils_large(st, best_sel, best2, pool, gid, gi, deadline, ils_patience, gen)
+    best_sel, ils_iters, improved = _ils_large(st, best_sel, best2, pool, gid, gi, deadline, ils_patience,
+                                               torch.Generator(device="cpu").manual_seed(seed))
     st.sel = best_sel
     st.refresh()
     v = st.v
@@ -417,7 +399,7 @@ def solve_cardinality_fast(S: ArrayLike, m: int, *, groups: Optional[Sequence[in
             dirs.append(u_rel)
         relax_value = float((S.T @ w_rel.to(S.dtype)).norm())
         lb = cardinality_lower_bound(S, m, dirs, groups=g_arr, _trusted=True)
-        degenerate = degeneracy(S, total, st.r, lb, objective)
+        degenerate = degeneracy(total, st.r, lb, objective)
     t_bound = time.perf_counter() - tb
     removed = torch.nonzero(best_sel).flatten().cpu().numpy()
     status = "optimal" if objective - lb <= 1e-9 * max(objective, 1e-300) else "feasible"

@@ -115,23 +115,15 @@ def cardinality_small(S: torch.Tensor, m: int, g_arr: Optional[np.ndarray], *, t
     sel = np.zeros(n, dtype=bool)
     g = np.zeros(n)
     score = dg.copy()
-    if gid is None:
-        for _ in range(m):
-            j = int(np.argmin(score))
-            sel[j] = True
-            g += G[j]
-            score = 2 * g + dg
-            score[sel] = np.inf
-    else:
-        left = np.asarray(quota, dtype=np.int64)
-        for _ in range(m):
-            sc = np.where(left[gid] > 0, score, np.inf)
-            j = int(np.argmin(sc))
-            sel[j] = True
+    left = None if gid is None else np.asarray(quota, dtype=np.int64)   # per-group removals still to make
+    for _ in range(m):
+        j = int(np.argmin(score if left is None else np.where(left[gid] > 0, score, np.inf)))
+        sel[j] = True
+        if left is not None:
             left[gid[j]] -= 1
-            g += G[j]
-            score = 2 * g + dg
-            score[sel] = np.inf
+        g += G[j]
+        score = 2 * g + dg
+        score[sel] = np.inf
     obj_greedy = math.sqrt(max(float(g[sel].sum()), 0.0))
     t_greedy = time.perf_counter() - t0
     target2 = 0.0
@@ -170,7 +162,7 @@ def cardinality_small(S: torch.Tensor, m: int, g_arr: Optional[np.ndarray], *, t
         if w_rel is not None:    # the relaxation's point that started the search is a direction too
             lb = max(lb, cardinality_lower_bound(S, m, [torch.from_numpy(A.T @ w_rel)], groups=g_arr, _trusted=True))
         lb = min(objective, max(lb, math.sqrt(target2)))
-        degenerate = degeneracy(None, A.sum(0), dg, lb, objective)
+        degenerate = degeneracy(A.sum(0), dg, lb, objective)
     status = "optimal" if certify and objective - lb <= 1e-9 * max(objective, 1e-300) else "feasible"
     sol = PruningSolution(removed=removed, n=n, problem="cardinality", objective=objective, lower_bound=lb,
                           status=status, time=time.perf_counter() - t0, solver="fast", degenerate=degenerate,

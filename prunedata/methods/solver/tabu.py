@@ -3,7 +3,6 @@ batched tabu chains, their starts (random, rounded relaxation) and the kernel of
 relaxation's fractional ones."""
 from __future__ import annotations
 
-import logging
 import math
 import time
 from typing import List, Optional
@@ -11,8 +10,6 @@ from typing import List, Optional
 import numpy as np
 
 from .bounds import fista_relaxation
-
-logger = logging.getLogger(__name__)
 
 
 def small_search(G: np.ndarray, m: int, gid: Optional[np.ndarray], deadline: float, patience: int,
@@ -32,9 +29,10 @@ def small_search(G: np.ndarray, m: int, gid: Optional[np.ndarray], deadline: flo
         G2 = np.where(gid[:, None] == gid[None, :], G2, -np.inf)
     tol = 1e-12
 
-    def local(si, ui, g, v2):
+    def local(si, ui, g):
+        """Best-improvement swaps until none improves; updates ``si``, ``ui``, ``g`` in place, returns ``||v||^2``."""
+        v2 = float(g[si].sum())
         B = G2[si][:, ui]
-        steps = 0
         while True:
             D = (dg[si] - 2.0 * g[si])[:, None] + (dg[ui] + 2.0 * g[ui])[None, :]
             D -= B
@@ -42,21 +40,18 @@ def small_search(G: np.ndarray, m: int, gid: Optional[np.ndarray], deadline: flo
             a, b = divmod(k, ui.size)
             dv = float(D[a, b])
             if not dv < -tol * max(v2, 1e-300):
-                return g, v2, steps
+                return float(g[si].sum())
             i, j = si[a], ui[b]
             si[a], ui[b] = j, i
             g += G[j] - G[i]  # G is symmetric: rows instead of strided columns
             v2 += dv
             B[a, :] = G2[j, ui]
             B[:, b] = G2[si, i]
-            steps += 1
 
     si = np.flatnonzero(start)
     ui = np.flatnonzero(~start)
     g = G[si].sum(0)
-    v2 = float(g[si].sum())
-    g, v2, _ = local(si, ui, g, v2)
-    v2 = float(g[si].sum())
+    v2 = local(si, ui, g)
     swap_obj = math.sqrt(max(v2, 0.0))
     best_si, best_ui, best_g, best2 = si.copy(), ui.copy(), g.copy(), v2
     fails = iters = improved = 0
@@ -78,9 +73,7 @@ def small_search(G: np.ndarray, m: int, gid: Optional[np.ndarray], deadline: flo
             j = ui[b]
             si[a], ui[b] = j, i
             g += G[j] - G[i]
-        v2 = float(g[si].sum())
-        g, v2, _ = local(si, ui, g, v2)
-        v2 = float(g[si].sum())
+        v2 = local(si, ui, g)
         iters += 1
         if v2 < best2 * (1 - 1e-12):
             best_si, best_ui, best_g, best2 = si, ui, g, v2
@@ -95,65 +88,26 @@ def small_search(G: np.ndarray, m: int, gid: Optional[np.ndarray], deadline: flo
 #: the tabu chains of the Gram-matrix path together evaluate about this many swap deltas per step
 #: (numpy call overhead dominates below it, memory and cache above it)
 TABU_BATCH_ELEMENTS = 200_000
-
-
-TABU_BATCH_ELEMENTS = 200_000
 #: at most this many chains
-TABU_MAX_CHAINS = 32
-
-
 TABU_MAX_CHAINS = 32
 #: a chain is kicked after this many steps without improving its best
 TABU_STALL = 30
-
-
-TABU_STALL = 30
 #: probability that a stalled chain is kicked from the overall best set rather than from where it is
 TABU_FROM_BEST = 0.5
-
-
-TABU_FROM_BEST = 0.5
 #: tabu tenure: min(m, n - m) / this (plus a random part as large)
-TABU_TENURE_DIV = 8
-
-
 TABU_TENURE_DIV = 8
 #: share of the time limit for the relaxation that starts the tabu chains; below RELAX_MIN_PAIRS
 #: swap pairs m (n - m) the chains start from random sets instead (measured on the family: at
 #: n = 100 the relaxation's quarter of the 0.18 s is better spent searching)
 RELAX_SHARE = 0.25
-
-
-RELAX_SHARE = 0.25
-RELAX_MIN_PAIRS = 3000
-
-
 RELAX_MIN_PAIRS = 3000
 #: at most this many accelerated projected-gradient steps on the relaxation
 RELAX_ITERS = 300
-
-
-RELAX_ITERS = 300
 #: the greedy set is improved by plain best-improvement swaps first up to this many pairs m (n - m)
 TABU_DESCENT_MAX = 40_000
-
-
-TABU_DESCENT_MAX = 40_000
-#: how the chains other than the first start: "mixed" (half from roundings of the relaxation, half
-#: random), "rounding" or "random"
-START_MODE = "mixed"
-
-
-START_MODE = "mixed"
 #: the relaxation-kernel search runs when there are more than this many swap pairs m (n - m), on
 #: a kernel of this many rows, for this share of the time limit
 KERNEL_MIN_PAIRS = 25_000
-
-
-KERNEL_MIN_PAIRS = 25_000
-KERNEL_SIZE = 200
-
-
 KERNEL_SIZE = 200
 KERNEL_SHARE = 0.6
 
@@ -250,7 +204,7 @@ def _tabu_chains(G: np.ndarray, m: int, gid: Optional[np.ndarray], starts: np.nd
                 if v2[c] < gbest2 * (1 - 1e-12):
                     gbest2, gbest_si, kicks_since = float(v2[c]), si[c].copy(), 0
         for c in np.flatnonzero(it - last_imp > stall):
-            if TABU_FROM_BEST > 0 and rng.random() < TABU_FROM_BEST:
+            if rng.random() < TABU_FROM_BEST:
                 s_ = gbest_si.copy()                  # intensify: kick the overall best instead
                 mask_ = np.zeros(n, dtype=bool)
                 mask_[s_] = True
@@ -358,9 +312,9 @@ def tabu_path(G, m, gid, quota, gl, ql, sel, obj_greedy, target2, patience, t0, 
         best_sel, obj_swap, _, _ = small_search(G, m, gid, deadline, 0, rng, sel, target2=target2)
     else:
         best_sel, obj_swap = sel, obj_greedy
-    if w_rel is not None and START_MODE != "random":
+    if w_rel is not None:    # half of the other chains from roundings of the relaxation, half from random sets
         rs = _rounded_starts(w_rel, gl, ql, chains, rng)
-        if START_MODE == "mixed" and chains > 2:
+        if chains > 2:
             rs[chains // 2:] = _random_starts(n, m, gid, quota, chains - chains // 2, rng)
     else:
         rs = _random_starts(n, m, gid, quota, chains, rng)
