@@ -12,7 +12,7 @@ from .registry import MethodConfig, check_options, register_method
 from .scoring import dataset_labels, keep_top_k
 
 
-@register_method("adapruner", "AdaPruner: learnable per-sample mask trained jointly with the model")
+@register_method("adapruner")
 def adapruner_method(dataset: Any, keep_ratio: float, *, config: MethodConfig, warmup_epochs: Optional[int] = None,
                      checkpoint: Optional[str] = None, resume: bool = False, **pruner_kw) -> Selection:
     """Train a proxy model and the mask jointly; the selection is the binarised mask.

@@ -47,7 +47,7 @@ from ..ratios import check_keep_ratio
 from ..errors import PruneDataError
 from ..identity import dataset_fingerprint
 from ..selection import Selection
-from .registry import BUILTIN_METHODS, MethodConfig, check_options, register_method
+from .registry import MethodConfig, check_options, register_method
 from .scoring import (ForgettingTracker, dataset_labels, el2n_scores, grand_scores, herding_order, keep_top_k,
                       features_and_logits, train_proxy)
 
@@ -139,14 +139,11 @@ def _score_herding(dataset: Any, *, config: MethodConfig, checkpoint: Any = None
     labels_np = labels.numpy()
     n = feats.shape[0]
     prio = np.zeros(n, dtype=np.float64)
-    if config.class_balanced:
-        for c in np.unique(labels_np):
-            idx = np.flatnonzero(labels_np == c)
-            order = herding_order(feats[idx])
-            prio[idx[order]] = 1.0 - np.arange(order.size) / order.size
-    else:
-        order = herding_order(feats)
-        prio[order] = 1.0 - np.arange(n) / n
+    # with class balance each class herds towards its own mean, else the whole dataset towards its mean
+    groups = [np.flatnonzero(labels_np == c) for c in np.unique(labels_np)] if config.class_balanced else [np.arange(n)]
+    for idx in groups:
+        order = herding_order(feats[idx])
+        prio[idx[order]] = 1.0 - np.arange(order.size) / order.size
     acc = float((logits.argmax(1) == labels).float().mean())
     return SampleScores("herding", prio, "herding_priority", labels_np,
                         params={"kernel": "linear", "features": "penultimate",
@@ -287,4 +284,4 @@ def _method(name: str):
 
 
 for _name in SCORERS:
-    register_method(_name, BUILTIN_METHODS[_name][1])(_method(_name))
+    register_method(_name)(_method(_name))

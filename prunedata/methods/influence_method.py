@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 FIT_WEIGHT_DECAY = Recipe().weight_decay
 
 
-@register_method("influence", "Influence pruning: remove the set whose summed parameter influence is smallest")
+@register_method("influence")
 def influence_method(dataset: Any, keep_ratio: float, *, config: MethodConfig, eps: Optional[float] = None,
                      layer: Optional[str] = None, damping: Optional[float] = None, hessian: str = "auto",
                      solver: str = "fast", time_limit: Optional[float] = None, model: Optional[torch.nn.Module] = None,

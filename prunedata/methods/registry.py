@@ -84,12 +84,14 @@ class MethodConfig:
 
 
 def register_method(name: str, description: str = ""):
-    """Decorator: register ``fn`` as selection method ``name``."""
+    """Decorator: register ``fn`` as selection method ``name``, described by ``description`` (default: the
+    built-in method's description in :data:`BUILTIN_METHODS`, else the first line of the docstring)."""
     def deco(fn):
         if name in METHODS and METHODS[name] is not fn:
             raise PruneDataError(f"selection method {name!r} is already registered")
         METHODS[name] = fn
-        DESCRIPTIONS[name] = description or (fn.__doc__ or "").strip().split("\n")[0]
+        DESCRIPTIONS[name] = (description or BUILTIN_METHODS.get(name, ("", ""))[1]
+                              or (fn.__doc__ or "").strip().split("\n")[0])
         return fn
     return deco
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -85,9 +85,7 @@ def keep_top_k(scores: np.ndarray, keep_ratio: float, *, labels: Optional[np.nda
     classes, counts = np.unique(labels, return_counts=True)
     quota = apportion(counts, k)
     ranked_labels = labels[order]
-    kept: List[np.ndarray] = []
-    for c, q in zip(classes, quota):
-        kept.append(order[ranked_labels == c][:q])
+    kept = [order[ranked_labels == c][:q] for c, q in zip(classes, quota)]
     return np.sort(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)
 
 

@@ -1,5 +1,8 @@
 """Certified bounds: the dual bound from directions, the max-removed bound of the eps problem, and the
-relaxations whose solutions are the best directions (projected gradient, active set, interior point)."""
+relaxations whose solutions are the best directions (projected gradient, active set, interior point).
+
+Every direction gives a valid bound, so the relaxations' points (``u = S^T w``) are used whatever
+their accuracy: an early stop, a cycling active set or an inexact interior point costs tightness only."""
 from __future__ import annotations
 
 import math
@@ -98,22 +101,19 @@ def relaxation_directions(S: torch.Tensor, m: int, gi, quota, *, iters: int, dea
     """
     n = S.shape[0]
     dt = S.dtype
+    gl = gi if gi is not None else [torch.arange(n, device=S.device)]
+    ql = quota if quota is not None else [m]
 
     def proj(z):
-        if gi is None:
-            return _proj_capped_simplex(z, m)
         out = torch.empty_like(z)
-        for ix, q in zip(gi, quota):
+        for ix, q in zip(gl, ql):
             out[ix] = _proj_capped_simplex(z[ix], q)
         return out
 
-    if x0 is None:
-        if gi is None:
-            w = torch.full((n,), m / n, dtype=dt, device=S.device)
-        else:
-            w = torch.empty(n, dtype=dt, device=S.device)
-            for ix, q in zip(gi, quota):
-                w[ix] = q / ix.numel()
+    if x0 is None:                 # the uniform point: each group's quota spread over its rows
+        w = torch.empty(n, dtype=dt, device=S.device)
+        for ix, q in zip(gl, ql):
+            w[ix] = q / ix.numel()
     else:
         w = proj(x0.to(dt))
     # Lipschitz constant ||S||_2^2 by power iteration
@@ -178,7 +178,7 @@ def fista_relaxation(G: np.ndarray, gl: List[np.ndarray], ql: List[int], deadlin
     """Accelerated projected gradient (FISTA) on ``min w^T G w`` over the (grouped) capped simplex,
     from the uniform point; at most ``iters`` steps of one ``G y`` product each, or until ``deadline``.
     Returns ``(w, steps)``: a fractional point, used to start the search (randomised rounding) and
-    as a direction of the bound -- valid whatever its accuracy."""
+    as a direction of the bound."""
     n = G.shape[0]
     x = np.random.default_rng(0).normal(size=n)
     lip = 1.0
@@ -221,8 +221,7 @@ def pdas_relaxation(G: np.ndarray, gl: List[np.ndarray], ql: List[int], w0: np.n
     relaxation's optimum; the final solve gets one step of iterative refinement (the Gram matrix of
     tiny, nearly cancelling rows is ill-conditioned). Returns ``(w, converged)``; ``w`` is ``None``
     if no step could be taken. The method can cycle on larger ill-conditioned problems (a repeated
-    earlier guess ends it): the caller falls back to :func:`ipm_relaxation` then, and every iterate
-    is only ever used as a *direction* for the bound, which is valid whatever its accuracy.
+    earlier guess ends it): the caller falls back to :func:`ipm_relaxation` then.
     """
     n = G.shape[0]
     c = float(np.mean(np.diag(G)))
@@ -355,8 +354,7 @@ def ipm_relaxation(G: np.ndarray, gl: List[np.ndarray], ql: List[int], deadline:
 
     For the problems the active-set method cycles on (hundreds to thousands of rows, nearly
     cancelling, ill-conditioned): 10-20 iterations, each one Cholesky factorisation of
-    ``G + diag(lam/w + nu/(1-w))`` (n^3/3 flops). The iterates are only used as directions of the
-    bound, which is valid whatever their accuracy."""
+    ``G + diag(lam/w + nu/(1-w))`` (n^3/3 flops)."""
     n = G.shape[0]
     ng = len(gl)
     lab = np.zeros(n, dtype=np.int64)

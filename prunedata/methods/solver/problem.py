@@ -158,18 +158,13 @@ def group_quota(groups: np.ndarray, m: int) -> Dict[Any, int]:
     q = np.floor(exact).astype(int)
     rest = m - q.sum()
     order = np.argsort(-(exact - q), kind="stable")
-    for k in order[:rest]:
-        q[k] += 1
+    q[order[:rest]] += 1
     # every group keeps at least one sample when that is possible at all
     cap = counts - 1 if m <= n - counts.size else counts
     q = np.minimum(q, cap)
-    # re-distribute if a cap was hit
     short = m - q.sum()
-    for k in order:
-        if short <= 0:
-            break
-        room = cap[k] - q[k]
-        add = min(room, short)
+    for k in order:                 # re-distribute what a cap cut off
+        add = min(cap[k] - q[k], short)
         q[k] += add
         short -= add
     assert int(q.sum()) == m, (q, m)

@@ -43,11 +43,10 @@ class _State:
         self.v += part if removed else -part
 
 
-def _greedy(st: _State, m: int, gi, quota, rounds: int) -> None:
-    """Block greedy: each round adds the rows that most reduce (least increase) ``||v||^2`` alone."""
-    groups = gi if gi is not None else [torch.arange(st.S.shape[0], device=st.S.device)]
-    quotas = quota if quota is not None else [m]
-    remaining = [q - int(st.sel[ix].sum()) for ix, q in zip(groups, quotas)]
+def _greedy(st: _State, gl, ql, rounds: int) -> None:
+    """Block greedy: each round adds the rows that most reduce (least increase) ``||v||^2`` alone, up to
+    ``ql[k]`` removed rows of each group ``gl[k]``."""
+    remaining = [q - int(st.sel[ix].sum()) for ix, q in zip(gl, ql)]
     for t in range(rounds):
         if sum(remaining) <= 0:
             break
@@ -55,7 +54,7 @@ def _greedy(st: _State, m: int, gi, quota, rounds: int) -> None:
         score[st.sel] = float("inf")
         left = rounds - t
         add_all = []
-        for k, ix in enumerate(groups):
+        for k, ix in enumerate(gl):
             if remaining[k] <= 0:
                 continue
             b = max(1, math.ceil(remaining[k] / left))
@@ -64,7 +63,7 @@ def _greedy(st: _State, m: int, gi, quota, rounds: int) -> None:
         st.move(torch.cat(add_all), True)
 
 
-def _signed_construct(st: _State, m: int, gi, quota, deadline: float, gen: np.random.Generator, *,
+def _signed_construct(st: _State, gl, ql, deadline: float, gen: np.random.Generator, *,
                       max_sweeps: int = 8, block: int = 64, lam_scale: float = 0.1,
                       min_changed: float = 0.002) -> tuple:
     """Self-balancing signed greedy, then sweeps of single flips (large n).
@@ -83,23 +82,17 @@ def _signed_construct(st: _State, m: int, gi, quota, deadline: float, gen: np.ra
     n = S.shape[0]
     dev = S.device
     gidx = np.zeros(n, dtype=np.int64)
-    sizes, quotas = [n], [m]
-    if gi is not None:
-        sizes, quotas = [], []
-        for k, (ix, q) in enumerate(zip(gi, quota)):
-            gidx[ix.cpu().numpy()] = k
-            sizes.append(ix.numel())
-            quotas.append(q)
-    p = np.asarray(quotas, dtype=np.float64) / np.asarray(sizes, dtype=np.float64)
+    for k, ix in enumerate(gl):
+        gidx[ix.cpu().numpy()] = k
+    p = np.asarray(ql, dtype=np.float64) / np.asarray([ix.numel() for ix in gl], dtype=np.float64)
     prow = p[gidx]
     hi_row, lo_row = 1.0 - prow, -prow
-    rn2 = st.r.cpu().numpy()
-    lam2 = lam_scale * float(np.median(rn2))
+    lam2 = lam_scale * float(np.median(st.r.cpu().numpy()))
     r = torch.zeros(S.shape[1], dtype=torch.float64, device=dev)
     pt = torch.as_tensor(prow, device=dev)
     for s in range(0, n, 8192):
         r += pt[s:s + 8192] @ S[s:s + 8192].to(torch.float64)
-    c = np.zeros(len(sizes))
+    c = np.zeros(len(gl))
     delta = np.zeros(n)
     # the per-block products are tiny: run them single-threaded (on a loaded 2-core machine each
     # 2-thread call otherwise waits for a time slice -- measured 34 s instead of ~1.5 s per sweep)
@@ -160,26 +153,24 @@ def _signed_sweeps(S, r, c, delta, gidx, hi_row, lo_row, lam2, deadline, gen, ma
     return sweeps, changed
 
 
-def _repair_count(st: _State, m: int, gi, quota) -> None:
+def _repair_count(st: _State, gl, ql) -> None:
     """Make the removal counts exact (per group): drop the surplus rows whose un-removal raises
     ``||v||^2`` least, then add rows by the block greedy."""
-    groups = gi if gi is not None else [torch.arange(st.S.shape[0], device=st.S.device)]
-    quotas = quota if quota is not None else [m]
     g = st.g()
     score = -2 * g + st.r
     drop = []
-    for ix, q in zip(groups, quotas):
+    for ix, q in zip(gl, ql):
         cur = ix[st.sel[ix]]
         extra = cur.numel() - q
         if extra > 0:
             drop.append(cur[torch.topk(score[cur], extra, largest=False).indices])
     if drop:
         st.move(torch.cat(drop), False)
-    if int(st.sel.sum()) < m:
-        _greedy(st, m, gi, quota, 4)
+    if int(st.sel.sum()) < sum(ql):
+        _greedy(st, gl, ql, 4)
 
 
-def _swap_round(st: _State, pool: int, gid: Optional[torch.Tensor], gi, tol: float = 1e-12,
+def _swap_round(st: _State, pool: int, gid: Optional[torch.Tensor], gl, tol: float = 1e-12,
                 max_steps: int = 128) -> int:
     """One pool round of best-improvement swaps (removed row out, kept row in); returns #swaps."""
     g = st.g()
@@ -187,24 +178,19 @@ def _swap_round(st: _State, pool: int, gid: Optional[torch.Tensor], gi, tol: flo
     din = 2 * g + st.r            # change when removing j
     dout[~st.sel] = float("inf")
     din[st.sel] = float("inf")
-    if gi is None:
-        k_out = min(pool, int(st.sel.sum()))
-        k_in = min(pool, int((~st.sel).sum()))
-        out_c = torch.topk(dout, k_out, largest=False).indices
-        in_c = torch.topk(din, k_in, largest=False).indices
-    else:
-        per = max(2, pool // len(gi))
-        oc, ic = [], []
-        for ix in gi:
-            so, si = dout[ix], din[ix]
-            ko = min(per, int(torch.isfinite(so).sum()))
-            ki = min(per, int(torch.isfinite(si).sum()))
-            if ko and ki:
-                oc.append(ix[torch.topk(so, ko, largest=False).indices])
-                ic.append(ix[torch.topk(si, ki, largest=False).indices])
-        if not oc:
-            return 0
-        out_c, in_c = torch.cat(oc), torch.cat(ic)
+    # the pool: each group's most promising removed and kept rows (with groups pool // groups, at least 2)
+    per = pool if gid is None else max(2, pool // len(gl))
+    oc, ic = [], []
+    for ix in gl:
+        so, si = dout[ix], din[ix]
+        ko = min(per, int(torch.isfinite(so).sum()))
+        ki = min(per, int(torch.isfinite(si).sum()))
+        if ko and ki:
+            oc.append(ix[torch.topk(so, ko, largest=False).indices])
+            ic.append(ix[torch.topk(si, ki, largest=False).indices])
+    if not oc:
+        return 0
+    out_c, in_c = torch.cat(oc), torch.cat(ic)
     P = torch.cat([out_c, in_c])
     SP = st.S[P].to(torch.float64)
     Gm = SP @ SP.T
@@ -253,19 +239,19 @@ def _swap_round(st: _State, pool: int, gid: Optional[torch.Tensor], gi, tol: flo
     return swaps
 
 
-def _local_search(st: _State, pool: int, gid, gi, deadline: float, max_rounds: int = 10_000) -> int:
+def _local_search(st: _State, pool: int, gid, gl, deadline: float, max_rounds: int = 10_000) -> int:
     total = 0
     for _ in range(max_rounds):
         if time.perf_counter() > deadline:
             break
-        k = _swap_round(st, pool, gid, gi)
+        k = _swap_round(st, pool, gid, gl)
         total += k
         if k == 0:
             break
     return total
 
 
-def _ils_large(st: _State, best_sel: torch.Tensor, best2: float, pool: int, gid, gi, deadline: float,
+def _ils_large(st: _State, best_sel: torch.Tensor, best2: float, pool: int, gid, gl, deadline: float,
                patience: int, gen: torch.Generator) -> tuple:
     """Iterated local search with pool swaps (large n): perturb k rows, local search, keep if better."""
     fails = iters = improved = 0
@@ -288,7 +274,7 @@ def _ils_large(st: _State, best_sel: torch.Tensor, best2: float, pool: int, gid,
         st.sel[o.to(st.S.device)] = False
         st.sel[i_.to(st.S.device)] = True
         st.refresh()
-        _local_search(st, pool, gid, gi, deadline)
+        _local_search(st, pool, gid, gl, deadline)
         iters += 1
         if st.norm2() < best2 * (1 - 1e-12):
             best_sel, best2 = st.sel.clone(), st.norm2()
@@ -362,22 +348,22 @@ def solve_cardinality_fast(S: ArrayLike, m: int, *, groups: Optional[Sequence[in
                                   exhaustive_max=exhaustive_max, gram=_gram)
 
     st = _State(S)
+    gl, ql = (gi, quota) if gi is not None else ([torch.arange(n, device=S.device)], [m])
     sweeps = 0
     if construct == "signed":
-        sweeps, _ = _signed_construct(st, m, gi, quota, t0 + construct_frac * time_limit,
-                                      np.random.default_rng(seed))
-        _repair_count(st, m, gi, quota)
+        sweeps, _ = _signed_construct(st, gl, ql, t0 + construct_frac * time_limit, np.random.default_rng(seed))
+        _repair_count(st, gl, ql)
     elif construct == "greedy":
-        _greedy(st, m, gi, quota, min(greedy_rounds, m))
+        _greedy(st, gl, ql, min(greedy_rounds, m))
     else:
         raise PruneDataError(f"construct must be 'signed' or 'greedy', got {construct!r}")
     t_greedy = time.perf_counter() - t0
     obj_greedy = math.sqrt(st.norm2())
-    _local_search(st, pool, gid, gi, deadline)
+    _local_search(st, pool, gid, gl, deadline)
     t_swap = time.perf_counter() - t0 - t_greedy
     best_sel, best2 = st.sel.clone(), st.norm2()
     obj_swap = math.sqrt(best2)
-    best_sel, ils_iters, improved = _ils_large(st, best_sel, best2, pool, gid, gi, deadline, ils_patience,
+    best_sel, ils_iters, improved = _ils_large(st, best_sel, best2, pool, gid, gl, deadline, ils_patience,
                                                torch.Generator(device="cpu").manual_seed(seed))
     st.sel = best_sel
     st.refresh()
