@@ -86,12 +86,6 @@ def _check_keep(keep: str) -> bool:
     return keep == "hard"
 
 
-def _check_runs(runs: Any) -> int:
-    if isinstance(runs, bool) or not isinstance(runs, (int, np.integer)) or runs < 1:
-        raise PruneDataError(f"runs (independent proxy trainings to average) must be an integer >= 1, got {runs!r}")
-    return int(runs)
-
-
 def _checkpoints(checkpoints: Any, epochs: int) -> List[int]:
     if checkpoints is None:
         return list(range(1, epochs + 1))
@@ -102,9 +96,8 @@ def _checkpoints(checkpoints: Any, epochs: int) -> List[int]:
     except (TypeError, ValueError):
         raise PruneDataError(f"checkpoints must be a list of epoch numbers, got {checkpoints!r}") from None
     if not cps or cps[0] < 1 or cps[-1] > epochs:
-        raise PruneDataError(
-            f"checkpoints must be epochs between 1 and the proxy's {epochs} epochs (--epochs), got {checkpoints!r}"
-        )
+        raise PruneDataError(f"checkpoints must be epochs between 1 and the proxy's {epochs} epochs (--epochs), "
+                             f"got {checkpoints!r}")
     return cps
 
 
@@ -155,8 +148,7 @@ def _score_herding(dataset: Any, *, config: MethodConfig, checkpoint: Any = None
 def _score_forgetting(dataset: Any, *, config: MethodConfig, keep: str = "hard", checkpoint: Any = None,
                       resume: bool = False) -> SampleScores:
     largest = _check_keep(keep)
-    n = len(dataset)
-    tracker = ForgettingTracker(n)
+    tracker = ForgettingTracker(len(dataset))
 
     def on_batch(ids, logits, y):
         tracker.update(ids, logits.argmax(1) == y)
@@ -165,12 +157,12 @@ def _score_forgetting(dataset: Any, *, config: MethodConfig, keep: str = "hard",
     train_proxy(model, dataset, seed=config.seed, on_batch=on_batch, desc="forgetting proxy",
                 state=tracker.state_dict, load_state=tracker.load_state_dict, **_proxy_kw(config, checkpoint, resume))
     s = tracker.scores()
-    labels = dataset_labels(dataset)
     if config.epochs < 3:
         logger.warning("forgetting with %d proxy epochs: at most %d forgetting event(s) per sample, most "
                        "scores will tie (broken at random); use more epochs", config.epochs, config.epochs // 2)
     return SampleScores(
-        "forgetting", s if largest else -s, "forgetting_events" if largest else "neg_forgetting_events", labels,
+        "forgetting", s if largest else -s, "forgetting_events" if largest else "neg_forgetting_events",
+        dataset_labels(dataset),
         params={"keep": keep, "never_learned_score": float(s[~tracker.learned][0]) if tracker.never_learned else None},
         metrics={"never_learned": tracker.never_learned, "mean_forgetting_events": float(tracker.forgets.mean()),
                  "unforgettable": int((tracker.learned & (tracker.forgets == 0)).sum())},
@@ -180,9 +172,11 @@ def _score_forgetting(dataset: Any, *, config: MethodConfig, keep: str = "hard",
 def _averaged_scores(name: str, dataset: Any, config: MethodConfig, score_fn: Callable[[torch.nn.Module], np.ndarray],
                      *, keep: str, runs: int, checkpoints: Optional[Iterable[int]], checkpoint: Any, resume: bool,
                      **extra_params) -> SampleScores:
-    """``score_fn(proxy)`` averaged over the ``checkpoints`` epochs of ``runs`` proxies (seeds ``config.seed + 1000 r``)."""
+    """``score_fn(proxy)`` averaged over the checkpoint epochs of ``runs`` proxies (seeded ``config.seed + 1000 r``)."""
     largest = _check_keep(keep)
-    runs = _check_runs(runs)
+    if isinstance(runs, bool) or not isinstance(runs, (int, np.integer)) or runs < 1:
+        raise PruneDataError(f"runs (independent proxy trainings to average) must be an integer >= 1, got {runs!r}")
+    runs = int(runs)
     cps = _checkpoints(checkpoints, config.epochs)
     seeds = [config.seed + 1000 * r for r in range(runs)]
     total = np.zeros(len(dataset), dtype=np.float64)
@@ -264,8 +258,7 @@ def select_by_scores(scores: SampleScores, dataset: Any, keep_ratio: float, *, c
     params = {"keep_ratio": keep_ratio, "class_balanced": balanced, **scores.params, "proxy": config.as_params()}
     if scores.method == "random":
         params.pop("proxy")
-    metrics = dict(scores.metrics)
-    metrics["keep_ratio"] = kept.size / n
+    metrics = {**scores.metrics, "keep_ratio": kept.size / n}
     return Selection(
         kept=kept, dataset_size=n, method=scores.method, params=params,
         fingerprint=fingerprint if fingerprint is not None else dataset_fingerprint(dataset),

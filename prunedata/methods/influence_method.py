@@ -94,9 +94,7 @@ def influence_method(dataset: Any, keep_ratio: float, *, config: MethodConfig, e
            else solve_pruning(inf.S, eps=eps, max_removed=m, **kw))
     metrics = sol.metrics()
     if inf.solver_name != "exact":
-        exact, info = inf.exact_norm(sol.removed)
-        metrics["achieved_norm_exact_hessian"] = exact
-        metrics["exact_hessian_check"] = info
+        metrics["achieved_norm_exact_hessian"], metrics["exact_hessian_check"] = inf.exact_norm(sol.removed)
     metrics.update({
         "keep_ratio": (n - sol.num_removed) / n, "hessian_solver": inf.solver_name, "head": inf.layer_name,
         "head_params": inf.dim, "seconds_train": t_train, "seconds_influence": sum(inf.timings.values()),

@@ -96,12 +96,6 @@ def register_method(name: str, description: str = ""):
     return deco
 
 
-def _load_builtin(name: str) -> None:
-    """Import the module registering built-in method ``name`` (when it is one and not loaded yet)."""
-    if name in BUILTIN_METHODS and name not in METHODS:
-        importlib.import_module(BUILTIN_METHODS[name][0])
-
-
 def available_methods() -> Dict[str, str]:
     """Every method's name and one-line description (built-in ones without importing them)."""
     out = {n: desc for n, (_, desc) in BUILTIN_METHODS.items()}
@@ -114,7 +108,8 @@ def select(method: str, dataset: Any, keep_ratio: float, *, config: Optional[Met
     """Run selection method ``method`` on ``dataset`` keeping ``keep_ratio`` of it."""
     from ..ratios import check_keep_ratio
 
-    _load_builtin(method)
+    if method in BUILTIN_METHODS and method not in METHODS:     # a built-in method's module registers it
+        importlib.import_module(BUILTIN_METHODS[method][0])
     if method not in METHODS:
         raise PruneDataError(f"unknown selection method {method!r}; known: {', '.join(available_methods())}")
     keep_ratio = check_keep_ratio(keep_ratio)

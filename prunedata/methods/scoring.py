@@ -139,8 +139,7 @@ def features_and_logits(model: nn.Module, dataset: Any, *, batch_size: int = 102
 def el2n_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """EL2N (Paul et al. 2021): ``|| softmax(logits) - onehot(y) ||_2`` per sample."""
     p = torch.softmax(logits.double(), dim=1)
-    err = p - F.one_hot(labels, p.shape[1]).double()
-    return err.norm(dim=1)
+    return (p - F.one_hot(labels, p.shape[1]).double()).norm(dim=1)
 
 
 def el2n_scores(model: nn.Module, dataset: Any, *, batch_size: int = 1024, device: Any = "cpu") -> np.ndarray:
@@ -154,9 +153,8 @@ def grand_last_layer(features: torch.Tensor, logits: torch.Tensor, labels: torch
 
     ``dL/dW = (p - y) h^T`` and ``dL/db = p - y``, so ``||g|| = ||p - y|| * sqrt(||h||^2 + 1)``.
     """
-    e = el2n_from_logits(logits, labels)
     h2 = features.double().pow(2).sum(1)
-    return e * torch.sqrt(h2 + (1.0 if bias else 0.0))
+    return el2n_from_logits(logits, labels) * torch.sqrt(h2 + (1.0 if bias else 0.0))
 
 
 def grand_all_params(model: nn.Module, dataset: Any, *, batch_size: int = 256, device: Any = "cpu",

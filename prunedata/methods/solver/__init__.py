@@ -14,15 +14,14 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ...errors import PruneDataError
-from .problem import ArrayLike, EXACT_AUTO_MAX_N, PruningSolution, as_matrix, group_quota
-from .bounds import _proj_capped_simplex_np, cardinality_lower_bound, ipm_relaxation, max_removed_upper_bound  # noqa: F401
+from .problem import ArrayLike, EXACT_AUTO_MAX_N, PruningSolution, as_matrix
+from .bounds import cardinality_lower_bound, max_removed_upper_bound
+# internals the tests reach, under their names before the split
+from .problem import group_quota as _group_quota  # noqa: F401
+from .bounds import _proj_capped_simplex_np, ipm_relaxation as _ipm_relaxation  # noqa: F401
 from .search import solve_cardinality_fast
 from .generalization import solve_generalization_fast
 from .exact import solve_exact
-
-# the names before the split (the tests reach these internals)
-_group_quota = group_quota
-_ipm_relaxation = ipm_relaxation
 
 __all__ = ["PruningSolution", "solve_pruning", "solve_cardinality_fast", "solve_generalization_fast", "solve_exact",
            "cardinality_lower_bound", "max_removed_upper_bound"]

@@ -16,9 +16,7 @@ from .problem import ArrayLike, as_matrix, check_eps, check_groups, check_m, gro
 
 
 def _m_smallest_sum(x: torch.Tensor, m: int) -> float:
-    if m <= 0:
-        return 0.0
-    return float(torch.topk(x, m, largest=False, sorted=False).values.double().sum())
+    return 0.0 if m <= 0 else float(torch.topk(x, m, largest=False, sorted=False).values.double().sum())
 
 
 def _phi(Su: torch.Tensor, m: int, group_idx: Optional[List[torch.Tensor]], quota: Optional[List[int]]) -> float:

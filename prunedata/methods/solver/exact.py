@@ -55,10 +55,8 @@ def solve_exact(S: ArrayLike, *, m: Optional[int] = None, eps: Optional[float] =
         eps = check_eps(eps)
         cap = n - 1 if max_removed is None else check_m(max_removed, n)
     if solver not in cp.installed_solvers():
-        raise PruneDataError(
-            f"cvxpy solver {solver!r} is not installed (installed: {', '.join(cp.installed_solvers())}); "
-            "pip install pyscipopt for SCIP"
-        )
+        raise PruneDataError(f"cvxpy solver {solver!r} is not installed (installed: "
+                             f"{', '.join(cp.installed_solvers())}); pip install pyscipopt for SCIP")
     if not (time_limit > 0):
         raise PruneDataError(f"time_limit must be positive seconds, got {time_limit}")
     A = S.detach().cpu().to(torch.float64).numpy()
@@ -79,10 +77,8 @@ def solve_exact(S: ArrayLike, *, m: Optional[int] = None, eps: Optional[float] =
             raise PruneDataError(f"{solver} failed on the pruning MIP ({e}); try the fast solver (method='fast')") from e
     wv = w.value
     if wv is None or prob.status in ("infeasible", "unbounded", "infeasible_inaccurate"):
-        raise PruneDataError(
-            f"{solver} found no solution within {time_limit:g}s (status {prob.status}); raise time_limit or "
-            "use method='fast'"
-        )
+        raise PruneDataError(f"{solver} found no solution within {time_limit:g}s (status {prob.status}); "
+                             "raise time_limit or use method='fast'")
     removed = np.flatnonzero(wv > 0.5)
     objective = float(np.linalg.norm(A[removed].sum(0)))
     extra = getattr(prob.solver_stats, "extra_stats", None)

@@ -122,10 +122,8 @@ def check_m(m: Any, n: int) -> int:
         raise PruneDataError(f"the number of samples to remove must be an integer, got {m!r}")
     m = int(m)
     if not 1 <= m <= n - 1:
-        raise PruneDataError(
-            f"the number of samples to remove must lie in [1, {n - 1}] for n={n} samples; got {m}. "
-            "(keep = n - remove: keeping all or none is not a pruning problem)"
-        )
+        raise PruneDataError(f"the number of samples to remove must lie in [1, {n - 1}] for n={n} samples; got {m}. "
+                             "(keep = n - remove: keeping all or none is not a pruning problem)")
     return m
 
 
@@ -135,9 +133,8 @@ def check_eps(eps: Any) -> float:
     except (TypeError, ValueError):
         raise PruneDataError(f"eps must be a non-negative number, got {eps!r}") from None
     if not math.isfinite(e) or e < 0:
-        raise PruneDataError(
-            f"eps bounds the norm of the parameter change and must be a finite number >= 0; got {eps!r}"
-        )
+        raise PruneDataError(f"eps bounds the norm of the parameter change and must be a finite number >= 0; "
+                             f"got {eps!r}")
     return e
 
 

@@ -239,16 +239,11 @@ def _swap_round(st: _State, pool: int, gid: Optional[torch.Tensor], gl, tol: flo
     return swaps
 
 
-def _local_search(st: _State, pool: int, gid, gl, deadline: float, max_rounds: int = 10_000) -> int:
-    total = 0
+def _local_search(st: _State, pool: int, gid, gl, deadline: float, max_rounds: int = 10_000) -> None:
+    """Pool rounds of swaps until a round finds none or the deadline passes."""
     for _ in range(max_rounds):
-        if time.perf_counter() > deadline:
+        if time.perf_counter() > deadline or _swap_round(st, pool, gid, gl) == 0:
             break
-        k = _swap_round(st, pool, gid, gl)
-        total += k
-        if k == 0:
-            break
-    return total
 
 
 def _ils_large(st: _State, best_sel: torch.Tensor, best2: float, pool: int, gid, gl, deadline: float,

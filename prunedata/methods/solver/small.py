@@ -123,9 +123,8 @@ def cardinality_small(S: torch.Tensor, m: int, g_arr: Optional[np.ndarray], *, t
         score[sel] = np.inf
     obj_greedy = math.sqrt(max(float(g[sel].sum()), 0.0))
     t_greedy = time.perf_counter() - t0
-    target2 = 0.0
-    if certify:  # the free part of the certificate first: the ILS stops if it reaches it
-        target2 = small_bound(G, m, groups_idx, quota, sel.astype(np.float64), 0) ** 2
+    # the free part of the certificate first: the search stops if it reaches it
+    target2 = small_bound(G, m, groups_idx, quota, sel.astype(np.float64), 0) ** 2 if certify else 0.0
     rng = np.random.default_rng(seed)
     deadline = t0 + time_limit
     gl = groups_idx if groups_idx is not None else [np.arange(n)]
@@ -133,7 +132,7 @@ def cardinality_small(S: torch.Tensor, m: int, g_arr: Optional[np.ndarray], *, t
     if A.shape[1] >= n:
         # n <= d: many sets cancel almost exactly; greedy -> swaps -> iterated local search with a
         # patience finds SCIP's optimum in milliseconds (benchmarks/solver.py, d = 1,290)
-        best_sel, obj_swap, kicks, _ = small_search(G, m, gid, deadline, patience, rng, sel, target2=target2)
+        best_sel, obj_swap, kicks = small_search(G, m, gid, deadline, patience, rng, sel, target2=target2)
         chains = steps = rel_steps = 0
         w_rel, kern, t_relax = None, None, 0.0
     else:
@@ -217,7 +216,7 @@ def small_search(G: np.ndarray, m: int, gid: Optional[np.ndarray], deadline: flo
     v2 = local(si, ui, g)
     swap_obj = math.sqrt(max(v2, 0.0))
     best_si, best_ui, best_g, best2 = si.copy(), ui.copy(), g.copy(), v2
-    fails = iters = improved = 0
+    fails = iters = 0
     nu = ui.size
     kmax = max(2, min(10, int(math.sqrt(min(m, n - m))) + 1))
     while (fails < patience and best2 > target2 * (1 + 1e-9) and best2 > 1e-300
@@ -240,12 +239,12 @@ def small_search(G: np.ndarray, m: int, gid: Optional[np.ndarray], deadline: flo
         iters += 1
         if v2 < best2 * (1 - 1e-12):
             best_si, best_ui, best_g, best2 = si, ui, g, v2
-            fails, improved = 0, improved + 1
+            fails = 0
         else:
             fails += 1
     best_sel = np.zeros(n, dtype=bool)
     best_sel[best_si] = True
-    return best_sel, swap_obj, iters, improved
+    return best_sel, swap_obj, iters
 
 
 #: the tabu chains of the Gram-matrix path together evaluate about this many swap deltas per step
@@ -462,7 +461,7 @@ def tabu_path(G, m, gid, gl, ql, sel, obj_greedy, target2, patience, t0, time_li
     # greedy -> best-improvement swaps (small problems), then tabu chains from there and from
     # roundings of the relaxation, all sharing each step (see _tabu_chains)
     if m * (n - m) <= TABU_DESCENT_MAX:
-        best_sel, obj_swap, _, _ = small_search(G, m, gid, deadline, 0, rng, sel, target2=target2)
+        best_sel, obj_swap, _ = small_search(G, m, gid, deadline, 0, rng, sel, target2=target2)
     else:
         best_sel, obj_swap = sel, obj_greedy
     if w_rel is not None:    # half of the other chains from roundings of the relaxation, half from random sets
