@@ -74,10 +74,21 @@ SCORERS: Dict[str, Callable[..., SampleScores]] = {}
 
 
 def _scorer(name: str):
+    """Decorator: the scorer of baseline ``name``, also registered as selection method ``name``."""
     def deco(fn):
         SCORERS[name] = fn
+        register_method(name)(_method(name))
         return fn
     return deco
+
+
+def _method(name: str):
+    def fn(dataset: Any, keep_ratio: float, *, config: MethodConfig, **options) -> Selection:
+        keep_ratio = check_keep_ratio(keep_ratio)
+        sc = score_samples(name, dataset, config=config, **options)
+        return select_by_scores(sc, dataset, keep_ratio, config=config)
+    fn.__name__ = f"{name}_method"
+    return fn
 
 
 def _check_keep(keep: str) -> bool:
@@ -250,11 +261,8 @@ def select_by_scores(scores: SampleScores, dataset: Any, keep_ratio: float, *, c
     if scores.per_class and not balanced:
         raise PruneDataError(f"{scores.method} scores were computed per class; select with class_balanced=True "
                              "or re-score with config.class_balanced=False")
-    labels = None
-    if balanced:
-        labels = scores.labels if scores.labels is not None else dataset_labels(dataset)
-    kept = keep_top_k(scores.scores, keep_ratio, labels=labels,
-                      class_balanced=balanced, largest=True, seed=config.seed)
+    labels = (scores.labels if scores.labels is not None else dataset_labels(dataset)) if balanced else None
+    kept = keep_top_k(scores.scores, keep_ratio, labels=labels, class_balanced=balanced, largest=True, seed=config.seed)
     params = {"keep_ratio": keep_ratio, "class_balanced": balanced, **scores.params, "proxy": config.as_params()}
     if scores.method == "random":
         params.pop("proxy")
@@ -265,16 +273,3 @@ def select_by_scores(scores: SampleScores, dataset: Any, keep_ratio: float, *, c
         scores=scores.scores if scores.store_scores else None,
         score_name=scores.score_name if scores.store_scores else None, metrics=metrics,
     )
-
-
-def _method(name: str):
-    def fn(dataset: Any, keep_ratio: float, *, config: MethodConfig, **options) -> Selection:
-        keep_ratio = check_keep_ratio(keep_ratio)
-        sc = score_samples(name, dataset, config=config, **options)
-        return select_by_scores(sc, dataset, keep_ratio, config=config)
-    fn.__name__ = f"{name}_method"
-    return fn
-
-
-for _name in SCORERS:
-    register_method(_name)(_method(_name))

@@ -54,9 +54,7 @@ def head_params(layer: nn.Linear, dtype: torch.dtype = torch.float64) -> Tuple[t
     """``(W, b)`` of the head, detached, in ``dtype`` (``b`` is ``None`` without bias)."""
     if not isinstance(layer, nn.Linear):
         raise PruneDataError(f"expected an nn.Linear head, got {type(layer).__name__}")
-    W = layer.weight.detach().to(dtype)
-    b = None if layer.bias is None else layer.bias.detach().to(dtype)
-    return W, b
+    return layer.weight.detach().to(dtype), None if layer.bias is None else layer.bias.detach().to(dtype)
 
 
 def _aug(h: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
@@ -150,9 +148,8 @@ def accumulate_hessian(h: torch.Tensor, W: torch.Tensor, b: Optional[torch.Tenso
     triangle for the outer-product term), so the cost is about ``n d^2`` flops and ``d^2`` memory.
     """
     h = h.to(W.dtype)
-    C = W.shape[0]
     x = _aug(h, b)
-    D = x.shape[1]
+    C, D = W.shape[0], x.shape[1]
     d = C * D
     p = head_probs(h, W, b)
     if out is None:
@@ -192,10 +189,9 @@ class ExactSolver:
     name = "exact"
 
     def __init__(self, H_damped: torch.Tensor):
-        L, info = torch.linalg.cholesky_ex(H_damped)
+        self.L, info = torch.linalg.cholesky_ex(H_damped)
         if int(info) != 0:
             raise PruneDataError("the damped Hessian is not positive definite (Cholesky failed); increase damping")
-        self.L = L
         self.dim = H_damped.shape[0]
 
     def solve(self, G: torch.Tensor) -> torch.Tensor:
@@ -212,9 +208,6 @@ class KFACSum:
     A: torch.Tensor
     B: torch.Tensor
     count: int
-
-    def __add__(self, other: "KFACSum") -> "KFACSum":
-        return KFACSum(self.A + other.A, self.B + other.B, self.count + other.count)
 
 
 def accumulate_kfac(h: torch.Tensor, W: torch.Tensor, b: Optional[torch.Tensor],
@@ -269,8 +262,7 @@ class KFACSolver:
 
     def solve(self, G: torch.Tensor) -> torch.Tensor:
         G = G.to(self.UA.dtype).reshape(-1, self.C, self.D)
-        t = self.UB.T @ G @ self.UA
-        t = t / (self.lam + self.damping)
+        t = (self.UB.T @ G @ self.UA) / (self.lam + self.damping)
         return (self.UB @ t @ self.UA.T).reshape(G.shape[0], -1)
 
 
@@ -278,11 +270,9 @@ class KFACSolver:
 def hvp(V: torch.Tensor, h: torch.Tensor, W: torch.Tensor, b: Optional[torch.Tensor], damping: float,
         batch_size: int = 16384) -> torch.Tensor:
     """``(H + damping I) v`` for each row ``v`` of ``V`` (k, d), without forming ``H`` (O(n d k))."""
-    C = W.shape[0]
-    k = V.shape[0]
+    k, C, n = V.shape[0], W.shape[0], h.shape[0]
     Vm = V.to(W.dtype).reshape(k, C, -1)
     out = torch.zeros_like(Vm)
-    n = h.shape[0]
     for s in range(0, n, batch_size):
         hb = h[s:s + batch_size].to(W.dtype)
         x = _aug(hb, b)

@@ -126,8 +126,7 @@ def check_options(method: str, fn: Callable[..., Any], options: Dict[str, Any],
     params = inspect.signature(fn).parameters
     named = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
              and n not in ("dataset", "keep_ratio", "config")]
-    takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
-    if takes_any and extra_known is None:
+    if extra_known is None and any(p.kind == p.VAR_KEYWORD for p in params.values()):
         return
     known = named + list(extra_known or [])
     unknown = sorted(set(options) - set(known))

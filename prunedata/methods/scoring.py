@@ -1,9 +1,7 @@
 """Shared pieces of the score-based baselines: proxy training, penultimate features, per-sample
-scores (EL2N, GraNd), forgetting-event counting, greedy herding and "keep the top k" selection.
-
-Everything here works on a map-style classification dataset yielding ``(x, y)`` and on a model whose
-last layer is a ``torch.nn.Linear`` (``model.fc`` for the models in :mod:`prunedata.models`;
-otherwise the last ``nn.Linear`` module found).
+scores (EL2N, GraNd), forgetting-event counting, greedy herding and "keep the top k" selection, on
+map-style classification datasets yielding ``(x, y)`` and models whose head is found by
+:func:`prunedata.features.find_linear_layer`.
 """
 from __future__ import annotations
 
@@ -166,9 +164,8 @@ def grand_all_params(model: nn.Module, dataset: Any, *, batch_size: int = 256, d
     for the ``cnn`` model on 2 cores). ``"auto"`` picks vmap on CUDA, the loop elsewhere.
     """
     model.eval().to(device)
-    dev = torch.device(device)
     if impl == "auto":
-        impl = "vmap" if dev.type == "cuda" else "loop"
+        impl = "vmap" if torch.device(device).type == "cuda" else "loop"
     if impl not in ("loop", "vmap"):
         raise PruneDataError(f"impl must be 'auto', 'loop' or 'vmap', got {impl!r}")
     names = [k for k, v in model.named_parameters() if v.requires_grad]
@@ -261,12 +258,13 @@ class ForgettingTracker:
         s[~self.learned] = float(never_learned_score)
         return s
 
+    _STATE = ("forgets", "prev_correct", "learned", "presentations")
+
     def state_dict(self) -> Dict[str, np.ndarray]:
-        return {"forgets": self.forgets.copy(), "prev_correct": self.prev_correct.copy(),
-                "learned": self.learned.copy(), "presentations": self.presentations.copy()}
+        return {k: getattr(self, k).copy() for k in self._STATE}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        for k in ("forgets", "prev_correct", "learned", "presentations"):
+        for k in self._STATE:
             v = np.asarray(state[k])
             if v.shape != (self.num_samples,):
                 raise PruneDataError(f"forgetting state for {v.size} samples, expected {self.num_samples}")

@@ -58,8 +58,7 @@ def max_removed_upper_bound(S: ArrayLike, eps: float, directions: Sequence[Array
     ``u`` the cumulative sums of sorted ``S u`` rise above ``eps`` at some size no set can reach."""
     S = S if _trusted else as_matrix(S)
     eps = check_eps(eps)
-    n = S.shape[0]
-    ub = n
+    ub = S.shape[0]
     for Su in _directions_matvec64(S, directions):
         c = torch.cumsum(torch.sort(Su).values, 0)
         over = torch.nonzero(c > eps * (1 + 1e-12) + 1e-300)

@@ -48,9 +48,7 @@ class PruningSolution:
 
     @property
     def kept(self) -> np.ndarray:
-        mask = np.ones(self.n, dtype=bool)
-        mask[self.removed] = False
-        return np.flatnonzero(mask)
+        return np.setdiff1d(np.arange(self.n), self.removed)
 
     @property
     def num_removed(self) -> int:
@@ -88,9 +86,7 @@ class PruningSolution:
             d["degenerate"] = self.degenerate
         # how the bound was obtained and the relaxation's value at its last fractional point (no bound
         # of this kind can exceed it)
-        for k in ("bound_method", "relaxation_value"):
-            if self.info.get(k) is not None:
-                d[k] = self.info[k]
+        d.update({k: self.info[k] for k in ("bound_method", "relaxation_value") if self.info.get(k) is not None})
         return d
 
     def __repr__(self) -> str:

@@ -156,8 +156,7 @@ def _signed_sweeps(S, r, c, delta, gidx, hi_row, lo_row, lam2, deadline, gen, ma
 def _repair_count(st: _State, gl, ql) -> None:
     """Make the removal counts exact (per group): drop the surplus rows whose un-removal raises
     ``||v||^2`` least, then add rows by the block greedy."""
-    g = st.g()
-    score = -2 * g + st.r
+    score = -2 * st.g() + st.r     # change of ||v||^2 when un-removing a row
     drop = []
     for ix, q in zip(gl, ql):
         cur = ix[st.sel[ix]]
@@ -199,10 +198,7 @@ def _swap_round(st: _State, pool: int, gid: Optional[torch.Tensor], gl, tol: flo
     ko = out_c.numel()
     selP = torch.zeros(P.numel(), dtype=torch.bool, device=P.device)
     selP[:ko] = True
-    same = None
-    if gid is not None:
-        gp = gid[P]
-        same = gp[:, None] == gp[None, :]
+    same = None if gid is None else gid[P][:, None] == gid[P][None, :]
     swaps = 0
     v2 = v2_start = st.norm2()
     if st.S.dtype != torch.float64:
@@ -301,9 +297,8 @@ def solve_cardinality_fast(S: ArrayLike, m: int, *, groups: Optional[Sequence[in
     kernel and tabu chains of :func:`tabu_path` for the whole time limit (default
     :func:`small_time_limit`; ``small_patience`` then counts kicks without a new best, default
     :func:`patience_small`), so that result can depend on the machine's load. The certificate there
-    (the relaxation solved exactly: active set, else interior point) gets as much time as the search
-    (n <= d) or a tenth of it (n > d), and at least about 20 interior-point iterations up to 0.1 s,
-    unless ``bound_time`` is given.
+    solves the relaxation exactly (active set, else interior point) in a budget that follows the
+    search time unless ``bound_time`` is given.
 
     Beyond ``gram_max_n`` rows: the self-balancing signed construction (:func:`_signed_construct`, at
     most ``construct_frac`` of the time) -> swap local search on pools of ``pool`` candidates ->
@@ -326,10 +321,7 @@ def solve_cardinality_fast(S: ArrayLike, m: int, *, groups: Optional[Sequence[in
     if isinstance(effort, bool) or not isinstance(effort, (int, float)) or not (math.isfinite(effort) and effort > 0):
         raise PruneDataError(f"effort must be a positive number (1 = default search time; 10 = ten times as long), "
                              f"got {effort!r}")
-    # the Gram-matrix path with more rows than dimensions (n > d) runs the relaxation + tabu search
-    # for its time limit; with n <= d (many sets cancel almost exactly) iterated local search stops
-    # after a patience of perturbations without improvement
-    tabu = n <= gram_max_n and n > d
+    tabu = n <= gram_max_n and n > d          # the Gram-matrix path's tabu search (see above)
     if time_limit is None:
         time_limit = effort * (small_time_limit(n) if tabu else default_time_limit(n, d))
     if time_limit <= 0:
@@ -362,15 +354,13 @@ def solve_cardinality_fast(S: ArrayLike, m: int, *, groups: Optional[Sequence[in
                                                torch.Generator(device="cpu").manual_seed(seed))
     st.sel = best_sel
     st.refresh()
-    v = st.v
-    objective = float(v.norm())
+    objective = float(st.v.norm())
     t_search = time.perf_counter() - t0
-    # certificate
-    tb = time.perf_counter()
+    tb = time.perf_counter()          # the certificate
     lb, rel_iters, degenerate, relax_value = 0.0, 0, {}, None
     if certify:
         total = chunked_sum64(S)
-        dirs = [v, total]
+        dirs = [st.v, total]
         bdeadline = tb + (bound_time if bound_time is not None else max(2.0, 0.5 * time_limit))
         # start the relaxation at the found set: its value then says at once how far below the
         # objective the relaxed optimum lies (no bound of this kind can exceed it)
@@ -388,8 +378,8 @@ def solve_cardinality_fast(S: ArrayLike, m: int, *, groups: Optional[Sequence[in
                           status=status, time=time.perf_counter() - t0, solver="fast", degenerate=degenerate,
                           info={"greedy_objective": obj_greedy, "swap_objective": obj_swap, "ils_iterations": ils_iters,
                                 "ils_improvements": improved, "construct": construct, "construct_sweeps": sweeps,
-                                "seconds_greedy": t_greedy, "seconds_swap": t_swap,
-                                "seconds_search": t_search, "seconds_bound": t_bound, "relaxation_iterations": rel_iters,
+                                "seconds_greedy": t_greedy, "seconds_swap": t_swap, "seconds_search": t_search,
+                                "seconds_bound": t_bound, "relaxation_iterations": rel_iters,
                                 "relaxation_value": relax_value,
                                 "bound_method": "projected gradient" if certify else None,
                                 "group_quota": None if quota is None else dict(zip(np.unique(g_arr).tolist(), quota))})

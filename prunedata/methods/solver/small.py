@@ -163,12 +163,11 @@ def cardinality_small(S: torch.Tensor, m: int, g_arr: Optional[np.ndarray], *, t
     sol = PruningSolution(removed=removed, n=n, problem="cardinality", objective=objective, lower_bound=lb,
                           status=status, time=time.perf_counter() - t0, solver="fast", degenerate=degenerate,
                           info={"greedy_objective": obj_greedy, "swap_objective": obj_swap, "ils_iterations": kicks,
-                                "ils_patience": patience, "seconds_greedy": t_greedy,
-                                "tabu_chains": chains, "tabu_steps": steps, "tabu_kicks": kicks,
-                                "relax_steps": rel_steps, "seconds_relax": t_relax,
-                                "kernel_rows": None if kern is None else int(kern[0].size),
-                                "seconds_search": t_search, "seconds_bound": time.perf_counter() - t0 - t_search, "path": "gram",
-                                "bound_method": binfo.get("bound_method"),
+                                "ils_patience": patience, "seconds_greedy": t_greedy, "tabu_chains": chains,
+                                "tabu_steps": steps, "tabu_kicks": kicks, "relax_steps": rel_steps,
+                                "seconds_relax": t_relax, "kernel_rows": None if kern is None else int(kern[0].size),
+                                "seconds_search": t_search, "seconds_bound": time.perf_counter() - t0 - t_search,
+                                "path": "gram", "bound_method": binfo.get("bound_method"),
                                 "relaxation_value": binfo.get("relaxation_value")})
     logger.info("%r", sol)
     return sol
@@ -435,10 +434,7 @@ def _relaxation_kernel(G: np.ndarray, w: np.ndarray, m: int, size: int) -> Optio
     pick0 = zero[np.argsort(r[zero])[:k0]]
     kix = np.sort(np.concatenate([np.flatnonzero(frac), pick1, pick0]))
     fixed1 = np.setdiff1d(one, pick1)
-    mk = m - fixed1.size
-    if not 1 <= mk <= kix.size - 1:
-        return None
-    return kix, fixed1
+    return (kix, fixed1) if 1 <= m - fixed1.size <= kix.size - 1 else None
 
 
 def tabu_chains_for(n: int, m: int) -> int:
@@ -471,9 +467,8 @@ def tabu_path(G, m, gid, gl, ql, sel, obj_greedy, target2, patience, t0, time_li
     else:
         rs = _random_starts(n, gl, ql, chains, rng)
     starts = np.concatenate([best_sel[None], rs[:chains - 1]]) if chains > 1 else rs[:1]
-    kern = None
-    if gid is None and w_rel is not None and m * (n - m) > KERNEL_MIN_PAIRS:
-        kern = _relaxation_kernel(G, w_rel, m, KERNEL_SIZE)
+    use_kernel = gid is None and w_rel is not None and m * (n - m) > KERNEL_MIN_PAIRS
+    kern = _relaxation_kernel(G, w_rel, m, KERNEL_SIZE) if use_kernel else None
     if kern is not None:
         # rows the relaxation leaves fractional or nearly so (small reduced cost) are searched with
         # many chains; the others stay as the relaxation has them. A share of the time, then all
