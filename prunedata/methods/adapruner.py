@@ -1,17 +1,18 @@
 """AdaPruner as a registered selection method (joint training of a proxy model and the mask)."""
 from __future__ import annotations
 
+import inspect
 from typing import Any, Optional
 
 from ..adapruner import AdaPruner
-from ..errors import PruneDataError
+from ..errors import OptionError, PruneDataError
 from ..selection import Selection
 from ..training import train_adapruner
-from .registry import MethodConfig, register_method
+from .registry import MethodConfig, check_options, register_method
 from .scoring import dataset_labels, keep_top_k
 
 
-@register_method("adapruner", "AdaPruner: learnable per-sample mask trained jointly with the model")
+@register_method("adapruner")
 def adapruner_method(dataset: Any, keep_ratio: float, *, config: MethodConfig, warmup_epochs: Optional[int] = None,
                      checkpoint: Optional[str] = None, resume: bool = False, **pruner_kw) -> Selection:
     """Train a proxy model and the mask jointly; the selection is the binarised mask.
@@ -20,10 +21,6 @@ def adapruner_method(dataset: Any, keep_ratio: float, *, config: MethodConfig, w
     binarisation chose, but it is split over the classes in proportion to their sizes and each class
     keeps its samples with the largest mask logits (the mask alone may prune whole easy classes).
     """
-    import inspect
-
-    from .registry import check_options
-
     fixed = ("self", "num_samples", "keep_ratio", "epochs", "warmup_epochs", "device")
     check_options("adapruner", adapruner_method, pruner_kw,
                   extra_known=[n for n in inspect.signature(AdaPruner.__init__).parameters if n not in fixed])
@@ -35,8 +32,6 @@ def adapruner_method(dataset: Any, keep_ratio: float, *, config: MethodConfig, w
     except (TypeError, ValueError) as e:
         if isinstance(e, PruneDataError):
             raise
-        from ..errors import OptionError
-
         given = {"warmup_epochs": warmup_epochs, **pruner_kw}
         raise OptionError(f"bad value among the adapruner options {given}: {e}; give numbers where numbers are "
                           "expected (e.g. --option warmup_epochs=1 --option scale=100)") from None

@@ -33,11 +33,12 @@ budgets).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import numpy as np
 import torch
@@ -46,7 +47,7 @@ from ..ratios import check_keep_ratio
 from ..errors import PruneDataError
 from ..identity import dataset_fingerprint
 from ..selection import Selection
-from .registry import MethodConfig, register_method
+from .registry import MethodConfig, check_options, register_method
 from .scoring import (ForgettingTracker, dataset_labels, el2n_scores, grand_scores, herding_order, keep_top_k,
                       features_and_logits, train_proxy)
 
@@ -73,32 +74,27 @@ SCORERS: Dict[str, Callable[..., SampleScores]] = {}
 
 
 def _scorer(name: str):
+    """Decorator: the scorer of baseline ``name``, also registered as selection method ``name``."""
     def deco(fn):
         SCORERS[name] = fn
+        register_method(name)(_method(name))
         return fn
     return deco
 
 
-def _reject_unknown(method: str, unknown: Dict[str, Any], known: Sequence[str]) -> None:
-    if unknown:
-        from ..errors import OptionError
-
-        raise OptionError(
-            f"method {method!r} has no option(s) {', '.join(sorted(unknown))}; its options are: "
-            f"{', '.join(known) if known else '(none)'}"
-        )
+def _method(name: str):
+    def fn(dataset: Any, keep_ratio: float, *, config: MethodConfig, **options) -> Selection:
+        keep_ratio = check_keep_ratio(keep_ratio)
+        sc = score_samples(name, dataset, config=config, **options)
+        return select_by_scores(sc, dataset, keep_ratio, config=config)
+    fn.__name__ = f"{name}_method"
+    return fn
 
 
 def _check_keep(keep: str) -> bool:
     if keep not in ("hard", "easy"):
         raise PruneDataError(f"keep must be 'hard' (keep high scores, the papers' choice) or 'easy', got {keep!r}")
     return keep == "hard"
-
-
-def _check_runs(runs: Any) -> int:
-    if isinstance(runs, bool) or not isinstance(runs, (int, np.integer)) or runs < 1:
-        raise PruneDataError(f"runs (independent proxy trainings to average) must be an integer >= 1, got {runs!r}")
-    return int(runs)
 
 
 def _checkpoints(checkpoints: Any, epochs: int) -> List[int]:
@@ -111,9 +107,8 @@ def _checkpoints(checkpoints: Any, epochs: int) -> List[int]:
     except (TypeError, ValueError):
         raise PruneDataError(f"checkpoints must be a list of epoch numbers, got {checkpoints!r}") from None
     if not cps or cps[0] < 1 or cps[-1] > epochs:
-        raise PruneDataError(
-            f"checkpoints must be epochs between 1 and the proxy's {epochs} epochs (--epochs), got {checkpoints!r}"
-        )
+        raise PruneDataError(f"checkpoints must be epochs between 1 and the proxy's {epochs} epochs (--epochs), "
+                             f"got {checkpoints!r}")
     return cps
 
 
@@ -131,18 +126,9 @@ def _run_checkpoint(checkpoint: Any, run: int, runs: int) -> Any:
     return p.with_name(f"{p.stem}.run{run}{p.suffix}")
 
 
-def _make_proxy(config: MethodConfig, seed: int) -> torch.nn.Module:
-    if seed == config.seed:
-        return config.make_model()
-    import dataclasses
-
-    return dataclasses.replace(config, seed=seed).make_model()
-
-
 # --------------------------------------------------------------------------- scorers
 @_scorer("random")
-def _score_random(dataset: Any, *, config: MethodConfig, **unknown) -> SampleScores:
-    _reject_unknown("random", unknown, [])
+def _score_random(dataset: Any, *, config: MethodConfig) -> SampleScores:
     n = len(dataset)
     labels = dataset_labels(dataset) if config.class_balanced else None
     prio = np.random.default_rng(config.seed).random(n)
@@ -150,23 +136,18 @@ def _score_random(dataset: Any, *, config: MethodConfig, **unknown) -> SampleSco
 
 
 @_scorer("herding")
-def _score_herding(dataset: Any, *, config: MethodConfig, checkpoint: Any = None, resume: bool = False,
-                   **unknown) -> SampleScores:
-    _reject_unknown("herding", unknown, ["checkpoint", "resume"])
+def _score_herding(dataset: Any, *, config: MethodConfig, checkpoint: Any = None, resume: bool = False) -> SampleScores:
     model = config.make_model()
     train_proxy(model, dataset, seed=config.seed, desc="herding proxy", **_proxy_kw(config, checkpoint, resume))
     feats, logits, labels = features_and_logits(model, dataset, device=config.device)
     labels_np = labels.numpy()
     n = feats.shape[0]
     prio = np.zeros(n, dtype=np.float64)
-    if config.class_balanced:
-        for c in np.unique(labels_np):
-            idx = np.flatnonzero(labels_np == c)
-            order = herding_order(feats[idx])
-            prio[idx[order]] = 1.0 - np.arange(order.size) / order.size
-    else:
-        order = herding_order(feats)
-        prio[order] = 1.0 - np.arange(n) / n
+    # with class balance each class herds towards its own mean, else the whole dataset towards its mean
+    groups = [np.flatnonzero(labels_np == c) for c in np.unique(labels_np)] if config.class_balanced else [np.arange(n)]
+    for idx in groups:
+        order = herding_order(feats[idx])
+        prio[idx[order]] = 1.0 - np.arange(order.size) / order.size
     acc = float((logits.argmax(1) == labels).float().mean())
     return SampleScores("herding", prio, "herding_priority", labels_np,
                         params={"kernel": "linear", "features": "penultimate",
@@ -176,11 +157,9 @@ def _score_herding(dataset: Any, *, config: MethodConfig, checkpoint: Any = None
 
 @_scorer("forgetting")
 def _score_forgetting(dataset: Any, *, config: MethodConfig, keep: str = "hard", checkpoint: Any = None,
-                      resume: bool = False, **unknown) -> SampleScores:
-    _reject_unknown("forgetting", unknown, ["keep", "checkpoint", "resume"])
+                      resume: bool = False) -> SampleScores:
     largest = _check_keep(keep)
-    n = len(dataset)
-    tracker = ForgettingTracker(n)
+    tracker = ForgettingTracker(len(dataset))
 
     def on_batch(ids, logits, y):
         tracker.update(ids, logits.argmax(1) == y)
@@ -189,27 +168,31 @@ def _score_forgetting(dataset: Any, *, config: MethodConfig, keep: str = "hard",
     train_proxy(model, dataset, seed=config.seed, on_batch=on_batch, desc="forgetting proxy",
                 state=tracker.state_dict, load_state=tracker.load_state_dict, **_proxy_kw(config, checkpoint, resume))
     s = tracker.scores()
-    labels = dataset_labels(dataset)
     if config.epochs < 3:
         logger.warning("forgetting with %d proxy epochs: at most %d forgetting event(s) per sample, most "
                        "scores will tie (broken at random); use more epochs", config.epochs, config.epochs // 2)
     return SampleScores(
-        "forgetting", s if largest else -s, "forgetting_events" if largest else "neg_forgetting_events", labels,
+        "forgetting", s if largest else -s, "forgetting_events" if largest else "neg_forgetting_events",
+        dataset_labels(dataset),
         params={"keep": keep, "never_learned_score": float(s[~tracker.learned][0]) if tracker.never_learned else None},
         metrics={"never_learned": tracker.never_learned, "mean_forgetting_events": float(tracker.forgets.mean()),
                  "unforgettable": int((tracker.learned & (tracker.forgets == 0)).sum())},
     )
 
 
-def _checkpoint_average(name: str, dataset: Any, config: MethodConfig, runs: int, checkpoints: Optional[Iterable[int]],
-                        score_fn: Callable[[torch.nn.Module], np.ndarray], checkpoint: Any = None,
-                        resume: bool = False) -> tuple:
-    runs = _check_runs(runs)
+def _averaged_scores(name: str, dataset: Any, config: MethodConfig, score_fn: Callable[[torch.nn.Module], np.ndarray],
+                     *, keep: str, runs: int, checkpoints: Optional[Iterable[int]], checkpoint: Any, resume: bool,
+                     **extra_params) -> SampleScores:
+    """``score_fn(proxy)`` averaged over the checkpoint epochs of ``runs`` proxies (seeded ``config.seed + 1000 r``)."""
+    largest = _check_keep(keep)
+    if isinstance(runs, bool) or not isinstance(runs, (int, np.integer)) or runs < 1:
+        raise PruneDataError(f"runs (independent proxy trainings to average) must be an integer >= 1, got {runs!r}")
+    runs = int(runs)
     cps = _checkpoints(checkpoints, config.epochs)
+    seeds = [config.seed + 1000 * r for r in range(runs)]
     total = np.zeros(len(dataset), dtype=np.float64)
     count = 0
-    for r in range(runs):
-        seed = config.seed + 1000 * r
+    for r, seed in enumerate(seeds):
         acc = {"total": np.zeros(len(dataset), dtype=np.float64), "count": 0}   # this run's part (checkpointed)
 
         def on_epoch_end(epoch, model):
@@ -221,39 +204,34 @@ def _checkpoint_average(name: str, dataset: Any, config: MethodConfig, runs: int
         def load_state(st):
             acc.update(total=np.asarray(st["total"], dtype=np.float64), count=int(st["count"]))
 
-        model = _make_proxy(config, seed)
+        model = dataclasses.replace(config, seed=seed).make_model()
         train_proxy(model, dataset, seed=seed, on_epoch_end=on_epoch_end, desc=f"{name} proxy {r + 1}/{runs}",
                     state=lambda: dict(acc), load_state=load_state,
                     **_proxy_kw(config, _run_checkpoint(checkpoint, r, runs), resume))
         total += acc["total"]
         count += acc["count"]
-    return total / max(count, 1), {"runs": runs, "checkpoints": cps, "run_seeds": [config.seed + 1000 * r for r in range(runs)]}
+    s = total / max(count, 1)
+    return SampleScores(name, s if largest else -s, name if largest else f"neg_{name}", dataset_labels(dataset),
+                        params={"keep": keep, **extra_params, "runs": runs, "checkpoints": cps, "run_seeds": seeds},
+                        metrics={f"mean_{name}": float(s.mean())})
 
 
 @_scorer("el2n")
 def _score_el2n(dataset: Any, *, config: MethodConfig, runs: int = 1, checkpoints: Any = None, keep: str = "hard",
-                checkpoint: Any = None, resume: bool = False, **unknown) -> SampleScores:
-    _reject_unknown("el2n", unknown, ["runs", "checkpoints", "keep", "checkpoint", "resume"])
-    largest = _check_keep(keep)
-    s, info = _checkpoint_average("el2n", dataset, config, runs, checkpoints,
-                                  lambda m: el2n_scores(m, dataset, device=config.device), checkpoint, resume)
-    return SampleScores("el2n", s if largest else -s, "el2n" if largest else "neg_el2n", dataset_labels(dataset),
-                        params={"keep": keep, **info}, metrics={"mean_el2n": float(s.mean())})
+                checkpoint: Any = None, resume: bool = False) -> SampleScores:
+    return _averaged_scores("el2n", dataset, config, lambda m: el2n_scores(m, dataset, device=config.device),
+                            keep=keep, runs=runs, checkpoints=checkpoints, checkpoint=checkpoint, resume=resume)
 
 
 @_scorer("grand")
 def _score_grand(dataset: Any, *, config: MethodConfig, runs: int = 1, checkpoints: Any = None, keep: str = "hard",
-                 params: str = "last", checkpoint: Any = None, resume: bool = False, **unknown) -> SampleScores:
-    _reject_unknown("grand", unknown, ["runs", "checkpoints", "keep", "params", "checkpoint", "resume"])
-    largest = _check_keep(keep)
+                 params: str = "last", checkpoint: Any = None, resume: bool = False) -> SampleScores:
     if params not in ("last", "all"):
         raise PruneDataError(f"grand params must be 'last' (closed form, last layer) or 'all' (every parameter), got {params!r}")
-    s, info = _checkpoint_average(
-        "grand", dataset, config, runs, checkpoints,
+    return _averaged_scores(
+        "grand", dataset, config,
         lambda m: grand_scores(m, dataset, params=params, device=config.device, show_progress=config.show_progress),
-        checkpoint, resume)
-    return SampleScores("grand", s if largest else -s, "grand" if largest else "neg_grand", dataset_labels(dataset),
-                        params={"keep": keep, "params": params, **info}, metrics={"mean_grand": float(s.mean())})
+        keep=keep, runs=runs, checkpoints=checkpoints, checkpoint=checkpoint, resume=resume, params=params)
 
 
 # --------------------------------------------------------------------------- public two-step API
@@ -263,6 +241,7 @@ def score_samples(method: str, dataset: Any, *, config: Optional[MethodConfig] =
         raise PruneDataError(f"{method!r} is not a score-based baseline; these are: {', '.join(sorted(SCORERS))}")
     if len(dataset) < 2:
         raise PruneDataError(f"cannot prune a dataset of {len(dataset)} sample(s)")
+    check_options(method, SCORERS[method], options)
     config = config or MethodConfig()
     t0 = time.perf_counter()
     sc = SCORERS[method](dataset, config=config, **options)
@@ -282,40 +261,15 @@ def select_by_scores(scores: SampleScores, dataset: Any, keep_ratio: float, *, c
     if scores.per_class and not balanced:
         raise PruneDataError(f"{scores.method} scores were computed per class; select with class_balanced=True "
                              "or re-score with config.class_balanced=False")
-    labels = None
-    if balanced:
-        labels = scores.labels if scores.labels is not None else dataset_labels(dataset)
-    kept = keep_top_k(scores.scores, keep_ratio, labels=labels,
-                      class_balanced=balanced, largest=True, seed=config.seed)
+    labels = (scores.labels if scores.labels is not None else dataset_labels(dataset)) if balanced else None
+    kept = keep_top_k(scores.scores, keep_ratio, labels=labels, class_balanced=balanced, largest=True, seed=config.seed)
     params = {"keep_ratio": keep_ratio, "class_balanced": balanced, **scores.params, "proxy": config.as_params()}
     if scores.method == "random":
         params.pop("proxy")
-    metrics = dict(scores.metrics)
-    metrics["keep_ratio"] = kept.size / n
+    metrics = {**scores.metrics, "keep_ratio": kept.size / n}
     return Selection(
         kept=kept, dataset_size=n, method=scores.method, params=params,
         fingerprint=fingerprint if fingerprint is not None else dataset_fingerprint(dataset),
         scores=scores.scores if scores.store_scores else None,
         score_name=scores.score_name if scores.store_scores else None, metrics=metrics,
     )
-
-
-def _method(name: str):
-    def fn(dataset: Any, keep_ratio: float, *, config: MethodConfig, **options) -> Selection:
-        keep_ratio = check_keep_ratio(keep_ratio)
-        sc = score_samples(name, dataset, config=config, **options)
-        return select_by_scores(sc, dataset, keep_ratio, config=config)
-    fn.__name__ = f"{name}_method"
-    return fn
-
-
-random_method = register_method("random", "Random: a uniformly random subset (seeded)")(_method("random"))
-herding_method = register_method(
-    "herding", "Herding: greedy herding on the proxy's penultimate features (Welling 2009)")(_method("herding"))
-forgetting_method = register_method(
-    "forgetting", "Forgetting: keep the most-forgotten samples during proxy training (Toneva et al. 2019)")(
-    _method("forgetting"))
-el2n_method = register_method(
-    "el2n", "EL2N: keep samples with the largest early-training error norm (Paul et al. 2021)")(_method("el2n"))
-grand_method = register_method(
-    "grand", "GraNd: keep samples with the largest per-sample gradient norm (Paul et al. 2021)")(_method("grand"))

@@ -3,20 +3,16 @@
 The pieces, each usable on its own (and on any subset of sample indices, so work can be split
 across processes and the sums all-reduced under ``torch.distributed``):
 
-* :func:`find_linear_layer` -- the head to analyse (named by the user, or the last ``nn.Linear``);
-* :func:`collect_features` -- one no-grad pass that records the head's input features ``h``;
-* :func:`per_sample_grads` -- closed-form per-sample gradients of the cross-entropy w.r.t. the head,
-  ``g_i = (p_i - e_{y_i}) (x) [h_i, 1]``;
-* :func:`accumulate_hessian` -- the *unnormalised* sum over a batch of the exact head Hessian
-  ``sum_i (diag p_i - p_i p_i^T) (x) x_i x_i^T`` plus the count (add batches, or all-reduce, then
-  :func:`finalize_hessian`); :func:`accumulate_kfac` likewise for the Kronecker factors;
-* solvers for ``(H + damping I) s = g``: :class:`ExactSolver` (Cholesky of the ``d x d`` Hessian,
-  ``d = C*(F+1)``), :class:`KFACSolver` (eigenvalue-corrected Kronecker factors, for large ``d``)
-  and :func:`cg_solve` (conjugate gradient on the closed-form Hessian-vector product, optionally
-  K-FAC-preconditioned; used to evaluate a selection exactly when ``d`` is too large to factor);
-* :func:`influence_matrix` -- ``S_i = (1/n) H^{-1} g_i`` for all (or some) samples, the matrix whose
-  rows the selection problem balances (:mod:`prunedata.methods.solver`);
-* :func:`compute_influence` -- all of it in one call.
+* :func:`find_linear_layer`, :func:`collect_features` -- the head (named, or the last ``nn.Linear``)
+  and its input features ``h``;
+* :func:`per_sample_grads` -- closed-form gradients ``g_i = (p_i - e_{y_i}) (x) [h_i, 1]``;
+* :func:`accumulate_hessian` / :func:`accumulate_kfac` -- unnormalised batch sums of the exact head
+  Hessian / of its Kronecker factors, with their count (add batches or all-reduce them);
+* solvers for ``(H + damping I) s = g``: :class:`ExactSolver` (Cholesky, ``d x d`` with
+  ``d = C*(F+1)``), :class:`KFACSolver` (eigenvalue-corrected K-FAC, any ``d``) and :func:`cg_solve`
+  (CG on the closed-form Hessian-vector product: a selection checked exactly when ``d`` is too large);
+* :func:`influence_matrix` -- ``S_i = (1/n) H^{-1} g_i``, the rows :mod:`prunedata.methods.solver`
+  balances; :func:`compute_influence` -- all of it in one call.
 
 Parameter layout: the head's parameters are the matrix ``Theta = [W | b]`` of shape ``(C, D)`` with
 ``D = F + 1`` (``D = F`` without bias), flattened row-major; index ``c * D + j``. ``damping`` plays
@@ -58,9 +54,7 @@ def head_params(layer: nn.Linear, dtype: torch.dtype = torch.float64) -> Tuple[t
     """``(W, b)`` of the head, detached, in ``dtype`` (``b`` is ``None`` without bias)."""
     if not isinstance(layer, nn.Linear):
         raise PruneDataError(f"expected an nn.Linear head, got {type(layer).__name__}")
-    W = layer.weight.detach().to(dtype)
-    b = None if layer.bias is None else layer.bias.detach().to(dtype)
-    return W, b
+    return layer.weight.detach().to(dtype), None if layer.bias is None else layer.bias.detach().to(dtype)
 
 
 def _aug(h: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
@@ -154,9 +148,8 @@ def accumulate_hessian(h: torch.Tensor, W: torch.Tensor, b: Optional[torch.Tenso
     triangle for the outer-product term), so the cost is about ``n d^2`` flops and ``d^2`` memory.
     """
     h = h.to(W.dtype)
-    C = W.shape[0]
     x = _aug(h, b)
-    D = x.shape[1]
+    C, D = W.shape[0], x.shape[1]
     d = C * D
     p = head_probs(h, W, b)
     if out is None:
@@ -186,10 +179,8 @@ def finalize_hessian(hs: HessianSum, damping: float) -> torch.Tensor:
 
 def _check_damping(damping: float) -> None:
     if not (isinstance(damping, (int, float)) and math.isfinite(damping) and damping > 0):
-        raise PruneDataError(
-            f"damping must be a positive number (the L2 regulariser / weight decay of training, e.g. 5e-4); "
-            f"got {damping!r}. The head's Hessian is singular without it."
-        )
+        raise PruneDataError(f"damping must be a positive number (the L2 regulariser / weight decay of training, "
+                             f"e.g. 5e-4); got {damping!r}. The head's Hessian is singular without it.")
 
 
 class ExactSolver:
@@ -198,12 +189,9 @@ class ExactSolver:
     name = "exact"
 
     def __init__(self, H_damped: torch.Tensor):
-        L, info = torch.linalg.cholesky_ex(H_damped)
+        self.L, info = torch.linalg.cholesky_ex(H_damped)
         if int(info) != 0:
-            raise PruneDataError(
-                "the damped Hessian is not positive definite (Cholesky failed); increase damping"
-            )
-        self.L = L
+            raise PruneDataError("the damped Hessian is not positive definite (Cholesky failed); increase damping")
         self.dim = H_damped.shape[0]
 
     def solve(self, G: torch.Tensor) -> torch.Tensor:
@@ -220,9 +208,6 @@ class KFACSum:
     A: torch.Tensor
     B: torch.Tensor
     count: int
-
-    def __add__(self, other: "KFACSum") -> "KFACSum":
-        return KFACSum(self.A + other.A, self.B + other.B, self.count + other.count)
 
 
 def accumulate_kfac(h: torch.Tensor, W: torch.Tensor, b: Optional[torch.Tensor],
@@ -277,8 +262,7 @@ class KFACSolver:
 
     def solve(self, G: torch.Tensor) -> torch.Tensor:
         G = G.to(self.UA.dtype).reshape(-1, self.C, self.D)
-        t = self.UB.T @ G @ self.UA
-        t = t / (self.lam + self.damping)
+        t = (self.UB.T @ G @ self.UA) / (self.lam + self.damping)
         return (self.UB @ t @ self.UA.T).reshape(G.shape[0], -1)
 
 
@@ -286,11 +270,9 @@ class KFACSolver:
 def hvp(V: torch.Tensor, h: torch.Tensor, W: torch.Tensor, b: Optional[torch.Tensor], damping: float,
         batch_size: int = 16384) -> torch.Tensor:
     """``(H + damping I) v`` for each row ``v`` of ``V`` (k, d), without forming ``H`` (O(n d k))."""
-    C = W.shape[0]
-    k = V.shape[0]
+    k, C, n = V.shape[0], W.shape[0], h.shape[0]
     Vm = V.to(W.dtype).reshape(k, C, -1)
     out = torch.zeros_like(Vm)
-    n = h.shape[0]
     for s in range(0, n, batch_size):
         hb = h[s:s + batch_size].to(W.dtype)
         x = _aug(hb, b)
@@ -338,9 +320,7 @@ def cg_solve(Gs: torch.Tensor, h: torch.Tensor, W: torch.Tensor, b: Optional[tor
 def choose_solver(dim: int, solver: str = "auto") -> str:
     if solver not in ("auto", "exact", "kfac"):
         raise PruneDataError(f"solver must be 'auto', 'exact' or 'kfac', got {solver!r}")
-    if solver == "auto":
-        return "exact" if dim <= EXACT_MAX_DIM else "kfac"
-    return solver
+    return solver if solver != "auto" else "exact" if dim <= EXACT_MAX_DIM else "kfac"
 
 
 def influence_matrix(h: torch.Tensor, y: torch.Tensor, W: torch.Tensor, b: Optional[torch.Tensor], solver: Any, *,
@@ -409,8 +389,7 @@ class InfluenceResult:
         g = per_sample_grads(self.features.h[r], self.features.y[r], self.W, self.b).sum(0, keepdim=True)
         s, info = cg_solve(g, self.features.h, self.W, self.b, self.damping, tol=tol, max_iter=max_iter,
                            preconditioner=self.solver if precondition and isinstance(self.solver, KFACSolver) else None)
-        info["method"] = "cg"
-        return float(s.norm()) / self.n, info
+        return float(s.norm()) / self.n, {**info, "method": "cg"}
 
 
 def compute_influence(model: nn.Module, dataset: Any = None, *, layer: Union[None, str, nn.Module] = None,

@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 FIT_WEIGHT_DECAY = Recipe().weight_decay
 
 
-@register_method("influence", "Influence pruning: remove the set whose summed parameter influence is smallest")
+@register_method("influence")
 def influence_method(dataset: Any, keep_ratio: float, *, config: MethodConfig, eps: Optional[float] = None,
                      layer: Optional[str] = None, damping: Optional[float] = None, hessian: str = "auto",
                      solver: str = "fast", time_limit: Optional[float] = None, model: Optional[torch.nn.Module] = None,
@@ -76,7 +76,6 @@ def influence_method(dataset: Any, keep_ratio: float, *, config: MethodConfig, e
     inf = compute_influence(model, dataset, layer=layer, damping=FIT_WEIGHT_DECAY if damping is None else damping,
                             solver=hessian, device=config.device, num_workers=config.num_workers,
                             show_progress=config.show_progress, refit=bool(refit_head))
-    keep_min = num_to_keep(n, keep_ratio)
     groups = None
     if config.class_balanced:
         if eps is not None:
@@ -84,34 +83,27 @@ def influence_method(dataset: Any, keep_ratio: float, *, config: MethodConfig, e
                                  "class_balanced")
         labels = labels_of(dataset)
         groups = labels if labels is not None else inf.features.y.cpu().numpy()
-    if eps is not None:
-        if n - keep_min < 1:
-            raise PruneDataError(f"keep_ratio={keep_ratio} keeps all {n} samples; nothing to remove")
-        # the keep-ratio floor holds on every path (the exact MIP gets it as a constraint)
-        sol = solve_pruning(inf.S, eps=eps, method=solver, time_limit=time_limit, exact_solver=exact_solver,
-                            max_removed=n - keep_min, **({"effort": effort} if effort != 1.0 else {}))
-    else:
-        m = n - keep_min
-        if m < 1:
-            raise PruneDataError(f"keep_ratio={keep_ratio} keeps all {n} samples; nothing to remove")
-        sol = solve_pruning(inf.S, remove=m, method=solver, groups=groups, time_limit=time_limit,
-                            exact_solver=exact_solver, **({"effort": effort} if effort != 1.0 else {}))
+    m = n - num_to_keep(n, keep_ratio)    # removed exactly, or at most with eps=
+    if m < 1:
+        raise PruneDataError(f"keep_ratio={keep_ratio} keeps all {n} samples; nothing to remove")
+    kw = dict(method=solver, time_limit=time_limit, exact_solver=exact_solver)
+    if effort != 1.0:
+        kw["effort"] = effort
+    # with eps= the keep-ratio floor holds on every path (the exact MIP gets it as a constraint)
+    sol = (solve_pruning(inf.S, remove=m, groups=groups, **kw) if eps is None
+           else solve_pruning(inf.S, eps=eps, max_removed=m, **kw))
     metrics = sol.metrics()
     if inf.solver_name != "exact":
-        exact, info = inf.exact_norm(sol.removed)
-        metrics["achieved_norm_exact_hessian"] = exact
-        metrics["exact_hessian_check"] = info
+        metrics["achieved_norm_exact_hessian"], metrics["exact_hessian_check"] = inf.exact_norm(sol.removed)
     metrics.update({
         "keep_ratio": (n - sol.num_removed) / n, "hessian_solver": inf.solver_name, "head": inf.layer_name,
         "head_params": inf.dim, "seconds_train": t_train, "seconds_influence": sum(inf.timings.values()),
         "influence_timings": inf.timings, "seconds_total": time.perf_counter() - t0, "head_refit": inf.info,
     })
-    kept = sol.kept
     # Selection stores dataset positions; features were collected for all indices in order
-    kept = inf.features.indices[kept]
-    scores = torch.linalg.vector_norm(inf.S.to(torch.float64), dim=1).cpu().numpy()
+    kept = inf.features.indices[sol.kept]
     full_scores = np.zeros(n)
-    full_scores[inf.features.indices] = scores
+    full_scores[inf.features.indices] = torch.linalg.vector_norm(inf.S.to(torch.float64), dim=1).cpu().numpy()
     params = {"problem": sol.problem, "eps": eps, "keep_ratio": keep_ratio, "layer": inf.layer_name,
               "damping": inf.damping, "hessian": hessian, "solver": solver, "proxy": config.as_params()}
     if refit_head:

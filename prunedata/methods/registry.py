@@ -8,6 +8,9 @@ class balance) and returns a :class:`~prunedata.selection.Selection` whose ``met
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import inspect
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
@@ -16,7 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..selection import Selection
 
-from ..errors import PruneDataError
+from ..errors import OptionError, PruneDataError
 
 METHODS: Dict[str, Callable[..., "Selection"]] = {}
 DESCRIPTIONS: Dict[str, str] = {}
@@ -60,8 +63,6 @@ class MethodConfig:
 
     def __post_init__(self, checkpoint_dir: Optional[str]) -> None:
         if checkpoint_dir is not None:
-            import warnings
-
             warnings.warn("MethodConfig(checkpoint_dir=...) is deprecated and was never used; pass checkpoint=PATH "
                           "to select() (the CLI's --checkpoint)", DeprecationWarning, stacklevel=3)
 
@@ -77,32 +78,22 @@ class MethodConfig:
 
     def as_params(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
-        d.pop("model_fn")
-        d.pop("show_progress")
-        d.pop("num_workers")
+        for k in ("model_fn", "show_progress", "num_workers"):
+            del d[k]
         return d
 
 
 def register_method(name: str, description: str = ""):
-    """Decorator: register ``fn`` as selection method ``name``."""
+    """Decorator: register ``fn`` as selection method ``name``, described by ``description`` (default: the
+    built-in method's description in :data:`BUILTIN_METHODS`, else the first line of the docstring)."""
     def deco(fn):
         if name in METHODS and METHODS[name] is not fn:
             raise PruneDataError(f"selection method {name!r} is already registered")
         METHODS[name] = fn
-        DESCRIPTIONS[name] = description or (fn.__doc__ or "").strip().split("\n")[0]
+        DESCRIPTIONS[name] = (description or BUILTIN_METHODS.get(name, ("", ""))[1]
+                              or (fn.__doc__ or "").strip().split("\n")[0])
         return fn
     return deco
-
-
-def _load_builtin(name: Optional[str] = None) -> None:
-    """Import the module registering built-in method ``name`` (all of them when ``name`` is None)."""
-    import importlib
-
-    names = [name] if name is not None else list(BUILTIN_METHODS)
-    for n in names:
-        if n not in BUILTIN_METHODS or n in METHODS:
-            continue
-        importlib.import_module(BUILTIN_METHODS[n][0])
 
 
 def available_methods() -> Dict[str, str]:
@@ -117,7 +108,8 @@ def select(method: str, dataset: Any, keep_ratio: float, *, config: Optional[Met
     """Run selection method ``method`` on ``dataset`` keeping ``keep_ratio`` of it."""
     from ..ratios import check_keep_ratio
 
-    _load_builtin(method)
+    if method in BUILTIN_METHODS and method not in METHODS:     # a built-in method's module registers it
+        importlib.import_module(BUILTIN_METHODS[method][0])
     if method not in METHODS:
         raise PruneDataError(f"unknown selection method {method!r}; known: {', '.join(available_methods())}")
     keep_ratio = check_keep_ratio(keep_ratio)
@@ -131,15 +123,10 @@ def check_options(method: str, fn: Callable[..., Any], options: Dict[str, Any],
     """Refuse (:class:`~prunedata.errors.OptionError`) options ``fn`` does not take, naming the ones it does.
 
     A method taking ``**kwargs`` is checked against ``extra_known`` (when given) or by itself."""
-    import inspect
-
-    from ..errors import OptionError
-
     params = inspect.signature(fn).parameters
     named = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
              and n not in ("dataset", "keep_ratio", "config")]
-    takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
-    if takes_any and extra_known is None:
+    if extra_known is None and any(p.kind == p.VAR_KEYWORD for p in params.values()):
         return
     known = named + list(extra_known or [])
     unknown = sorted(set(options) - set(known))

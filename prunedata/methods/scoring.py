@@ -1,15 +1,13 @@
 """Shared pieces of the score-based baselines: proxy training, penultimate features, per-sample
-scores (EL2N, GraNd), forgetting-event counting, greedy herding and "keep the top k" selection.
-
-Everything here works on a map-style classification dataset yielding ``(x, y)`` and on a model whose
-last layer is a ``torch.nn.Linear`` (``model.fc`` for the models in :mod:`prunedata.models`;
-otherwise the last ``nn.Linear`` module found).
+scores (EL2N, GraNd), forgetting-event counting, greedy herding and "keep the top k" selection, on
+map-style classification datasets yielding ``(x, y)`` and models whose head is found by
+:func:`prunedata.features.find_linear_layer`.
 """
 from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -26,18 +24,12 @@ from ..progress import progress
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "last_linear", "dataset_labels", "apportion", "keep_top_k", "train_proxy", "features_and_logits",
+    "dataset_labels", "apportion", "keep_top_k", "train_proxy", "features_and_logits",
     "el2n_scores", "grand_scores", "ForgettingTracker", "herding_order",
 ]
 
 
 # --------------------------------------------------------------------------- small helpers
-def last_linear(model: nn.Module) -> nn.Linear:
-    """The classifier layer (:func:`prunedata.features.find_linear_layer`: ``model.fc`` if it is a
-    ``Linear``, else the last ``Linear`` module)."""
-    return find_linear_layer(model)[1]
-
-
 #: the labels of every sample (:func:`prunedata.labels.read_labels`; the name the baselines used)
 dataset_labels = read_labels
 
@@ -91,9 +83,7 @@ def keep_top_k(scores: np.ndarray, keep_ratio: float, *, labels: Optional[np.nda
     classes, counts = np.unique(labels, return_counts=True)
     quota = apportion(counts, k)
     ranked_labels = labels[order]
-    kept: List[np.ndarray] = []
-    for c, q in zip(classes, quota):
-        kept.append(order[ranked_labels == c][:q])
+    kept = [order[ranked_labels == c][:q] for c, q in zip(classes, quota)]
     return np.sort(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)
 
 
@@ -147,8 +137,7 @@ def features_and_logits(model: nn.Module, dataset: Any, *, batch_size: int = 102
 def el2n_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """EL2N (Paul et al. 2021): ``|| softmax(logits) - onehot(y) ||_2`` per sample."""
     p = torch.softmax(logits.double(), dim=1)
-    err = p - F.one_hot(labels, p.shape[1]).double()
-    return err.norm(dim=1)
+    return (p - F.one_hot(labels, p.shape[1]).double()).norm(dim=1)
 
 
 def el2n_scores(model: nn.Module, dataset: Any, *, batch_size: int = 1024, device: Any = "cpu") -> np.ndarray:
@@ -162,9 +151,8 @@ def grand_last_layer(features: torch.Tensor, logits: torch.Tensor, labels: torch
 
     ``dL/dW = (p - y) h^T`` and ``dL/db = p - y``, so ``||g|| = ||p - y|| * sqrt(||h||^2 + 1)``.
     """
-    e = el2n_from_logits(logits, labels)
     h2 = features.double().pow(2).sum(1)
-    return e * torch.sqrt(h2 + (1.0 if bias else 0.0))
+    return el2n_from_logits(logits, labels) * torch.sqrt(h2 + (1.0 if bias else 0.0))
 
 
 def grand_all_params(model: nn.Module, dataset: Any, *, batch_size: int = 256, device: Any = "cpu",
@@ -176,9 +164,8 @@ def grand_all_params(model: nn.Module, dataset: Any, *, batch_size: int = 256, d
     for the ``cnn`` model on 2 cores). ``"auto"`` picks vmap on CUDA, the loop elsewhere.
     """
     model.eval().to(device)
-    dev = torch.device(device)
     if impl == "auto":
-        impl = "vmap" if dev.type == "cuda" else "loop"
+        impl = "vmap" if torch.device(device).type == "cuda" else "loop"
     if impl not in ("loop", "vmap"):
         raise PruneDataError(f"impl must be 'auto', 'loop' or 'vmap', got {impl!r}")
     names = [k for k, v in model.named_parameters() if v.requires_grad]
@@ -221,7 +208,7 @@ def grand_scores(model: nn.Module, dataset: Any, *, params: str = "last", batch_
     exact per-sample gradients of every parameter with ``torch.func`` (slower).
     """
     if params == "last":
-        fc = last_linear(model)
+        fc = find_linear_layer(model)[1]
         h, logits, labels = features_and_logits(model, dataset, batch_size=batch_size, device=device)
         return grand_last_layer(h, logits, labels, bias=fc.bias is not None).numpy()
     if params == "all":
@@ -271,12 +258,13 @@ class ForgettingTracker:
         s[~self.learned] = float(never_learned_score)
         return s
 
+    _STATE = ("forgets", "prev_correct", "learned", "presentations")
+
     def state_dict(self) -> Dict[str, np.ndarray]:
-        return {"forgets": self.forgets.copy(), "prev_correct": self.prev_correct.copy(),
-                "learned": self.learned.copy(), "presentations": self.presentations.copy()}
+        return {k: getattr(self, k).copy() for k in self._STATE}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        for k in ("forgets", "prev_correct", "learned", "presentations"):
+        for k in self._STATE:
             v = np.asarray(state[k])
             if v.shape != (self.num_samples,):
                 raise PruneDataError(f"forgetting state for {v.size} samples, expected {self.num_samples}")

@@ -1,8 +1,10 @@
 """Certified bounds: the dual bound from directions, the max-removed bound of the eps problem, and the
-relaxations whose solutions are the best directions (projected gradient, active set, interior point)."""
+relaxations whose solutions are the best directions (projected gradient, active set, interior point).
+
+Every direction gives a valid bound, so the relaxations' points (``u = S^T w``) are used whatever
+their accuracy: an early stop, a cycling active set or an inexact interior point costs tightness only."""
 from __future__ import annotations
 
-import logging
 import math
 import time
 from typing import Any, Dict, List, Optional, Sequence
@@ -12,13 +14,9 @@ import torch
 
 from .problem import ArrayLike, as_matrix, check_eps, check_groups, check_m, group_quota
 
-logger = logging.getLogger(__name__)
-
 
 def _m_smallest_sum(x: torch.Tensor, m: int) -> float:
-    if m <= 0:
-        return 0.0
-    return float(torch.topk(x, m, largest=False, sorted=False).values.double().sum())
+    return 0.0 if m <= 0 else float(torch.topk(x, m, largest=False, sorted=False).values.double().sum())
 
 
 def _phi(Su: torch.Tensor, m: int, group_idx: Optional[List[torch.Tensor]], quota: Optional[List[int]]) -> float:
@@ -52,10 +50,7 @@ def cardinality_lower_bound(S: ArrayLike, m: int, directions: Sequence[ArrayLike
     n = S.shape[0]
     m = check_m(m, n)
     gi, quota = group_index(check_groups(groups, n), m, S.device)
-    best = 0.0
-    for Su in _directions_matvec64(S, directions):
-        best = max(best, _phi(Su, m, gi, quota))
-    return best
+    return max([0.0] + [_phi(Su, m, gi, quota) for Su in _directions_matvec64(S, directions)])
 
 
 def max_removed_upper_bound(S: ArrayLike, eps: float, directions: Sequence[ArrayLike], *, _trusted: bool = False) -> int:
@@ -63,8 +58,7 @@ def max_removed_upper_bound(S: ArrayLike, eps: float, directions: Sequence[Array
     ``u`` the cumulative sums of sorted ``S u`` rise above ``eps`` at some size no set can reach."""
     S = S if _trusted else as_matrix(S)
     eps = check_eps(eps)
-    n = S.shape[0]
-    ub = n
+    ub = S.shape[0]
     for Su in _directions_matvec64(S, directions):
         c = torch.cumsum(torch.sort(Su).values, 0)
         over = torch.nonzero(c > eps * (1 + 1e-12) + 1e-300)
@@ -99,27 +93,24 @@ def relaxation_directions(S: torch.Tensor, m: int, gi, quota, *, iters: int, dea
                            x0: Optional[torch.Tensor] = None) -> tuple:
     """Accelerated projected gradient on min 1/2||S^T w||^2 over the (grouped) capped simplex.
 
-    Returns (best direction u found, its bound, number of iterations). Each gradient ``S S^T y``
-    gives a bound for free: ``u = S^T y / ||S^T y||``.
+    Returns (best direction u found, its bound, number of iterations, last point w). Each gradient
+    ``S S^T y`` gives a bound for free: ``u = S^T y / ||S^T y||``.
     """
     n = S.shape[0]
     dt = S.dtype
+    gl = gi if gi is not None else [torch.arange(n, device=S.device)]
+    ql = quota if quota is not None else [m]
 
     def proj(z):
-        if gi is None:
-            return _proj_capped_simplex(z, m)
         out = torch.empty_like(z)
-        for ix, q in zip(gi, quota):
+        for ix, q in zip(gl, ql):
             out[ix] = _proj_capped_simplex(z[ix], q)
         return out
 
-    if x0 is None:
-        if gi is None:
-            w = torch.full((n,), m / n, dtype=dt, device=S.device)
-        else:
-            w = torch.empty(n, dtype=dt, device=S.device)
-            for ix, q in zip(gi, quota):
-                w[ix] = q / ix.numel()
+    if x0 is None:                 # the uniform point: each group's quota spread over its rows
+        w = torch.empty(n, dtype=dt, device=S.device)
+        for ix, q in zip(gl, ql):
+            w[ix] = q / ix.numel()
     else:
         w = proj(x0.to(dt))
     # Lipschitz constant ||S||_2^2 by power iteration
@@ -184,7 +175,7 @@ def fista_relaxation(G: np.ndarray, gl: List[np.ndarray], ql: List[int], deadlin
     """Accelerated projected gradient (FISTA) on ``min w^T G w`` over the (grouped) capped simplex,
     from the uniform point; at most ``iters`` steps of one ``G y`` product each, or until ``deadline``.
     Returns ``(w, steps)``: a fractional point, used to start the search (randomised rounding) and
-    as a direction of the bound -- valid whatever its accuracy."""
+    as a direction of the bound."""
     n = G.shape[0]
     x = np.random.default_rng(0).normal(size=n)
     lip = 1.0
@@ -227,8 +218,7 @@ def pdas_relaxation(G: np.ndarray, gl: List[np.ndarray], ql: List[int], w0: np.n
     relaxation's optimum; the final solve gets one step of iterative refinement (the Gram matrix of
     tiny, nearly cancelling rows is ill-conditioned). Returns ``(w, converged)``; ``w`` is ``None``
     if no step could be taken. The method can cycle on larger ill-conditioned problems (a repeated
-    earlier guess ends it): the caller falls back to :func:`ipm_relaxation` then, and every iterate
-    is only ever used as a *direction* for the bound, which is valid whatever its accuracy.
+    earlier guess ends it): the caller falls back to :func:`ipm_relaxation` then.
     """
     n = G.shape[0]
     c = float(np.mean(np.diag(G)))
@@ -316,48 +306,40 @@ def small_bound(G: np.ndarray, m: int, groups_idx: Optional[List[np.ndarray]], q
     n = G.shape[0]
     gl = groups_idx if groups_idx is not None else [np.arange(n)]
     ql = quota if quota is not None else [m]
-    single = groups_idx is None
+    info = {} if info is None else info
 
-    def phi(x):
-        if single:
-            return float(np.partition(x, m - 1)[:m].sum())
-        return sum(float(np.partition(x[ix], q - 1)[:q].sum()) if q > 0 else 0.0 for ix, q in zip(gl, ql))
-
-    best = 0.0
-    for w in (w_found, np.ones(n)):
+    def bound_at(w):
+        """(the bound of the direction ``S^T w``, ``||S^T w||``); the bound is 0 when ``S^T w = 0``."""
         gw = G @ w
         nv = math.sqrt(max(float(w @ gw), 0.0))
-        if nv > 0:
-            best = max(best, phi(gw / nv))
+        if not nv > 0:
+            return 0.0, nv
+        x = gw / nv
+        return sum(float(np.partition(x[ix], q - 1)[:q].sum()) if q > 0 else 0.0 for ix, q in zip(gl, ql)), nv
+
+    best = max(0.0, bound_at(w_found)[0], bound_at(np.ones(n))[0])
     if iters <= 0:
         return best
     now = time.perf_counter()
     # the active-set solve gets at most half of the time left; the interior-point method the rest if needed
     w_pd, conv = pdas_relaxation(G, gl, ql, w_found, now + 0.5 * (deadline - now) if math.isfinite(deadline) else deadline)
-    if info is not None:
-        info["bound_method"], info["relaxation_value"] = "active-set", None
+    info["bound_method"], info["relaxation_value"] = "active-set", None
     if w_pd is not None:
-        gw = G @ w_pd
-        nv = math.sqrt(max(float(w_pd @ gw), 0.0))
-        if nv > 0:
-            b = phi(gw / nv)
-            best = max(best, b)
-            if conv and info is not None:
-                info["relaxation_value"] = nv
+        b, nv = bound_at(w_pd)
+        best = max(best, b)
+        if conv and nv > 0:
+            info["relaxation_value"] = nv
             # at the relaxation's optimum the bound equals its value: nothing left to gain
-            if conv and b >= nv * (1 - 1e-9):
+            if b >= nv * (1 - 1e-9):
                 return best
     if time.perf_counter() + 1e-10 * n ** 3 > deadline:
         return best          # not even one interior-point iteration (a Cholesky of n x n) fits
-    if info is not None:
-        info["bound_method"] = "interior point"
+    info["bound_method"] = "interior point"
     for w in ipm_relaxation(G, gl, ql, deadline, max_iter=iters):
-        gw = G @ w
-        nv = math.sqrt(max(float(w @ gw), 0.0))
+        b, nv = bound_at(w)
+        best = max(best, b)
         if nv > 0:
-            best = max(best, phi(gw / nv))
-            if info is not None:
-                info["relaxation_value"] = nv
+            info["relaxation_value"] = nv
     return best
 
 
@@ -369,8 +351,7 @@ def ipm_relaxation(G: np.ndarray, gl: List[np.ndarray], ql: List[int], deadline:
 
     For the problems the active-set method cycles on (hundreds to thousands of rows, nearly
     cancelling, ill-conditioned): 10-20 iterations, each one Cholesky factorisation of
-    ``G + diag(lam/w + nu/(1-w))`` (n^3/3 flops). The iterates are only used as directions of the
-    bound, which is valid whatever their accuracy."""
+    ``G + diag(lam/w + nu/(1-w))`` (n^3/3 flops)."""
     n = G.shape[0]
     ng = len(gl)
     lab = np.zeros(n, dtype=np.int64)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -43,7 +44,7 @@ def solve_exact(S: ArrayLike, *, m: Optional[int] = None, eps: Optional[float] =
     cp = require("cvxpy", extra="solvers", purpose="the exact MIP solver (method='exact')")
     t0 = time.perf_counter()
     S = as_matrix(S)
-    n, d = S.shape
+    n = S.shape[0]
     if (m is None) == (eps is None):
         raise PruneDataError("give exactly one of m (remove m samples) or eps (largest eps-redundant set)")
     if m is not None:
@@ -54,10 +55,8 @@ def solve_exact(S: ArrayLike, *, m: Optional[int] = None, eps: Optional[float] =
         eps = check_eps(eps)
         cap = n - 1 if max_removed is None else check_m(max_removed, n)
     if solver not in cp.installed_solvers():
-        raise PruneDataError(
-            f"cvxpy solver {solver!r} is not installed (installed: {', '.join(cp.installed_solvers())}); "
-            "pip install pyscipopt for SCIP"
-        )
+        raise PruneDataError(f"cvxpy solver {solver!r} is not installed (installed: "
+                             f"{', '.join(cp.installed_solvers())}); pip install pyscipopt for SCIP")
     if not (time_limit > 0):
         raise PruneDataError(f"time_limit must be positive seconds, got {time_limit}")
     A = S.detach().cpu().to(torch.float64).numpy()
@@ -70,8 +69,6 @@ def solve_exact(S: ArrayLike, *, m: Optional[int] = None, eps: Optional[float] =
     kw = _TIME_PARAMS.get(solver, lambda t: {})(time_limit)
     if solver not in _TIME_PARAMS:
         logger.warning("no time limit known for cvxpy solver %s; it may run long", solver)
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -80,21 +77,17 @@ def solve_exact(S: ArrayLike, *, m: Optional[int] = None, eps: Optional[float] =
             raise PruneDataError(f"{solver} failed on the pruning MIP ({e}); try the fast solver (method='fast')") from e
     wv = w.value
     if wv is None or prob.status in ("infeasible", "unbounded", "infeasible_inaccurate"):
-        raise PruneDataError(
-            f"{solver} found no solution within {time_limit:g}s (status {prob.status}); raise time_limit or "
-            "use method='fast'"
-        )
+        raise PruneDataError(f"{solver} found no solution within {time_limit:g}s (status {prob.status}); "
+                             "raise time_limit or use method='fast'")
     removed = np.flatnonzero(wv > 0.5)
-    v = A[removed].sum(0) if removed.size else np.zeros(d)
-    objective = float(np.linalg.norm(v))
-    stats = prob.solver_stats
-    extra = getattr(stats, "extra_stats", None) or {}
-    raw = extra.get("scip_status") if isinstance(extra, dict) else None
+    objective = float(np.linalg.norm(A[removed].sum(0)))
+    extra = getattr(prob.solver_stats, "extra_stats", None)
+    extra = extra if isinstance(extra, dict) else {}
+    raw = extra.get("scip_status")
     proven = (raw == "optimal") if raw is not None else (prob.status == "optimal")
-    status = "optimal" if proven else "time_limit"
-    lb = objective if (proven and m is not None) else 0.0
-    ub_count = None
-    model = extra.get("model") if isinstance(extra, dict) else None
+    lb = objective if proven and removed.size else 0.0
+    ub_count = removed.size if proven and m is None else None
+    model = extra.get("model")
     if model is not None and not proven:
         try:
             db = float(model.getDualbound())
@@ -104,12 +97,9 @@ def solve_exact(S: ArrayLike, *, m: Optional[int] = None, eps: Optional[float] =
                 ub_count = min(cap, int(math.floor(abs(db) + 1e-6)))
         except Exception:  # pragma: no cover - solver specific
             pass
-    if m is None:
-        ub_count = removed.size if proven else ub_count
-        if removed.size and removed.size <= n - 1:
-            lb = objective if proven else 0.0
     sol = PruningSolution(removed=removed, n=n, problem="cardinality" if m is not None else "generalization",
-                          objective=objective, lower_bound=lb, status=status, time=time.perf_counter() - t0,
+                          objective=objective, lower_bound=lb, status="optimal" if proven else "time_limit",
+                          time=time.perf_counter() - t0,
                           solver=f"exact:{solver}", eps=eps, max_removed_bound=ub_count,
                           info={"cvxpy_status": prob.status, "solver_status": raw, "reduced_rows": int(R.shape[0])})
     logger.info("%r", sol)

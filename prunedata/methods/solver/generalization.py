@@ -25,9 +25,9 @@ def _small_max_removed_bound(S: torch.Tensor, gram: tuple, eps: float, removed: 
     The relaxation's value ``r(k) = min ||S^T w||`` over fractional sets of size ``k`` is convex in
     ``k`` and at most ``eps`` at the found size, so ``{k : r(k) <= eps}`` is an interval; a binary
     search over ``(found, ub]`` solves the relaxation exactly (:func:`pdas_relaxation`, else
-    :func:`ipm_relaxation`) and keeps
-    every direction whose sorted projections certify some size infeasible (then every larger size
-    is too, see :func:`max_removed_upper_bound`). Returns ``(bound, relaxation solves)``."""
+    :func:`ipm_relaxation`) and keeps every direction whose sorted projections certify some size
+    infeasible (then every larger size is too, see :func:`max_removed_upper_bound`). Returns
+    ``(bound, relaxation solves)``."""
     A, G = gram
     n = G.shape[0]
     dg = np.diag(G)
@@ -81,11 +81,12 @@ def solve_generalization_fast(S: ArrayLike, eps: float, *, time_limit: Optional[
 
     Binary search on the number removed between 0 and a certified upper bound, each step a
     (non-certified) run of :func:`solve_cardinality_fast` (with at most ``exhaustive_max`` sets of
-    all sizes up to that bound: a scan down from it with exhaustive solves, proven optimal); the best feasible set is returned with a
-    certified upper bound on the largest feasible size (sorted projections ``S u``, see module doc).
-    Up to ``gram_max_n`` rows the directions come from exact relaxations at a binary search of sizes
-    (:func:`_small_max_removed_bound`; the bound is then where the relaxation's optimum crosses eps,
-    given time: at least ~1e-9 n^3 s), above from projected gradient at one more than the found size.
+    all sizes up to that bound: a scan down from it with exhaustive solves, proven optimal). The
+    best feasible set is returned with a certified upper bound on the largest feasible size (sorted
+    projections ``S u``, :func:`max_removed_upper_bound`). Up to ``gram_max_n`` rows the directions
+    come from exact relaxations at a binary search of sizes (:func:`_small_max_removed_bound`; the
+    bound is then where the relaxation's optimum crosses eps, given time: at least ~1e-9 n^3 s),
+    above from projected gradient at one more than the found size.
     """
     t0 = time.perf_counter()
     S = as_matrix(S)
@@ -102,10 +103,7 @@ def solve_generalization_fast(S: ArrayLike, eps: float, *, time_limit: Optional[
     card_kw = {**card_kw, "_gram": gram}
     dirs: List[torch.Tensor] = [total]
     hi = min(cap, max_removed_upper_bound(S, eps, dirs, _trusted=True))
-    lo = 0
-    best: Optional[PruningSolution] = None
-    steps = 0
-    proven = False
+    lo, steps, proven, best = 0, 0, False, None
     if hi >= 1 and sum(math.comb(n, k) for k in range(1, hi + 1)) <= card_kw.get("exhaustive_max", EXHAUSTIVE_MAX):
         # few enough sets to enumerate them all: scan the sizes down from the certified bound; the
         # first feasible size is the optimum -- proven only if every size above it was enumerated
@@ -144,9 +142,7 @@ def solve_generalization_fast(S: ArrayLike, eps: float, *, time_limit: Optional[
     objective = float(v.norm())
     if objective > 0:
         dirs.append(v)
-    ub = min(cap, max_removed_upper_bound(S, eps, dirs, _trusted=True))
-    if proven:
-        ub = int(removed.size)
+    ub = int(removed.size) if proven else min(cap, max_removed_upper_bound(S, eps, dirs, _trusted=True))
     relax_steps = 0
     if removed.size + 1 <= min(ub, n - 1):
         bdeadline = time.perf_counter() + max(1.0, 0.25 * time_limit)
@@ -160,12 +156,10 @@ def solve_generalization_fast(S: ArrayLike, eps: float, *, time_limit: Optional[
                 dirs.append(u_rel)
             ub = min(ub, max_removed_upper_bound(S, eps, dirs, _trusted=True))
     lb = cardinality_lower_bound(S, int(removed.size), dirs, _trusted=True) if 1 <= removed.size <= n - 1 else 0.0
-    status = "optimal" if removed.size >= ub else "feasible"
-    r = torch.linalg.vector_norm(S, dim=1).to(torch.float64) ** 2
-    degenerate = degeneracy(S, total, r, lb, objective, eps=eps)
+    degenerate = degeneracy(total, torch.linalg.vector_norm(S, dim=1).to(torch.float64) ** 2, lb, objective, eps=eps)
     sol = PruningSolution(removed=removed, n=n, problem="generalization", objective=objective, lower_bound=lb,
-                          status=status, time=time.perf_counter() - t0, solver="fast", eps=eps,
-                          max_removed_bound=int(ub), degenerate=degenerate,
+                          status="optimal" if removed.size >= ub else "feasible", time=time.perf_counter() - t0,
+                          solver="fast", eps=eps, max_removed_bound=int(ub), degenerate=degenerate,
                           info={"search_steps": steps, "relaxation_solves": relax_steps})
     logger.info("%r", sol)
     return sol

@@ -1,7 +1,6 @@
 """The problem's inputs and result: checks of S, m, eps and class groups, class quotas, :class:`PruningSolution`."""
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence, Union
@@ -11,16 +10,9 @@ import torch
 
 from ...errors import PruneDataError
 
-logger = logging.getLogger(__name__)
-
-
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
-
 #: method="auto" uses the exact MIP up to this many rows, the fast solver beyond
-EXACT_AUTO_MAX_N = 120
-
-
 EXACT_AUTO_MAX_N = 120
 #: up to this many rows the fast solver works on the full Gram matrix (n x n) in numpy
 SMALL_N = 2000
@@ -56,9 +48,7 @@ class PruningSolution:
 
     @property
     def kept(self) -> np.ndarray:
-        mask = np.ones(self.n, dtype=bool)
-        mask[self.removed] = False
-        return np.flatnonzero(mask)
+        return np.setdiff1d(np.arange(self.n), self.removed)
 
     @property
     def num_removed(self) -> int:
@@ -96,9 +86,7 @@ class PruningSolution:
             d["degenerate"] = self.degenerate
         # how the bound was obtained and the relaxation's value at its last fractional point (no bound
         # of this kind can exceed it)
-        for k in ("bound_method", "relaxation_value"):
-            if self.info.get(k) is not None:
-                d[k] = self.info[k]
+        d.update({k: self.info[k] for k in ("bound_method", "relaxation_value") if self.info.get(k) is not None})
         return d
 
     def __repr__(self) -> str:
@@ -125,15 +113,13 @@ def as_matrix(S: ArrayLike) -> torch.Tensor:
     return S
 
 
-def check_m(m: Any, n: int, groups: Optional[np.ndarray] = None) -> int:
+def check_m(m: Any, n: int) -> int:
     if isinstance(m, bool) or not isinstance(m, (int, np.integer)):
         raise PruneDataError(f"the number of samples to remove must be an integer, got {m!r}")
     m = int(m)
     if not 1 <= m <= n - 1:
-        raise PruneDataError(
-            f"the number of samples to remove must lie in [1, {n - 1}] for n={n} samples; got {m}. "
-            "(keep = n - remove: keeping all or none is not a pruning problem)"
-        )
+        raise PruneDataError(f"the number of samples to remove must lie in [1, {n - 1}] for n={n} samples; got {m}. "
+                             "(keep = n - remove: keeping all or none is not a pruning problem)")
     return m
 
 
@@ -143,9 +129,8 @@ def check_eps(eps: Any) -> float:
     except (TypeError, ValueError):
         raise PruneDataError(f"eps must be a non-negative number, got {eps!r}") from None
     if not math.isfinite(e) or e < 0:
-        raise PruneDataError(
-            f"eps bounds the norm of the parameter change and must be a finite number >= 0; got {eps!r}"
-        )
+        raise PruneDataError(f"eps bounds the norm of the parameter change and must be a finite number >= 0; "
+                             f"got {eps!r}")
     return e
 
 
@@ -166,18 +151,13 @@ def group_quota(groups: np.ndarray, m: int) -> Dict[Any, int]:
     q = np.floor(exact).astype(int)
     rest = m - q.sum()
     order = np.argsort(-(exact - q), kind="stable")
-    for k in order[:rest]:
-        q[k] += 1
+    q[order[:rest]] += 1
     # every group keeps at least one sample when that is possible at all
     cap = counts - 1 if m <= n - counts.size else counts
     q = np.minimum(q, cap)
-    # re-distribute if a cap was hit
     short = m - q.sum()
-    for k in order:
-        if short <= 0:
-            break
-        room = cap[k] - q[k]
-        add = min(room, short)
+    for k in order:                 # re-distribute what a cap cut off
+        add = min(cap[k] - q[k], short)
         q[k] += add
         short -= add
     assert int(q.sum()) == m, (q, m)
@@ -191,14 +171,14 @@ def chunked_sum64(S: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
     return out
 
 
-def degeneracy(S: torch.Tensor, total: torch.Tensor, r: torch.Tensor, lb: float, objective: float,
-                eps: Optional[float] = None) -> Dict[str, Any]:
-    """Flags for the cases where the certificate says nothing (see the module docstring)."""
+def degeneracy(total: Union[np.ndarray, torch.Tensor], r: Union[np.ndarray, torch.Tensor], lb: float,
+               objective: float, eps: Optional[float] = None) -> Dict[str, Any]:
+    """Flags for the cases where the certificate says nothing, given the sum of all rows ``total`` and
+    the squared row norms ``r``; empty when there are none."""
     flags: Dict[str, Any] = {}
     scale = math.sqrt(float(r.sum()))  # norm of a sum of the rows with random signs
     tn = float(np.linalg.norm(total)) if isinstance(total, np.ndarray) else float(total.norm())
     ratio = tn / scale if scale > 0 else 0.0
-    flags_out = {"total_norm": tn, "total_to_random_ratio": ratio}
     if ratio < 1e-3:
         flags["total_sum_near_zero"] = (
             "sum_i S_i is ~0 (the per-sample gradients sum to zero: they include the regulariser, or there "
@@ -211,5 +191,5 @@ def degeneracy(S: torch.Tensor, total: torch.Tensor, r: torch.Tensor, lb: float,
         flags["all_feasible"] = (f"||sum_i S_i|| = {tn:.4g} <= eps = {eps:.4g}: removing every sample is "
                                  "eps-redundant; eps is too large to constrain anything")
     if flags:
-        flags.update(flags_out)
+        flags.update(total_norm=tn, total_to_random_ratio=ratio)
     return flags

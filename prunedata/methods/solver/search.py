@@ -1,5 +1,5 @@
-"""Large-n search: greedy and signed construction, swap local search, iterated local search, and
-:func:`solve_cardinality_fast` (which sends small problems to :mod:`.small`)."""
+"""Large-n search: the signed construction (and the block greedy it is measured against), swap local
+search, iterated local search, and :func:`solve_cardinality_fast` (which sends small problems to :mod:`.small`)."""
 from __future__ import annotations
 
 import logging
@@ -21,11 +21,11 @@ logger = logging.getLogger(__name__)
 class _State:
     """Current removal set, ``v = sum_{removed} S_i`` and squared row norms."""
 
-    def __init__(self, S: torch.Tensor, sel: torch.Tensor):
+    def __init__(self, S: torch.Tensor):
         self.S = S
-        self.sel = sel
+        self.sel = torch.zeros(S.shape[0], dtype=torch.bool, device=S.device)     # nothing removed yet
         self.r = torch.linalg.vector_norm(S, dim=1).to(torch.float64) ** 2
-        self.v = S[sel].to(torch.float64).sum(0) if bool(sel.any()) else torch.zeros(S.shape[1], dtype=torch.float64, device=S.device)
+        self.v = torch.zeros(S.shape[1], dtype=torch.float64, device=S.device)
 
     def g(self) -> torch.Tensor:
         return (self.S @ self.v.to(self.S.dtype)).to(torch.float64)
@@ -36,12 +36,17 @@ class _State:
     def refresh(self) -> None:
         self.v = self.S[self.sel].to(torch.float64).sum(0)
 
+    def move(self, rows: torch.Tensor, removed: bool) -> None:
+        """Mark ``rows`` removed (or kept again) and update ``v``."""
+        self.sel[rows] = removed
+        part = self.S[rows].to(torch.float64).sum(0)
+        self.v += part if removed else -part
 
-def _greedy(st: _State, m: int, gi, quota, rounds: int) -> None:
-    """Block greedy: each round adds the rows that most reduce (least increase) ``||v||^2`` alone."""
-    groups = gi if gi is not None else [None]
-    quotas = quota if quota is not None else [m]
-    remaining = [q - (int(st.sel[ix].sum()) if ix is not None else int(st.sel.sum())) for ix, q in zip(groups, quotas)]
+
+def _greedy(st: _State, gl, ql, rounds: int) -> None:
+    """Block greedy: each round adds the rows that most reduce (least increase) ``||v||^2`` alone, up to
+    ``ql[k]`` removed rows of each group ``gl[k]``."""
+    remaining = [q - int(st.sel[ix].sum()) for ix, q in zip(gl, ql)]
     for t in range(rounds):
         if sum(remaining) <= 0:
             break
@@ -49,22 +54,16 @@ def _greedy(st: _State, m: int, gi, quota, rounds: int) -> None:
         score[st.sel] = float("inf")
         left = rounds - t
         add_all = []
-        for k, ix in enumerate(groups):
+        for k, ix in enumerate(gl):
             if remaining[k] <= 0:
                 continue
             b = max(1, math.ceil(remaining[k] / left))
-            sc = score if ix is None else score[ix]
-            pick = torch.topk(sc, b, largest=False).indices
-            if ix is not None:
-                pick = ix[pick]
-            add_all.append(pick)
+            add_all.append(ix[torch.topk(score[ix], b, largest=False).indices])
             remaining[k] -= b
-        pick = torch.cat(add_all)
-        st.sel[pick] = True
-        st.v += st.S[pick].to(torch.float64).sum(0)
+        st.move(torch.cat(add_all), True)
 
 
-def _signed_construct(st: _State, m: int, gi, quota, deadline: float, gen: np.random.Generator, *,
+def _signed_construct(st: _State, gl, ql, deadline: float, gen: np.random.Generator, *,
                       max_sweeps: int = 8, block: int = 64, lam_scale: float = 0.1,
                       min_changed: float = 0.002) -> tuple:
     """Self-balancing signed greedy, then sweeps of single flips (large n).
@@ -83,23 +82,17 @@ def _signed_construct(st: _State, m: int, gi, quota, deadline: float, gen: np.ra
     n = S.shape[0]
     dev = S.device
     gidx = np.zeros(n, dtype=np.int64)
-    sizes, quotas = [n], [m]
-    if gi is not None:
-        sizes, quotas = [], []
-        for k, (ix, q) in enumerate(zip(gi, quota)):
-            gidx[ix.cpu().numpy()] = k
-            sizes.append(ix.numel())
-            quotas.append(q)
-    p = np.asarray(quotas, dtype=np.float64) / np.asarray(sizes, dtype=np.float64)
+    for k, ix in enumerate(gl):
+        gidx[ix.cpu().numpy()] = k
+    p = np.asarray(ql, dtype=np.float64) / np.asarray([ix.numel() for ix in gl], dtype=np.float64)
     prow = p[gidx]
     hi_row, lo_row = 1.0 - prow, -prow
-    rn2 = st.r.cpu().numpy()
-    lam2 = lam_scale * float(np.median(rn2))
+    lam2 = lam_scale * float(np.median(st.r.cpu().numpy()))
     r = torch.zeros(S.shape[1], dtype=torch.float64, device=dev)
     pt = torch.as_tensor(prow, device=dev)
     for s in range(0, n, 8192):
         r += pt[s:s + 8192] @ S[s:s + 8192].to(torch.float64)
-    c = np.zeros(len(sizes))
+    c = np.zeros(len(gl))
     delta = np.zeros(n)
     # the per-block products are tiny: run them single-threaded (on a loaded 2-core machine each
     # 2-thread call otherwise waits for a time slice -- measured 34 s instead of ~1.5 s per sweep)
@@ -160,28 +153,23 @@ def _signed_sweeps(S, r, c, delta, gidx, hi_row, lo_row, lam2, deadline, gen, ma
     return sweeps, changed
 
 
-def _repair_count(st: _State, m: int, gi, quota) -> None:
+def _repair_count(st: _State, gl, ql) -> None:
     """Make the removal counts exact (per group): drop the surplus rows whose un-removal raises
     ``||v||^2`` least, then add rows by the block greedy."""
-    groups = gi if gi is not None else [torch.arange(st.S.shape[0], device=st.S.device)]
-    quotas = quota if quota is not None else [m]
-    g = st.g()
-    score = -2 * g + st.r
+    score = -2 * st.g() + st.r     # change of ||v||^2 when un-removing a row
     drop = []
-    for ix, q in zip(groups, quotas):
+    for ix, q in zip(gl, ql):
         cur = ix[st.sel[ix]]
         extra = cur.numel() - q
         if extra > 0:
             drop.append(cur[torch.topk(score[cur], extra, largest=False).indices])
     if drop:
-        d_ = torch.cat(drop)
-        st.sel[d_] = False
-        st.v -= st.S[d_].to(torch.float64).sum(0)
-    if int(st.sel.sum()) < m:
-        _greedy(st, m, gi, quota, 4)
+        st.move(torch.cat(drop), False)
+    if int(st.sel.sum()) < sum(ql):
+        _greedy(st, gl, ql, 4)
 
 
-def _swap_round(st: _State, pool: int, gid: Optional[torch.Tensor], gi, tol: float = 1e-12,
+def _swap_round(st: _State, pool: int, gid: Optional[torch.Tensor], gl, tol: float = 1e-12,
                 max_steps: int = 128) -> int:
     """One pool round of best-improvement swaps (removed row out, kept row in); returns #swaps."""
     g = st.g()
@@ -189,24 +177,19 @@ def _swap_round(st: _State, pool: int, gid: Optional[torch.Tensor], gi, tol: flo
     din = 2 * g + st.r            # change when removing j
     dout[~st.sel] = float("inf")
     din[st.sel] = float("inf")
-    if gi is None:
-        k_out = min(pool, int(st.sel.sum()))
-        k_in = min(pool, int((~st.sel).sum()))
-        out_c = torch.topk(dout, k_out, largest=False).indices
-        in_c = torch.topk(din, k_in, largest=False).indices
-    else:
-        per = max(2, pool // len(gi))
-        oc, ic = [], []
-        for ix in gi:
-            so, si = dout[ix], din[ix]
-            ko = min(per, int(torch.isfinite(so).sum()))
-            ki = min(per, int(torch.isfinite(si).sum()))
-            if ko and ki:
-                oc.append(ix[torch.topk(so, ko, largest=False).indices])
-                ic.append(ix[torch.topk(si, ki, largest=False).indices])
-        if not oc:
-            return 0
-        out_c, in_c = torch.cat(oc), torch.cat(ic)
+    # the pool: each group's most promising removed and kept rows (with groups pool // groups, at least 2)
+    per = pool if gid is None else max(2, pool // len(gl))
+    oc, ic = [], []
+    for ix in gl:
+        so, si = dout[ix], din[ix]
+        ko = min(per, int(torch.isfinite(so).sum()))
+        ki = min(per, int(torch.isfinite(si).sum()))
+        if ko and ki:
+            oc.append(ix[torch.topk(so, ko, largest=False).indices])
+            ic.append(ix[torch.topk(si, ki, largest=False).indices])
+    if not oc:
+        return 0
+    out_c, in_c = torch.cat(oc), torch.cat(ic)
     P = torch.cat([out_c, in_c])
     SP = st.S[P].to(torch.float64)
     Gm = SP @ SP.T
@@ -215,16 +198,12 @@ def _swap_round(st: _State, pool: int, gid: Optional[torch.Tensor], gi, tol: flo
     ko = out_c.numel()
     selP = torch.zeros(P.numel(), dtype=torch.bool, device=P.device)
     selP[:ko] = True
-    same = None
-    if gid is not None:
-        gp = gid[P]
-        same = gp[:, None] == gp[None, :]
+    same = None if gid is None else gid[P][:, None] == gid[P][None, :]
     swaps = 0
     v2 = v2_start = st.norm2()
     if st.S.dtype != torch.float64:
         tol = max(tol, 1e-6)
     thresh = -tol * max(v2, 1e-300)
-    moved_out, moved_in = [], []
     for _ in range(min(P.numel(), max_steps)):
         a = -2 * gP + rP                 # un-remove
         c = 2 * gP + rP                  # remove
@@ -240,51 +219,30 @@ def _swap_round(st: _State, pool: int, gid: Optional[torch.Tensor], gi, tol: flo
         selP[i], selP[j] = False, True
         gP += Gm[:, j] - Gm[:, i]
         v2 += float(delta[i, j])
-        moved_out.append(int(P[i]))
-        moved_in.append(int(P[j]))
         swaps += 1
     if swaps:
-        # apply the net change (a row may have moved twice)
-        net = {}
-        for i in moved_out:
-            net[i] = net.get(i, 0) - 1
-        for j in moved_in:
-            net[j] = net.get(j, 0) + 1
-        outs = [i for i, k in net.items() if k < 0]
-        ins = [j for j, k in net.items() if k > 0]
-        if outs:
-            oi = torch.as_tensor(outs, device=st.S.device)
-            st.sel[oi] = False
-            st.v -= st.S[oi].to(torch.float64).sum(0)
-        if ins:
-            ii = torch.as_tensor(ins, device=st.S.device)
-            st.sel[ii] = True
-            st.v += st.S[ii].to(torch.float64).sum(0)
+        # apply the net change (a row may have moved twice): the pool's rows whose state changed
+        outs, ins = out_c[~selP[:ko]], in_c[selP[ko:]]
+        for rows, removed in ((outs, False), (ins, True)):
+            if rows.numel():
+                st.move(rows, removed)
         # the pool deltas use g = S v in S's precision: keep the round only if the true norm fell
         if st.norm2() > v2_start * (1 - 1e-9):
-            if outs:
-                st.sel[oi] = True
-                st.v += st.S[oi].to(torch.float64).sum(0)
-            if ins:
-                st.sel[ii] = False
-                st.v -= st.S[ii].to(torch.float64).sum(0)
+            for rows, removed in ((outs, True), (ins, False)):
+                if rows.numel():
+                    st.move(rows, removed)
             return 0
     return swaps
 
 
-def _local_search(st: _State, pool: int, gid, gi, deadline: float, max_rounds: int = 10_000) -> int:
-    total = 0
+def _local_search(st: _State, pool: int, gid, gl, deadline: float, max_rounds: int = 10_000) -> None:
+    """Pool rounds of swaps until a round finds none or the deadline passes."""
     for _ in range(max_rounds):
-        if time.perf_counter() > deadline:
+        if time.perf_counter() > deadline or _swap_round(st, pool, gid, gl) == 0:
             break
-        k = _swap_round(st, pool, gid, gi)
-        total += k
-        if k == 0:
-            break
-    return total
 
 
-def _ils_large(st: _State, best_sel: torch.Tensor, best2: float, pool: int, gid, gi, deadline: float,
+def _ils_large(st: _State, best_sel: torch.Tensor, best2: float, pool: int, gid, gl, deadline: float,
                patience: int, gen: torch.Generator) -> tuple:
     """Iterated local search with pool swaps (large n): perturb k rows, local search, keep if better."""
     fails = iters = improved = 0
@@ -307,7 +265,7 @@ def _ils_large(st: _State, best_sel: torch.Tensor, best2: float, pool: int, gid,
         st.sel[o.to(st.S.device)] = False
         st.sel[i_.to(st.S.device)] = True
         st.refresh()
-        _local_search(st, pool, gid, gi, deadline)
+        _local_search(st, pool, gid, gl, deadline)
         iters += 1
         if st.norm2() < best2 * (1 - 1e-12):
             best_sel, best2 = st.sel.clone(), st.norm2()
@@ -332,26 +290,26 @@ def solve_cardinality_fast(S: ArrayLike, m: int, *, groups: Optional[Sequence[in
                            _gram: Optional[tuple] = None) -> PruningSolution:
     """Remove exactly ``m`` rows minimising ``||sum S_i||`` (per-group quotas when ``groups`` is given).
 
-    With at most ``exhaustive_max`` possible removal sets every one is scored (proven optimal).
+    With at most ``exhaustive_max`` possible removal sets every one is scored (proven optimal). Up to
+    ``gram_max_n`` rows the search runs on the full Gram matrix (:func:`.small.cardinality_small`):
+    with n <= d best-improvement swaps and iterated local search, stopping after ``small_patience``
+    perturbations without improvement (default :func:`patience_ils`); with n > d the relaxation,
+    kernel and tabu chains of :func:`tabu_path` for the whole time limit (default
+    :func:`small_time_limit`; ``small_patience`` then counts kicks without a new best, default
+    :func:`patience_small`), so that result can depend on the machine's load. The certificate there
+    solves the relaxation exactly (active set, else interior point) in a budget that follows the
+    search time unless ``bound_time`` is given.
 
-    Construction (``construct="signed"``: self-balancing signed greedy + single-flip sweeps for at
-    most ``construct_frac`` of the time, see :func:`_signed_construct`; ``"greedy"``: the older block
-    greedy with ``greedy_rounds`` blocks) -> swap local search on pools of ``pool`` candidates ->
-    iterated local search (perturb a few rows, local search, keep if better) until ``time_limit``
-    seconds (default scales with n*d, at most 30 s) or ``ils_patience`` perturbations without
-    improvement. Then a lower bound from the relaxation (at most ``bound_iters`` gradient steps or
-    ``bound_time`` seconds; ``certify=False`` skips it and reports a bound of 0). Up to
-    ``gram_max_n`` rows the search runs on the full Gram matrix instead: with n <= d exact
-    best-improvement swaps and iterated local search (``small_patience`` perturbations without
-    improvement, default from :func:`patience_ils`); with n > d the relaxation, kernel and tabu
-    chains of :func:`tabu_path` for the whole time limit (default :func:`small_time_limit`;
-    ``small_patience`` then counts kicks without a new best, default :func:`patience_small`). There the
-    certificate (the relaxation solved exactly: active set, else interior point) gets as much time as
-    the search (n <= d) or a tenth of it (n > d), and at least about 20 interior-point iterations up to
-    0.1 s, unless ``bound_time`` is given. ``effort`` multiplies the default time limit and patience
-    (``effort=20`` reached SCIP's proven optimum on the n > d family of benchmarks/solver.py).
-    The n > d search is time-limited, so its result can depend on the machine's load (as on the
-    large path; the n <= d path stops on its patience).
+    Beyond ``gram_max_n`` rows: the self-balancing signed construction (:func:`_signed_construct`, at
+    most ``construct_frac`` of the time) -> swap local search on pools of ``pool`` candidates ->
+    iterated local search until ``time_limit`` seconds (default scales with n*d, at most 30 s) or
+    ``ils_patience`` perturbations without improvement; then a lower bound from the relaxation (at
+    most ``bound_iters`` gradient steps or ``bound_time`` seconds). ``certify=False`` skips the bound
+    (reported as 0). ``effort`` multiplies the default time limit and patience (``effort=20`` reached
+    SCIP's proven optimum on the n > d family of benchmarks/solver.py).
+
+    ``construct="greedy"`` (``greedy_rounds`` blocks) swaps the construction for the older block
+    greedy: the baseline the signed construction is measured against (tests, benchmarks/solver.py).
     """
     t0 = time.perf_counter()
     S = as_matrix(S)
@@ -363,10 +321,7 @@ def solve_cardinality_fast(S: ArrayLike, m: int, *, groups: Optional[Sequence[in
     if isinstance(effort, bool) or not isinstance(effort, (int, float)) or not (math.isfinite(effort) and effort > 0):
         raise PruneDataError(f"effort must be a positive number (1 = default search time; 10 = ten times as long), "
                              f"got {effort!r}")
-    # the Gram-matrix path with more rows than dimensions (n > d) runs the relaxation + tabu search
-    # for its time limit; with n <= d (many sets cancel almost exactly) iterated local search stops
-    # after a patience of perturbations without improvement
-    tabu = n <= gram_max_n and n > d
+    tabu = n <= gram_max_n and n > d          # the Gram-matrix path's tabu search (see above)
     if time_limit is None:
         time_limit = effort * (small_time_limit(n) if tabu else default_time_limit(n, d))
     if time_limit <= 0:
@@ -374,40 +329,38 @@ def solve_cardinality_fast(S: ArrayLike, m: int, *, groups: Optional[Sequence[in
     if small_patience is None and n <= gram_max_n:
         small_patience = int(math.ceil(effort * (patience_small(n, m) if tabu else patience_ils(n, m))))
     deadline = t0 + time_limit
-    gen = torch.Generator(device="cpu").manual_seed(seed)
     if n <= gram_max_n:
         return cardinality_small(S, m, g_arr, time_limit=time_limit, seed=seed, patience=small_patience,
                                   certify=certify, bound_iters=max(bound_iters, 400), bound_time=bound_time,
                                   exhaustive_max=exhaustive_max, gram=_gram)
 
-    st = _State(S, torch.zeros(n, dtype=torch.bool, device=S.device))
+    st = _State(S)
+    gl, ql = (gi, quota) if gi is not None else ([torch.arange(n, device=S.device)], [m])
     sweeps = 0
     if construct == "signed":
-        sweeps, _ = _signed_construct(st, m, gi, quota, t0 + construct_frac * time_limit,
-                                      np.random.default_rng(seed))
-        _repair_count(st, m, gi, quota)
+        sweeps, _ = _signed_construct(st, gl, ql, t0 + construct_frac * time_limit, np.random.default_rng(seed))
+        _repair_count(st, gl, ql)
     elif construct == "greedy":
-        _greedy(st, m, gi, quota, min(greedy_rounds, m))
+        _greedy(st, gl, ql, min(greedy_rounds, m))
     else:
         raise PruneDataError(f"construct must be 'signed' or 'greedy', got {construct!r}")
     t_greedy = time.perf_counter() - t0
     obj_greedy = math.sqrt(st.norm2())
-    _local_search(st, pool, gid, gi, deadline)
+    _local_search(st, pool, gid, gl, deadline)
     t_swap = time.perf_counter() - t0 - t_greedy
     best_sel, best2 = st.sel.clone(), st.norm2()
     obj_swap = math.sqrt(best2)
-    best_sel, ils_iters, improved = _ils_large(st, best_sel, best2, pool, gid, gi, deadline, ils_patience, gen)
+    best_sel, ils_iters, improved = _ils_large(st, best_sel, best2, pool, gid, gl, deadline, ils_patience,
+                                               torch.Generator(device="cpu").manual_seed(seed))
     st.sel = best_sel
     st.refresh()
-    v = st.v
-    objective = float(v.norm())
+    objective = float(st.v.norm())
     t_search = time.perf_counter() - t0
-    # certificate
-    tb = time.perf_counter()
+    tb = time.perf_counter()          # the certificate
     lb, rel_iters, degenerate, relax_value = 0.0, 0, {}, None
     if certify:
         total = chunked_sum64(S)
-        dirs = [v, total]
+        dirs = [st.v, total]
         bdeadline = tb + (bound_time if bound_time is not None else max(2.0, 0.5 * time_limit))
         # start the relaxation at the found set: its value then says at once how far below the
         # objective the relaxed optimum lies (no bound of this kind can exceed it)
@@ -417,7 +370,7 @@ def solve_cardinality_fast(S: ArrayLike, m: int, *, groups: Optional[Sequence[in
             dirs.append(u_rel)
         relax_value = float((S.T @ w_rel.to(S.dtype)).norm())
         lb = cardinality_lower_bound(S, m, dirs, groups=g_arr, _trusted=True)
-        degenerate = degeneracy(S, total, st.r, lb, objective)
+        degenerate = degeneracy(total, st.r, lb, objective)
     t_bound = time.perf_counter() - tb
     removed = torch.nonzero(best_sel).flatten().cpu().numpy()
     status = "optimal" if objective - lb <= 1e-9 * max(objective, 1e-300) else "feasible"
@@ -425,8 +378,8 @@ def solve_cardinality_fast(S: ArrayLike, m: int, *, groups: Optional[Sequence[in
                           status=status, time=time.perf_counter() - t0, solver="fast", degenerate=degenerate,
                           info={"greedy_objective": obj_greedy, "swap_objective": obj_swap, "ils_iterations": ils_iters,
                                 "ils_improvements": improved, "construct": construct, "construct_sweeps": sweeps,
-                                "seconds_greedy": t_greedy, "seconds_swap": t_swap,
-                                "seconds_search": t_search, "seconds_bound": t_bound, "relaxation_iterations": rel_iters,
+                                "seconds_greedy": t_greedy, "seconds_swap": t_swap, "seconds_search": t_search,
+                                "seconds_bound": t_bound, "relaxation_iterations": rel_iters,
                                 "relaxation_value": relax_value,
                                 "bound_method": "projected gradient" if certify else None,
                                 "group_quota": None if quota is None else dict(zip(np.unique(g_arr).tolist(), quota))})
