@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .errors import PruneDataError
+from .identity import DatasetWrapper
 
 logger = logging.getLogger(__name__)
 
@@ -152,11 +153,7 @@ def _load_idx(key: str, root: Path, train: bool, name: str):
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
         raise PruneDataError(f"{path}: {images.shape[0]} images of shape {images.shape[1:]} but {labels.shape[0]} "
                              "labels; the IDX files are corrupt or from different splits")
-    if key == "fashionmnist":
-        from .datasets import FMNIST_CLASSES as classes
-    else:
-        classes = _MNIST_CLASSES[key]
-    return torch.from_numpy(images).unsqueeze(1), labels.astype("int64"), classes
+    return torch.from_numpy(images).unsqueeze(1), labels.astype("int64"), _MNIST_CLASSES[key]
 
 
 def _unpickle(path: Path) -> Dict[str, Any]:
@@ -229,7 +226,8 @@ def _load_torchvision(key: str, *, train: bool, root: Optional[str], download: b
     r = Path(root).expanduser()
     if download:
         _download(key, r, train)
-    reader = _load_idx if key in ("mnist", "fashionmnist", "kmnist") else _load_svhn if key == "svhn" else _load_cifar
+    # (fashion-mnist never comes here: load_dataset reads it with datasets.FashionMNIST)
+    reader = _load_idx if key in _MNIST_CLASSES else _load_svhn if key == "svhn" else _load_cifar
     data, labels, classes = reader(key, r, train, TORCHVISION_NAMES[key][0])
     _, _, mean, std = TORCHVISION_NAMES[key]
     return TensorImageDataset(data, labels, classes=classes, mean=mean, std=std,
@@ -309,28 +307,15 @@ def _call_dataset_fn(fn: Callable[..., Any], spec: str, *, train: bool, root: Op
     return _with_labels(ds, spec)
 
 
-class _Labelled:
+class _Labelled(DatasetWrapper):
     """A dataset with labels read once from its items (for datasets without ``.targets``)."""
 
     def __init__(self, dataset: Any, targets):
-        self.dataset = dataset
+        super().__init__(dataset)
         self.targets = targets
-
-    def __len__(self) -> int:
-        return len(self.dataset)
 
     def __getitem__(self, i: int):
         return self.dataset[i]
-
-    def __getattr__(self, name: str):
-        if name == "dataset" or (name.startswith("__") and name.endswith("__")):
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
-
-    def __prunedata_fingerprint__(self) -> str:
-        from .identity import dataset_fingerprint
-
-        return dataset_fingerprint(self.dataset)
 
 
 def _with_labels(ds: Any, spec: str):

@@ -34,10 +34,9 @@ class PrunedDataset(torch.utils.data.Dataset):
         if not isinstance(selection, Selection):
             selection = Selection.load(selection)
         if selection.id_kind != "index":
-            raise PruneDataError(
-                "PrunedDataset needs an index selection; this one is keyed by sample key (a stream "
-                "selection). Use prunedata.adapters.webdataset.select_keys in the webdataset pipeline."
-            )
+            raise PruneDataError("PrunedDataset needs an index selection; this one is keyed by sample key (a "
+                                 "stream selection). Use prunedata.adapters.webdataset.select_keys in the webdataset "
+                                 "pipeline.")
         if check:
             selection.check(dataset, strict=strict)
         elif len(dataset) != selection.dataset_size:
@@ -98,11 +97,9 @@ def find_fashion_mnist(root: Optional[PathLike] = None) -> Path:
     for c in cands:
         if all(_idx_file(c, f) is not None for f in _FMNIST_FILES[True] + _FMNIST_FILES[False]):
             return c
-    raise FileNotFoundError(
-        "Fashion-MNIST not found (looked in " + ", ".join(map(str, cands)) + "). On Debian: "
-        "`apt-get install dataset-fashion-mnist`, or point PRUNEDATA_FASHION_MNIST at a folder with "
-        "the four *-ubyte.gz files."
-    )
+    raise FileNotFoundError(f"Fashion-MNIST not found (looked in {', '.join(map(str, cands))}). On Debian: `apt-get "
+                            "install dataset-fashion-mnist`, or point PRUNEDATA_FASHION_MNIST at a folder with the "
+                            "four *-ubyte.gz files.")
 
 
 def _idx_file(folder: Path, name: str) -> Optional[Path]:
@@ -158,8 +155,7 @@ class FashionMNIST(torch.utils.data.Dataset):
         self.data = torch.from_numpy(np.ascontiguousarray(data))
         self.targets = torch.from_numpy(np.ascontiguousarray(targets))
         self.transform = transform
-        self._x = ((self.data.float() / 255.0) - self.mean) / self.std
-        self._x = self._x.unsqueeze(1)
+        self._x = (((self.data.float() / 255.0) - self.mean) / self.std).unsqueeze(1)
 
     def __len__(self) -> int:
         return int(self.targets.shape[0])

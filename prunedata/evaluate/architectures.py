@@ -1,5 +1,4 @@
-"""Unseen architectures: each architecture trained on the selection, on class-balanced random subsets
-of the same size and on the full data, one recipe, several seeds (Yang et al. 2023, Fig. 3)."""
+"""Unseen architectures: several architectures on the selection vs random vs full data (Yang et al. 2023, Fig. 3)."""
 from __future__ import annotations
 
 import logging
@@ -41,6 +40,7 @@ class EvaluationResult(Result):
     summary: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     dataset: Optional[str] = None
     kind = "evaluation"
+    plotter = "plot_evaluation"
 
     @property
     def keep_ratio(self) -> float:
@@ -51,10 +51,7 @@ class EvaluationResult(Result):
         return {a: bool(s["beats_random"]) for a, s in self.summary.items()}
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"kind": self.kind, "method": self.method, "dataset": self.dataset, "dataset_size": self.dataset_size,
-                "num_kept": self.num_kept, "keep_ratio": round(self.keep_ratio, 6),
-                "proxy_architecture": self.proxy_architecture, "architectures": self.architectures,
-                "seeds": self.seeds, "recipe": self.recipe, "summary": self.summary, "runs": self.runs}
+        return dict(super().to_dict(), keep_ratio=round(self.keep_ratio, 6))
 
     def table(self) -> str:
         head = (f"method {self.method}: {self.num_kept} of {self.dataset_size} kept ({100 * self.keep_ratio:.1f}%), "
@@ -74,11 +71,6 @@ class EvaluationResult(Result):
         lines.append("(accuracy % mean±std over seeds; diff = selection - random in points; "
                      "* = |diff| within one std, i.e. not distinguishable from noise)")
         return "\n".join(lines)
-
-    def plot(self, path: PathLike):
-        from ..plots import plot_evaluation
-
-        return plot_evaluation(self, path)
 
 
 def evaluate_selection(selection: Selection, dataset: Any, test_dataset: Any, *,

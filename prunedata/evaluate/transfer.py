@@ -8,7 +8,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._io import PathLike
 from ..errors import PruneDataError
 from ..progress import progress
 from ..search_space import build_architecture, check_architectures
@@ -103,11 +102,7 @@ class TransferResult(Result):
     seeds: List[int]
     target: str = "target"
     kind = "transfer"
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"kind": self.kind, "architecture": self.architecture, "target": self.target, "sizes": self.sizes,
-                "accuracy": self.accuracy, "pretrain_accuracy": self.pretrain_accuracy,
-                "recipe_pretrain": self.recipe_pretrain, "recipe_finetune": self.recipe_finetune, "seeds": self.seeds}
+    plotter = "plot_transfer"
 
     def table(self) -> str:
         lines = [f"transfer to {self.target}, {self.architecture}, {len(self.seeds)} seeds",
@@ -117,11 +112,6 @@ class TransferResult(Result):
             lines.append(f"{name:<16}{self.sizes.get(name, 0):>8}{100 * a['mean']:>9.2f}±{100 * a['std']:<6.2f}"
                          f"{'-' if src is None else f'{100 * src:.2f}':>14}")
         return "\n".join(lines)
-
-    def plot(self, path: PathLike):
-        from ..plots import plot_transfer
-
-        return plot_transfer(self, path)
 
 
 def transfer(pretrain_sets: Mapping[str, Any], target_train: Any, target_test: Any, *, architecture: str = "cnn",
