@@ -59,20 +59,20 @@ def cmd_prune(args: argparse.Namespace) -> int:
         except json.JSONDecodeError:
             opts[k] = v
     check_device(args.device)
+    report_path = Path(args.report or Path(args.output).with_suffix(".report.txt"))
     check_writable(args.output, "selection file")
-    check_writable(args.report or str(Path(args.output).with_suffix(".report.txt")), "report")
-    if args.checkpoint:
+    check_writable(report_path, "report")
+    if args.checkpoint:  # (random trains no model: refused above)
         check_writable(args.checkpoint, "checkpoint")
         if Path(args.checkpoint).exists() and not args.resume:
             logger.warning("checkpoint %s exists and will be overwritten (add --resume to continue from it)",
                            args.checkpoint)
+        opts.setdefault("checkpoint", args.checkpoint)
+        opts.setdefault("resume", args.resume)
     ds = load_dataset(args.dataset, train=True, max_samples=args.max_samples, root=args.root, download=args.download)
     cfg = MethodConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                        device=args.device, class_balanced=args.class_balanced, num_workers=args.num_workers,
                        show_progress=not args.no_progress, **_model_kw(ds))
-    if args.checkpoint:  # (random trains no model: refused above)
-        opts.setdefault("checkpoint", args.checkpoint)
-        opts.setdefault("resume", args.resume)
     t0 = time.perf_counter()
     sel = select(args.method, ds, args.keep_ratio, config=cfg, **opts)
     sel.metrics.setdefault("seconds", round(time.perf_counter() - t0, 2))
@@ -86,7 +86,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
                               "same options) to write the selection without training again") from None
         raise
     report = _report(sel, ds)
-    report_path = Path(args.report) if args.report else out.with_suffix(".report.txt")
     atomic_write_text(report_path, report + "\n")
     print(report)
     logger.info("selection -> %s, report -> %s", out, report_path)
@@ -207,13 +206,12 @@ def cmd_show(args: argparse.Namespace) -> int:
                           download=args.download)
         sel.check(ds)
     if args.json:
-        d = sel.to_dict()
-        if ds is not None:
-            from .labels import labels_of
+        from .labels import labels_of
 
-            lab = labels_of(ds)
-            if lab is not None:
-                d["class_counts"] = sel.class_counts(lab)
+        d = sel.to_dict()
+        lab = labels_of(ds) if ds is not None else None
+        if lab is not None:
+            d["class_counts"] = sel.class_counts(lab)
         print(json.dumps(d, indent=2, default=str))
     else:
         print(_report(sel, ds) if ds is not None else sel.summary())

@@ -11,15 +11,13 @@ applied to another dataset.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 from typing import Any, Iterable
 
 import numpy as np
 
+from .errors import OptionError
 from .labels import labels_of
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["IndexedDataset", "with_indices", "dataset_fingerprint", "keys_fingerprint"]
 
@@ -54,13 +52,9 @@ class IndexedDataset(DatasetWrapper):
 
     def __init__(self, dataset: Any):
         if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
-            from .errors import OptionError
-
-            raise OptionError(
-                f"IndexedDataset needs a map-style dataset with __getitem__ and __len__, got "
-                f"{type(dataset).__name__}. For streams use prunedata.adapters.webdataset, which keys "
-                "samples by __key__."
-            )
+            raise OptionError(f"IndexedDataset needs a map-style dataset with __getitem__ and __len__, got "
+                              f"{type(dataset).__name__}. For streams use prunedata.adapters.webdataset, which keys "
+                              "samples by __key__.")
         super().__init__(dataset)
 
     def __getitem__(self, index: int):
@@ -140,8 +134,7 @@ def dataset_fingerprint(dataset: Any, probes: int = _PROBES) -> str:
         root = str(getattr(dataset, "root", "") or "")
         h.update(b"files")
         for item in samples:
-            path = item[0] if isinstance(item, (tuple, list)) else item
-            path = str(path)
+            path = str(item[0] if isinstance(item, (tuple, list)) else item)
             if root and path.startswith(root):
                 path = os.path.relpath(path, root)
             h.update(path.encode() + b"\0")

@@ -1,12 +1,6 @@
-"""Pictures of selections and of their evaluation (matplotlib, Agg backend, PNG files written atomically).
-
-* :func:`plot_embedding` — 2-D embedding (PCA or t-SNE) of a model's penultimate features, kept and
-  pruned samples marked (AdaPruner, Fig. 3 on MNIST).
-* :func:`plot_class_counts` — kept vs total samples per class.
-* :func:`plot_mask_histogram` — AdaPruner's mask-weight histogram over epochs (a heat map).
-* :func:`plot_accuracy_vs_keep_ratio` — accuracy against kept fraction, one line per method.
-* :func:`plot_evaluation`, :func:`plot_proxy_search`, :func:`plot_time_curves`, :func:`plot_transfer`
-  — the figures of :mod:`prunedata.evaluate`'s results.
+"""Pictures of selections (embedding with kept and pruned samples, kept per class, AdaPruner's mask
+weights, accuracy vs kept fraction) and of :mod:`prunedata.evaluate`'s results. matplotlib with the Agg
+backend; every function writes one PNG atomically and returns its path.
 """
 from __future__ import annotations
 
@@ -19,6 +13,7 @@ import numpy as np
 import torch
 
 from ._io import PathLike, atomic_write_bytes
+from ._optional import require
 from .errors import PruneDataError
 
 logger = logging.getLogger(__name__)
@@ -28,10 +23,7 @@ __all__ = ["penultimate_features", "embed_2d", "plot_embedding", "plot_class_cou
 
 
 def _plt():
-    from ._optional import require
-
     matplotlib = require("matplotlib", extra="eval", purpose="plots")
-
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
@@ -66,8 +58,6 @@ def embed_2d(features: np.ndarray, *, method: str = "pca", seed: int = 0) -> np.
     features = np.asarray(features, dtype=np.float32)
     if features.ndim != 2 or features.shape[0] < 3:
         raise PruneDataError("need a 2-D feature array with at least 3 samples to embed")
-    from ._optional import require
-
     PCA = require("sklearn.decomposition", extra="eval", purpose="2-D embeddings").PCA
 
     if method == "pca":
@@ -99,10 +89,9 @@ def plot_embedding(path: PathLike, features: np.ndarray, labels: Sequence[int], 
     if not (len(features) == labels.size == kept_mask.size):
         raise PruneDataError(f"features ({len(features)}), labels ({labels.size}) and mask ({kept_mask.size}) "
                              "must have one entry per sample")
-    rng = np.random.default_rng(seed)
     idx = np.arange(labels.size)
     if idx.size > max_points:
-        idx = np.sort(rng.choice(idx, max_points, replace=False))
+        idx = np.sort(np.random.default_rng(seed).choice(idx, max_points, replace=False))
     xy = embed_2d(np.asarray(features)[idx], method=method, seed=seed)
     lab, kept = labels[idx], kept_mask[idx]
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.5), sharex=True, sharey=True)
@@ -157,8 +146,6 @@ def plot_mask_histogram(path: PathLike, history_or_selection, *, title: str = ""
         raise PruneDataError("no AdaPruner mask history here: the mask-weight histogram needs a selection made by "
                              "AdaPruner (selection.extra['history'] with 'weight_histogram' per epoch)")
     h = np.array([r["weight_histogram"] for r in hist], dtype=float)
-    bins = h.shape[1]
-    edges = np.linspace(0, 1, bins + 1)
     fig, (a0, a1) = plt.subplots(1, 2, figsize=(12, 4.2))
     im = a0.imshow(np.log10(h.T + 1), origin="lower", aspect="auto", extent=(0.5, h.shape[0] + 0.5, 0, 1),
                    cmap="viridis")
@@ -168,7 +155,7 @@ def plot_mask_histogram(path: PathLike, history_or_selection, *, title: str = ""
         a0.text(max(warm) + 0.5, 0.97, " end of warm-up", color="w", va="top", fontsize=8)
     a0.set(xlabel="epoch", ylabel="mask weight sigmoid(alpha m)", title="samples per weight bin (log10(count+1))")
     fig.colorbar(im, ax=a0)
-    centers = (edges[:-1] + edges[1:]) / 2
+    centers = (np.arange(h.shape[1]) + 0.5) / h.shape[1]  # of the equal bins on [0, 1]
     for i in sorted({0, h.shape[0] // 2, h.shape[0] - 1}):
         a1.plot(centers, h[i], marker="o", ms=3, label=f"epoch {hist[i].get('epoch', i) + 1}")
     a1.set(yscale="symlog", xlabel="mask weight", ylabel="samples", title="histogram at selected epochs")
@@ -204,12 +191,10 @@ def plot_evaluation(results, path: PathLike, *, title: str = "") -> Path:
     plt = _plt()
     results = results if isinstance(results, (list, tuple)) else [results]
     archs = list(dict.fromkeys(a for r in results for a in r.architectures))
-    series = [(r.method, r, "selection") for r in results]
     first = results[0]
-    if "random" in next(iter(first.summary.values())):
-        series.append(("random (same size)", first, "random"))
-    if "full" in next(iter(first.summary.values())):
-        series.append(("full data", first, "full"))
+    series = [(r.method, r, "selection") for r in results] + [
+        (name, first, key) for key, name in (("random", "random (same size)"), ("full", "full data"))
+        if key in next(iter(first.summary.values()))]
     fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(archs) * len(series) / 3), 4.5))
     width = 0.8 / len(series)
     x = np.arange(len(archs))

@@ -48,10 +48,9 @@ class ConvNetSpec:
     pooling: str = "avg"
 
     def __post_init__(self) -> None:
-        if int(self.depth) < 1:
-            raise PruneDataError(f"ConvNet depth must be >= 1, got {self.depth}")
-        if int(self.width) < 1:
-            raise PruneDataError(f"ConvNet width must be >= 1, got {self.width}")
+        for what, value in (("depth", self.depth), ("width", self.width)):
+            if int(value) < 1:
+                raise PruneDataError(f"ConvNet {what} must be >= 1, got {value}")
         for value, allowed, what in ((self.activation, ACTIVATIONS, "activation"), (self.norm, NORMS, "norm"),
                                      (self.pooling, POOLINGS, "pooling")):
             if value not in allowed:
@@ -65,10 +64,8 @@ class ConvNetSpec:
     def from_name(cls, name: str) -> "ConvNetSpec":
         m = _NAME.match(name)
         if not m:
-            raise PruneDataError(
-                f"{name!r} is not a ConvNet name; the pattern is convnet-d<depth>-w<width>-<activation>-<norm>-"
-                f"<pooling>, e.g. convnet-d2-w16-relu-batch-max"
-            )
+            raise PruneDataError(f"{name!r} is not a ConvNet name; the pattern is convnet-d<depth>-w<width>-"
+                                 "<activation>-<norm>-<pooling>, e.g. convnet-d2-w16-relu-batch-max")
         return cls(int(m.group(1)), int(m.group(2)), m.group(3), m.group(4), m.group(5))
 
     def build(self, num_classes: int = 10, in_channels: int = 1, side: int = 28) -> "ConvNet":
@@ -115,8 +112,7 @@ def conv_search_space(depths: Sequence[int] = (1, 2, 3, 4), widths: Sequence[int
                       activations: Sequence[str] = ACTIVATIONS, norms: Sequence[str] = NORMS,
                       poolings: Sequence[str] = POOLINGS) -> List[ConvNetSpec]:
     """Every combination of the given choices (the defaults give the paper's 720 nets)."""
-    specs = [ConvNetSpec(d, w, a, n, p) for d, w, a, n, p in itertools.product(depths, widths, activations, norms,
-                                                                                 poolings)]
+    specs = [ConvNetSpec(*choice) for choice in itertools.product(depths, widths, activations, norms, poolings)]
     if not specs:
         raise PruneDataError("the search space is empty: give at least one value for every choice")
     return specs

@@ -11,6 +11,7 @@ Samples are identified by index (map-style datasets) or by key (webdataset strea
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import gzip
 import json
 import math
@@ -159,15 +160,11 @@ class Selection:
         """Indices of pruned samples."""
         return np.flatnonzero(~self.mask)
 
-    @property
+    @functools.cached_property
     def key_set(self) -> frozenset:
         if self.id_kind != "key":
             raise SelectionFormatError("this selection is by index; it has no keys")
-        cached = getattr(self, "_key_set", None)
-        if cached is None:
-            cached = frozenset(self.keys or ())
-            object.__setattr__(self, "_key_set", cached)
-        return cached
+        return frozenset(self.keys or ())
 
     def __contains__(self, sample_id: Union[int, str]) -> bool:
         if self.id_kind == "key":
@@ -243,21 +240,10 @@ class Selection:
 
     # ------------------------------------------------------------------ I/O
     def to_dict(self) -> Dict[str, Any]:
-        return {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "method": self.method,
-            "id_kind": self.id_kind,
-            "dataset_size": self.dataset_size,
-            "num_kept": self.num_kept,
-            "keep_ratio": round(self.keep_ratio, 6),
-            "fingerprint": self.fingerprint,
-            "created": self.created,
-            "params": self.params,
-            "metrics": self.metrics,
-            "score_name": self.score_name,
-            "prunedata_version": __version__,
-        }
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, "method": self.method, "id_kind": self.id_kind,
+                "dataset_size": self.dataset_size, "num_kept": self.num_kept, "keep_ratio": round(self.keep_ratio, 6),
+                "fingerprint": self.fingerprint, "created": self.created, "params": self.params,
+                "metrics": self.metrics, "score_name": self.score_name, "prunedata_version": __version__}
 
     def to_json(self) -> str:
         head = json.dumps(self.to_dict(), indent=2, default=_json_default)
@@ -265,10 +251,9 @@ class Selection:
         if self.id_kind == "key":
             arrays.append('  "keys": ' + json.dumps(self.keys, separators=(",", ":")))
         arrays.append('  "kept": ' + json.dumps(self.kept.tolist(), separators=(",", ":")))
-        if self.scores is not None:
-            arrays.append(
-                '  "scores": ' + json.dumps([float(f"{v:.7g}") for v in self.scores.tolist()], separators=(",", ":"))
-            )
+        if self.scores is not None:  # 7 significant digits keep the file small
+            scores = [float(f"{v:.7g}") for v in self.scores.tolist()]
+            arrays.append('  "scores": ' + json.dumps(scores, separators=(",", ":")))
         if self.extra:
             arrays.append('  "extra": ' + json.dumps(self.extra, separators=(",", ":"), default=_json_default))
         return head[:-2] + ",\n" + ",\n".join(arrays) + "\n}\n"
@@ -332,9 +317,7 @@ class Selection:
         if not isinstance(d, dict):
             raise SelectionFormatError(f"{path}: top level must be a JSON object")
         sel = cls.from_dict(d)
-        if dataset is not None:
-            sel.check(dataset, strict=strict)
-        return sel
+        return sel.check(dataset, strict=strict) if dataset is not None else sel
 
 
 def _count(value: Any, name: str) -> int:
@@ -352,25 +335,24 @@ def _count(value: Any, name: str) -> int:
 
 def _integer_ids(values: Any) -> np.ndarray:
     """Sample ids as int64, refusing fractions, NaN, booleans and text (never truncating them)."""
+    def refuse(found: Any) -> SelectionFormatError:
+        return SelectionFormatError(f"kept ids must be whole numbers (sample indices); found {found}: the selection "
+                                    "was edited or damaged; re-create it")
+
     if isinstance(values, (list, tuple)) and any(isinstance(v, (bool, str)) or v is None for v in values):
-        bad = [v for v in values if isinstance(v, (bool, str)) or v is None]
-        raise SelectionFormatError(f"kept ids must be whole numbers (sample indices); found {bad[:3]}: the selection "
-                                   "was edited or damaged; re-create it")
+        raise refuse([v for v in values if isinstance(v, (bool, str)) or v is None][:3])
     arr = np.asarray(values)
     if arr.dtype == object or arr.dtype.kind in "USb":
         bad = [v for v in arr.reshape(-1).tolist()
                if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer())]
         if bad or arr.dtype.kind == "b":
-            raise SelectionFormatError(f"kept ids must be whole numbers (sample indices); found {bad[:3] or 'booleans'}"
-                                       ": the selection was edited or damaged; re-create it")
+            raise refuse(bad[:3] or "booleans")
         arr = np.asarray([float(v) for v in arr.reshape(-1).tolist()])
     if arr.dtype.kind == "f":
         flat = arr.reshape(-1)
         bad_mask = ~np.isfinite(flat) | (flat != np.round(flat))
         if bad_mask.any():
-            raise SelectionFormatError(f"kept ids must be whole numbers (sample indices); found "
-                                       f"{flat[bad_mask][:3].tolist()}: the selection was edited or damaged; "
-                                       "re-create it")
+            raise refuse(flat[bad_mask][:3].tolist())
     elif arr.size and arr.dtype.kind not in "iu":
         raise SelectionFormatError(f"kept ids must be whole numbers (sample indices), got dtype {arr.dtype}")
     return arr.astype(np.int64).reshape(-1)

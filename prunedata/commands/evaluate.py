@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +26,8 @@ from typing import Any, Dict, List
 
 from .._io import atomic_write_text, check_writable
 from .._optional import require
-from ..cli import _positive_int, check_device, load_dataset
+from ..cli import _positive_int, add_dataset_args, check_device, load_dataset
 from ..errors import PruneDataError
-
-logger = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
@@ -41,8 +38,7 @@ def register(subparsers) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=None, help="dataset the selections were made on (default: the one named in "
                    "the selection file)")
-    g.add_argument("--root", default=None, help="folder of a torchvision-format dataset (default: the selection's)")
-    g.add_argument("--download", action="store_true", help="let torchvision download the dataset into --root first")
+    add_dataset_args(g, positional=False)
     g.add_argument("--max-samples", type=int, default=None, help="training subset size (default: the selection's)")
     g.add_argument("--max-test-samples", type=int, default=None, help="use only this many test samples (stratified)")
     g = p.add_argument_group("modes")
@@ -169,8 +165,7 @@ def _load(args: argparse.Namespace) -> _Run:
         except PruneDataError as e:
             raise type(e)(f"{path}: {e} (evaluated against {data_args['name']!r} with "
                           f"max_samples={data_args['max_samples']})") from None
-    out = Path(args.output) if args.output else Path(args.selections[0] if args.selections else "proxy").with_suffix(
-        ".eval.json")
+    out = Path(args.output or Path(args.selections[0] if args.selections else "proxy").with_suffix(".eval.json"))
     stem = str(out.with_suffix("")) if out.suffix == ".json" else str(out)
     check_writable(out, "evaluation report")  # fail before the training runs, not after them
     report: Dict[str, Any] = {"command": "prunedata evaluate", "dataset": data_args, "selections": args.selections,
@@ -213,11 +208,9 @@ def _proxy_search(run: _Run) -> None:
         from ..methods.registry import MethodConfig
 
         n_classes = int(labels_of(run.train).max()) + 1
-        made, skipped = ev.make_proxies(_proxy_methods(a), run.train, per_class=a.per_class,
-                                        config=MethodConfig(model=a.model, num_classes=n_classes,
-                                                            epochs=a.epochs, seed=0, device=a.device,
-                                                            class_balanced=True, show_progress=run.show,
-                                                            **ev.input_kwargs(run.train)))
+        cfg = MethodConfig(model=a.model, num_classes=n_classes, epochs=a.epochs, seed=0, device=a.device,
+                           class_balanced=True, show_progress=run.show, **ev.input_kwargs(run.train))
+        made, skipped = ev.make_proxies(_proxy_methods(a), run.train, per_class=a.per_class, config=cfg)
         for m, s in made.items():
             proxies[_unique_name(m, proxies)] = s
         for m, why in skipped.items():
@@ -289,9 +282,8 @@ def _plots(run: _Run) -> None:
     lab = labels_of(train)
     torch.manual_seed(0)
     model = build_architecture(a.model, num_classes=int(lab.max()) + 1, **ev.input_kwargs(train))
-    ev.train_and_test(model, train, run.test, ev.Recipe(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
-                                                        device=a.device), seed=0, show_progress=run.show,
-                      desc="embedding model (full data)")
+    rec = ev.Recipe(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, device=a.device)
+    ev.train_and_test(model, train, run.test, rec, seed=0, show_progress=run.show, desc="embedding model (full data)")
     feats = plots.penultimate_features(model, train, device=a.device)
     names = getattr(train, "classes", None)
     for s in run.sels:

@@ -3,6 +3,7 @@ dataset by index, class-balanced random subsets, the on-disk run cache and the r
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -13,8 +14,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from .. import plots
 from .._io import PathLike, atomic_write_text
 from ..errors import PruneDataError
+from ..identity import dataset_fingerprint
 from ..labels import labels_of
 from ..loop import Recipe, Step, TrainHook, test, train
 from ..selection import Selection
@@ -83,10 +86,7 @@ class IndexSubset(torch.utils.data.Dataset):
         return int(self.indices.size)
 
     def _fix(self, item):
-        if self.label_map is None:
-            return item
-        x, y = item
-        return x, self.label_map[int(y)]
+        return item if self.label_map is None else (item[0], self.label_map[int(item[1])])
 
     def __getitem__(self, i: int):
         return self._fix(self.dataset[int(self.indices[i])])
@@ -177,8 +177,6 @@ class Result:
         return atomic_write_text(path, self.to_json())
 
     def plot(self, path: PathLike) -> Path:
-        from .. import plots
-
         return getattr(plots, self.plotter)(self, path)
 
     def __repr__(self) -> str:
@@ -197,8 +195,6 @@ class RunCache:
     """Training runs kept on disk: one JSON file per (dataset, architecture, recipe, seed, indices)."""
 
     def __init__(self, directory: PathLike, dataset: Any):
-        from ..identity import dataset_fingerprint
-
         self.directory = Path(directory)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -209,8 +205,6 @@ class RunCache:
 
     def key(self, *, arch: str, subset: str, seed: int, indices: np.ndarray, recipe: Dict[str, Any],
             num_classes: int) -> str:
-        import hashlib
-
         h = hashlib.sha256()
         h.update(json.dumps({"fingerprint": self.fingerprint, "arch": arch, "seed": int(seed), "recipe": recipe,
                              "num_classes": int(num_classes), "version": 1}, sort_keys=True).encode())

@@ -1,6 +1,7 @@
 """Proxy-set search: rank a ConvNet search space on small proxy sets vs the full data (Yang et al. 2023, Table 1)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from .._optional import require
 from ..errors import PruneDataError
 from ..progress import progress
 from ..search_space import ConvNetSpec, search_space
@@ -32,11 +34,7 @@ def make_proxies(methods: Sequence[str], dataset: Any, *, per_class: int = 100, 
     _check_per_class(per_class, labels)
     classes = np.unique(labels)
     keep_ratio = per_class * classes.size / labels.size
-    config = config or MethodConfig(num_classes=int(labels.max()) + 1)
-    if not config.class_balanced:
-        import dataclasses
-
-        config = dataclasses.replace(config, class_balanced=True)
+    config = dataclasses.replace(config or MethodConfig(num_classes=int(labels.max()) + 1), class_balanced=True)
     known = available_methods()
     proxies: Dict[str, Selection] = {}
     skipped: Dict[str, str] = {}
@@ -116,8 +114,6 @@ class ProxySearchResult(Result):
     plotter = "plot_proxy_search"
 
     def __post_init__(self) -> None:
-        from .._optional import require
-
         spearmanr = require("scipy.stats", extra="eval", purpose="proxy-search rank correlation").spearmanr
 
         full = np.asarray(self.full_accuracy)
@@ -172,7 +168,6 @@ def proxy_search(proxies: Mapping[str, Union[Selection, Sequence[int], np.ndarra
     ``"random"`` unless one is given.
     """
     specs = search_space(space)
-    names = [s.name for s in specs]
     labels = required_labels(dataset)
     classes = np.unique(labels)
     n_classes = int(labels.max()) + 1
@@ -213,7 +208,7 @@ def proxy_search(proxies: Mapping[str, Union[Selection, Sequence[int], np.ndarra
     proxy_sec: Dict[str, float] = {}
     for p, ix in idx.items():
         proxy_acc[p], proxy_sec[p] = search(IndexSubset(dataset, ix), rec_proxy, f"proxy {p}")
-    return ProxySearchResult(architectures=names, full_accuracy=full_acc, full_seconds=full_sec,
+    return ProxySearchResult(architectures=[s.name for s in specs], full_accuracy=full_acc, full_seconds=full_sec,
                              proxy_accuracy=proxy_acc, proxy_seconds=proxy_sec,
                              proxy_sizes={p: int(ix.size) for p, ix in idx.items()}, dataset_size=len(dataset),
                              recipe_full=rec_full.as_dict(), recipe_proxy=rec_proxy.as_dict(), top_k=top_k)
