@@ -7,6 +7,7 @@ process of that id runs on this host. :func:`check_writable` lets long jobs fail
 """
 from __future__ import annotations
 
+import contextlib
 import errno as _errno
 import io
 import os
@@ -111,25 +112,14 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
         os.replace(tmp, path)
-        tmp = None
-    except OSError as e:
-        _unlink_quietly(tmp)
-        if isinstance(e, OutputError):
-            raise
-        raise output_error(path, e) from e
-    except BaseException:
-        _unlink_quietly(tmp)
+    except BaseException as e:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(e, OSError) and not isinstance(e, OutputError):
+            raise output_error(path, e) from e
         raise
     return path
-
-
-def _unlink_quietly(tmp: Any) -> None:
-    if tmp is None:
-        return
-    try:
-        os.unlink(tmp)
-    except OSError:
-        pass
 
 
 def atomic_write_text(path: PathLike, text: str) -> Path:

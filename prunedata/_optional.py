@@ -42,6 +42,5 @@ def require(module: str, *, extra: str | None = None, purpose: str = "") -> Modu
             raise  # the package is there but something it imports is broken: show the real error
         package = PACKAGES.get(top, (top, None))[0]
         what = f" for {purpose}" if purpose else ""
-        raise MissingDependencyError(
-            f"{package} is needed{what} but is not installed: {install_hint(module, extra)}"
-        ) from None
+        raise MissingDependencyError(f"{package} is needed{what} but is not installed: "
+                                     f"{install_hint(module, extra)}") from None

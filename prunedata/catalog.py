@@ -29,7 +29,12 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
+
+from ._optional import require
 from .errors import PruneDataError
+from .identity import DatasetWrapper
+from .labels import labels_of
 
 logger = logging.getLogger(__name__)
 
@@ -116,18 +121,14 @@ _MNIST_CLASSES = {
 
 
 def _download(key: str, root: Path, train: bool) -> None:
-    from ._optional import require
-
-    tv = require("torchvision.datasets", extra="vision", purpose="--download")
-    cls = getattr(tv, TORCHVISION_NAMES[key][0])
-    logger.info("downloading %s into %s (torchvision)", TORCHVISION_NAMES[key][0], root)
+    name = TORCHVISION_NAMES[key][0]
+    cls = getattr(require("torchvision.datasets", extra="vision", purpose="--download"), name)
+    logger.info("downloading %s into %s (torchvision)", name, root)
+    split = {"split": "train" if train else "test"} if key == "svhn" else {"train": train}
     try:
-        if key == "svhn":
-            cls(str(root), split="train" if train else "test", download=True)
-        else:
-            cls(str(root), train=train, download=True)
+        cls(str(root), download=True, **split)
     except Exception as e:  # network errors, checksum failures: say what failed, not where in torchvision
-        raise PruneDataError(f"could not download {TORCHVISION_NAMES[key][0]} into {root}: {e}") from None
+        raise PruneDataError(f"could not download {name} into {root}: {e}") from None
 
 
 def _open_idx(folder: Path, stem: str) -> Tuple[Any, Path]:
@@ -140,8 +141,6 @@ def _open_idx(folder: Path, stem: str) -> Tuple[Any, Path]:
 
 
 def _load_idx(key: str, root: Path, train: bool, name: str):
-    import torch
-
     folder = root / TORCHVISION_NAMES[key][1] / "raw"
     prefix = "train" if train else "t10k"
     try:
@@ -152,11 +151,7 @@ def _load_idx(key: str, root: Path, train: bool, name: str):
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
         raise PruneDataError(f"{path}: {images.shape[0]} images of shape {images.shape[1:]} but {labels.shape[0]} "
                              "labels; the IDX files are corrupt or from different splits")
-    if key == "fashionmnist":
-        from .datasets import FMNIST_CLASSES as classes
-    else:
-        classes = _MNIST_CLASSES[key]
-    return torch.from_numpy(images).unsqueeze(1), labels.astype("int64"), classes
+    return images[:, None], labels.astype("int64"), _MNIST_CLASSES[key]
 
 
 def _unpickle(path: Path) -> Dict[str, Any]:
@@ -170,9 +165,6 @@ def _unpickle(path: Path) -> Dict[str, Any]:
 
 
 def _load_cifar(key: str, root: Path, train: bool, name: str):
-    import numpy as np
-    import torch
-
     folder = root / TORCHVISION_NAMES[key][1]
     if key == "cifar10":
         files = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
@@ -191,16 +183,10 @@ def _load_cifar(key: str, root: Path, train: bool, name: str):
         meta = _unpickle(folder / meta_file) if (folder / meta_file).exists() else {}
     except FileNotFoundError as e:
         raise _not_found(key, root, f"the batch file {e.filename}") from None
-    classes = meta.get(names_key)
-    return torch.from_numpy(np.concatenate(xs)), np.concatenate(ys), classes
+    return np.concatenate(xs), np.concatenate(ys), meta.get(names_key)
 
 
 def _load_svhn(key: str, root: Path, train: bool, name: str):
-    import numpy as np
-    import torch
-
-    from ._optional import require
-
     path = root / f"{'train' if train else 'test'}_32x32.mat"
     if not path.exists():
         raise _not_found(key, root, f"the file {path}")
@@ -212,7 +198,7 @@ def _load_svhn(key: str, root: Path, train: bool, name: str):
     except Exception as e:
         raise PruneDataError(f"{path} is not a readable SVHN .mat file ({e}); download it again") from None
     y[y == 10] = 0  # SVHN labels the digit 0 as 10 (torchvision does the same mapping)
-    return torch.from_numpy(np.ascontiguousarray(x)), y, [str(i) for i in range(10)]
+    return x, y, [str(i) for i in range(10)]
 
 
 def _not_found(key: str, root: Path, what: str) -> PruneDataError:
@@ -223,17 +209,20 @@ def _not_found(key: str, root: Path, what: str) -> PruneDataError:
 
 
 def _load_torchvision(key: str, *, train: bool, root: Optional[str], download: bool):
+    import torch
+
     if root is None:
         raise PruneDataError(f"{TORCHVISION_NAMES[key][0]} is read from torchvision's folder layout: give --root "
                              "DIR (the root you gave torchvision), and --download to fetch it there first")
     r = Path(root).expanduser()
     if download:
         _download(key, r, train)
-    reader = _load_idx if key in ("mnist", "fashionmnist", "kmnist") else _load_svhn if key == "svhn" else _load_cifar
-    data, labels, classes = reader(key, r, train, TORCHVISION_NAMES[key][0])
-    _, _, mean, std = TORCHVISION_NAMES[key]
-    return TensorImageDataset(data, labels, classes=classes, mean=mean, std=std,
-                              name=f"{TORCHVISION_NAMES[key][0]} {'train' if train else 'test'}")
+    # (fashion-mnist never comes here: load_dataset reads it with datasets.FashionMNIST)
+    reader = _load_idx if key in _MNIST_CLASSES else _load_svhn if key == "svhn" else _load_cifar
+    name, _, mean, std = TORCHVISION_NAMES[key]
+    data, labels, classes = reader(key, r, train, name)  # (N, C, H, W) uint8 images, int labels, class names
+    return TensorImageDataset(torch.from_numpy(np.ascontiguousarray(data)), labels, classes=classes, mean=mean, std=std,
+                              name=f"{name} {'train' if train else 'test'}")
 
 
 # --------------------------------------------------------------------------- ImageFolder
@@ -246,10 +235,8 @@ def _load_image_folder(path: Path, *, train: bool):
     if not split.is_dir():
         raise PruneDataError(f"{path} has no test/ folder to test on: lay it out as {path}/train/<class>/... and "
                              f"{path}/test/<class>/... (class folders of the same names)")
-    train_dir = path / "train"
-    classes = None
-    if train_dir.is_dir():
-        classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+    train_dir = path / "train"  # the test split's classes are numbered as the training split's
+    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir()) if train_dir.is_dir() else None
     return image_folder(str(split), classes=classes)
 
 
@@ -309,35 +296,18 @@ def _call_dataset_fn(fn: Callable[..., Any], spec: str, *, train: bool, root: Op
     return _with_labels(ds, spec)
 
 
-class _Labelled:
+class _Labelled(DatasetWrapper):
     """A dataset with labels read once from its items (for datasets without ``.targets``)."""
 
     def __init__(self, dataset: Any, targets):
-        self.dataset = dataset
+        super().__init__(dataset)
         self.targets = targets
-
-    def __len__(self) -> int:
-        return len(self.dataset)
 
     def __getitem__(self, i: int):
         return self.dataset[i]
 
-    def __getattr__(self, name: str):
-        if name == "dataset" or (name.startswith("__") and name.endswith("__")):
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
-
-    def __prunedata_fingerprint__(self) -> str:
-        from .identity import dataset_fingerprint
-
-        return dataset_fingerprint(self.dataset)
-
 
 def _with_labels(ds: Any, spec: str):
-    import numpy as np
-
-    from .labels import labels_of
-
     if labels_of(ds) is not None:
         return ds
     logger.info("%s has no .targets: reading the labels from its %d items once", spec, len(ds))
@@ -394,11 +364,9 @@ def load_dataset(spec: str, *, train: bool = True, root: Optional[str] = None, d
 
 def stratified_subset(ds: Any, n: int):
     """The first ``n`` samples of a fixed class-stratified order, as a ``Subset`` with ``.targets``."""
-    import numpy as np
     import torch
 
     from .datasets import stratified_prefix
-    from .labels import labels_of
 
     labels = labels_of(ds)
     idx = stratified_prefix(labels, n) if labels is not None else np.arange(n)
@@ -423,8 +391,6 @@ def input_shape(ds: Any) -> Tuple[int, ...]:
 
 
 def num_classes(ds: Any) -> int:
-    from .labels import labels_of
-
     classes = getattr(ds, "classes", None)
     lab = labels_of(ds)
     n = int(lab.max()) + 1 if lab is not None and lab.size else 0

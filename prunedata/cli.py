@@ -9,16 +9,17 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from ._io import atomic_write_text, check_writable
+from .errors import OutputError, PruneDataError
+
 logger = logging.getLogger("prunedata.cli")
 
 
-# --------------------------------------------------------------------------- datasets by name
-def load_dataset(name: str, *, train: bool = True, max_samples: Optional[int] = None, root: Optional[str] = None,
-                 download: bool = False):
-    """The dataset a command line names (see :mod:`prunedata.catalog` for the accepted forms)."""
-    from .catalog import load_dataset as _load
+def load_dataset(name: str, **kw):
+    """:func:`prunedata.catalog.load_dataset`, imported when a command needs it (``--help`` stays quick)."""
+    from .catalog import load_dataset as load
 
-    return _load(name, train=train, root=root, download=download, max_samples=max_samples)
+    return load(name, **kw)
 
 
 def _model_kw(ds) -> Dict[str, int]:
@@ -41,7 +42,6 @@ def _dataset_params(args: argparse.Namespace) -> Dict[str, Any]:
 
 # --------------------------------------------------------------------------- subcommands
 def cmd_prune(args: argparse.Namespace) -> int:
-    from .errors import PruneDataError
     from .methods.registry import MethodConfig, select
 
     if (args.checkpoint or args.resume) and args.method == "random":
@@ -59,28 +59,25 @@ def cmd_prune(args: argparse.Namespace) -> int:
         except json.JSONDecodeError:
             opts[k] = v
     check_device(args.device)
-    _check_output(args.output, "selection file")
-    _check_output(args.report or str(Path(args.output).with_suffix(".report.txt")), "report")
-    if args.checkpoint:
-        _check_output(args.checkpoint, "checkpoint")
+    report_path = Path(args.report or Path(args.output).with_suffix(".report.txt"))
+    check_writable(args.output, "selection file")
+    check_writable(report_path, "report")
+    if args.checkpoint:  # (random trains no model: refused above)
+        check_writable(args.checkpoint, "checkpoint")
         if Path(args.checkpoint).exists() and not args.resume:
             logger.warning("checkpoint %s exists and will be overwritten (add --resume to continue from it)",
                            args.checkpoint)
+        opts.setdefault("checkpoint", args.checkpoint)
+        opts.setdefault("resume", args.resume)
     ds = load_dataset(args.dataset, train=True, max_samples=args.max_samples, root=args.root, download=args.download)
     cfg = MethodConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                        device=args.device, class_balanced=args.class_balanced, num_workers=args.num_workers,
                        show_progress=not args.no_progress, **_model_kw(ds))
-    if args.method != "random":
-        if args.checkpoint:
-            opts.setdefault("checkpoint", args.checkpoint)
-            opts.setdefault("resume", args.resume)
     t0 = time.perf_counter()
     sel = select(args.method, ds, args.keep_ratio, config=cfg, **opts)
     sel.metrics.setdefault("seconds", round(time.perf_counter() - t0, 2))
     for k, v in _dataset_params(args).items():
         sel.params.setdefault(k, v)
-    from .errors import OutputError
-
     try:
         out = sel.save(args.output)
     except OutputError as e:
@@ -89,9 +86,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
                               "same options) to write the selection without training again") from None
         raise
     report = _report(sel, ds)
-    report_path = Path(args.report) if args.report else out.with_suffix(".report.txt")
-    from ._io import atomic_write_text
-
     atomic_write_text(report_path, report + "\n")
     print(report)
     logger.info("selection -> %s, report -> %s", out, report_path)
@@ -131,7 +125,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training import evaluate, fit
 
     check_device(args.device)
-    _check_output(args.output, "result file")
+    if args.output:
+        check_writable(args.output, "result file")
     sel = None
     if args.selection:
         sel = Selection.load(args.selection)
@@ -157,26 +152,12 @@ def cmd_train(args: argparse.Namespace) -> int:
               "test_accuracy": round(res["accuracy"], 4), "test_loss": round(res["loss"], 4)}
     print(json.dumps(result, indent=2))
     if args.output:
-        from ._io import atomic_write_text
-
         atomic_write_text(args.output, json.dumps(result, indent=2) + "\n")
     return 0
 
 
-def _check_output(path: Optional[str], what: str = "output") -> None:
-    """Fail before the work when ``path`` could not be written at the end (folder cannot be made,
-    read-only or full filesystem, no permission)."""
-    if not path:
-        return
-    from ._io import check_writable
-
-    check_writable(path, what)
-
-
 def check_device(device: str) -> None:
     """Fail before the work when ``--device`` names no usable device."""
-    from .errors import PruneDataError
-
     import torch
 
     try:
@@ -196,24 +177,22 @@ def check_device(device: str) -> None:
         raise PruneDataError(f"--device {device}: prunedata's command line trains on cpu, cuda or mps")
 
 
-def _positive_int(text: str) -> int:
+def _int_at_least(minimum: int, text: str) -> int:
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    if v < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {v}")
     return v
+
+
+def _positive_int(text: str) -> int:
+    return _int_at_least(1, text)
 
 
 def _non_negative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
-    return v
+    return _int_at_least(0, text)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -227,13 +206,12 @@ def cmd_show(args: argparse.Namespace) -> int:
                           download=args.download)
         sel.check(ds)
     if args.json:
-        d = sel.to_dict()
-        if ds is not None:
-            from .labels import labels_of
+        from .labels import labels_of
 
-            lab = labels_of(ds)
-            if lab is not None:
-                d["class_counts"] = sel.class_counts(lab)
+        d = sel.to_dict()
+        lab = labels_of(ds) if ds is not None else None
+        if lab is not None:
+            d["class_counts"] = sel.class_counts(lab)
         print(json.dumps(d, indent=2, default=str))
     else:
         print(_report(sel, ds) if ds is not None else sel.summary())
@@ -336,8 +314,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     if getattr(args, "quick", False):
         args.max_samples = args.max_samples or 6000
         args.epochs = min(args.epochs, 4)
-    from .errors import PruneDataError
-
     try:
         return int(args.func(args) or 0)
     except (PruneDataError, OSError) as e:  # OSError: a file that cannot be read (missing, permission, ...)

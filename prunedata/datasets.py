@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import gzip
-import logging
 import os
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Union
@@ -14,8 +13,6 @@ from ._io import PathLike
 from .errors import PruneDataError
 from .labels import labels_of
 from .selection import Selection
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["PrunedDataset", "FashionMNIST", "find_fashion_mnist", "labels_of"]
 
@@ -34,10 +31,9 @@ class PrunedDataset(torch.utils.data.Dataset):
         if not isinstance(selection, Selection):
             selection = Selection.load(selection)
         if selection.id_kind != "index":
-            raise PruneDataError(
-                "PrunedDataset needs an index selection; this one is keyed by sample key (a stream "
-                "selection). Use prunedata.adapters.webdataset.select_keys in the webdataset pipeline."
-            )
+            raise PruneDataError("PrunedDataset needs an index selection; this one is keyed by sample key (a "
+                                 "stream selection). Use prunedata.adapters.webdataset.select_keys in the webdataset "
+                                 "pipeline.")
         if check:
             selection.check(dataset, strict=strict)
         elif len(dataset) != selection.dataset_size:
@@ -98,11 +94,9 @@ def find_fashion_mnist(root: Optional[PathLike] = None) -> Path:
     for c in cands:
         if all(_idx_file(c, f) is not None for f in _FMNIST_FILES[True] + _FMNIST_FILES[False]):
             return c
-    raise FileNotFoundError(
-        "Fashion-MNIST not found (looked in " + ", ".join(map(str, cands)) + "). On Debian: "
-        "`apt-get install dataset-fashion-mnist`, or point PRUNEDATA_FASHION_MNIST at a folder with "
-        "the four *-ubyte.gz files."
-    )
+    raise FileNotFoundError(f"Fashion-MNIST not found (looked in {', '.join(map(str, cands))}). On Debian: `apt-get "
+                            "install dataset-fashion-mnist`, or point PRUNEDATA_FASHION_MNIST at a folder with the "
+                            "four *-ubyte.gz files.")
 
 
 def _idx_file(folder: Path, name: str) -> Optional[Path]:
@@ -125,13 +119,34 @@ def _read_idx(path: Path) -> np.ndarray:
     ndim = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     offset = 4 + 4 * ndim
-    expected = int(np.prod(dims))
-    if len(raw) - offset != expected or raw[2] != 0x08:
+    if len(raw) - offset != int(np.prod(dims)) or raw[2] != 0x08:
         raise PruneDataError(f"{path}: truncated or not uint8 IDX data")
     return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims).copy()
 
 
-class FashionMNIST(torch.utils.data.Dataset):
+class TensorSamples(torch.utils.data.Dataset):
+    """Inputs held as one tensor ``_x`` with integer ``targets``; ``transform`` (optional) is applied to each
+    input. Batched fetches (``__getitems__``, DataLoader's default fetcher) are one gather, not B calls."""
+
+    def __init__(self, x: torch.Tensor, targets: torch.Tensor, transform=None):
+        self._x, self.targets, self.transform = x, targets, transform
+
+    def __len__(self) -> int:
+        return int(self.targets.shape[0])
+
+    def __getitem__(self, i: int):
+        x = self._x[i]
+        return (self.transform(x) if self.transform is not None else x), int(self.targets[i])
+
+    def __getitems__(self, indices: Sequence[int]):
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        xs, ys = self._x[idx], self.targets[idx].tolist()
+        if self.transform is not None:
+            return [(self.transform(x), y) for x, y in zip(xs, ys)]
+        return list(zip(xs.unbind(0), ys))
+
+
+class FashionMNIST(TensorSamples):
     """Fashion-MNIST from local IDX files, as float tensors ``(1, 28, 28)`` normalised, and labels.
 
     ``max_samples`` keeps the first ``n`` samples of a fixed class-stratified order (a smoke-test
@@ -156,27 +171,8 @@ class FashionMNIST(torch.utils.data.Dataset):
             data, targets = data[idx], targets[idx]
         self.train = bool(train)
         self.data = torch.from_numpy(np.ascontiguousarray(data))
-        self.targets = torch.from_numpy(np.ascontiguousarray(targets))
-        self.transform = transform
-        self._x = ((self.data.float() / 255.0) - self.mean) / self.std
-        self._x = self._x.unsqueeze(1)
-
-    def __len__(self) -> int:
-        return int(self.targets.shape[0])
-
-    def __getitem__(self, i: int):
-        x = self._x[i]
-        if self.transform is not None:
-            x = self.transform(x)
-        return x, int(self.targets[i])
-
-    def __getitems__(self, indices: Sequence[int]):
-        # Batched fetch used by DataLoader's default fetcher (torch>=2.1): one gather, not B calls.
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        xs, ys = self._x[idx], self.targets[idx]
-        if self.transform is not None:
-            return [(self.transform(x), int(y)) for x, y in zip(xs, ys)]
-        return list(zip(xs.unbind(0), ys.tolist()))
+        super().__init__((((self.data.float() / 255.0) - self.mean) / self.std).unsqueeze(1),
+                         torch.from_numpy(np.ascontiguousarray(targets)), transform)
 
     def tensors(self):
         """All inputs and labels as two tensors (for fast full-batch feature passes)."""

@@ -11,22 +11,39 @@ applied to another dataset.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import numpy as np
 
+from .errors import OptionError
 from .labels import labels_of
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["IndexedDataset", "with_indices", "dataset_fingerprint", "keys_fingerprint"]
 
 _PROBES = 8
 
 
-class IndexedDataset:
+class DatasetWrapper:
+    """Base of dataset wrappers: ``len``, the fingerprint and every attribute the wrapper lacks
+    (``.targets``, ``.classes``, ...) are those of the wrapped ``self.dataset``."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name: str):
+        if name == "dataset" or (name.startswith("__") and name.endswith("__")):
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __prunedata_fingerprint__(self) -> str:
+        return dataset_fingerprint(self.dataset)
+
+
+class IndexedDataset(DatasetWrapper):
     """Map-style dataset wrapper returning ``(index, sample)``.
 
     >>> loader = DataLoader(IndexedDataset(ds), batch_size=256, sampler=sampler)
@@ -35,17 +52,10 @@ class IndexedDataset:
 
     def __init__(self, dataset: Any):
         if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
-            from .errors import OptionError
-
-            raise OptionError(
-                f"IndexedDataset needs a map-style dataset with __getitem__ and __len__, got "
-                f"{type(dataset).__name__}. For streams use prunedata.adapters.webdataset, which keys "
-                "samples by __key__."
-            )
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
+            raise OptionError(f"IndexedDataset needs a map-style dataset with __getitem__ and __len__, got "
+                              f"{type(dataset).__name__}. For streams use prunedata.adapters.webdataset, which keys "
+                              "samples by __key__.")
+        super().__init__(dataset)
 
     def __getitem__(self, index: int):
         return index, self.dataset[index]
@@ -55,14 +65,6 @@ class IndexedDataset:
         base = getattr(self.dataset, "__getitems__", None)
         items = base(indices) if base is not None else [self.dataset[i] for i in indices]
         return list(zip(indices, items))
-
-    def __getattr__(self, name: str):  # expose .targets, .classes, ... of the wrapped dataset
-        if name == "dataset" or (name.startswith("__") and name.endswith("__")):
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
-
-    def __prunedata_fingerprint__(self) -> str:
-        return dataset_fingerprint(self.dataset)
 
 
 def with_indices(dataset: Any) -> IndexedDataset:
@@ -76,17 +78,13 @@ def _feed(h: "hashlib._Hash", obj: Any, depth: int = 0) -> None:
     if depth > 6:
         h.update(b"<deep>")
         return
-    try:
-        import torch
+    import torch
 
-        if isinstance(obj, torch.Tensor):
-            t = obj.detach().cpu().contiguous()
-            h.update(f"T{tuple(t.shape)}{t.dtype}".encode())
-            h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
-            return
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        pass
-    if isinstance(obj, np.ndarray):
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    elif isinstance(obj, np.ndarray):
         h.update(f"A{obj.shape}{obj.dtype}".encode())
         h.update(np.ascontiguousarray(obj).tobytes())
     elif isinstance(obj, (bytes, bytearray)):
@@ -136,8 +134,7 @@ def dataset_fingerprint(dataset: Any, probes: int = _PROBES) -> str:
         root = str(getattr(dataset, "root", "") or "")
         h.update(b"files")
         for item in samples:
-            path = item[0] if isinstance(item, (tuple, list)) else item
-            path = str(path)
+            path = str(item[0] if isinstance(item, (tuple, list)) else item)
             if root and path.startswith(root):
                 path = os.path.relpath(path, root)
             h.update(path.encode() + b"\0")

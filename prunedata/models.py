@@ -32,9 +32,17 @@ def make_model(name: str, num_classes: int = 10, in_channels: int = 1, **kw) -> 
     return MODELS[name](num_classes=num_classes, in_channels=in_channels, **kw)
 
 
+class FeaturesHead(nn.Module):
+    """``self.features`` then a linear head ``self.fc`` (the layer influence scoring reads and transfer
+    fine-tuning replaces)."""
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+
 @register_model("cnn")
-class SmallCNN(nn.Module):
-    """Two conv blocks + a linear head (``self.fc``, the layer influence scoring uses)."""
+class SmallCNN(FeaturesHead):
+    """Two conv blocks + a linear head."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32, side: int = 28):
         super().__init__()
@@ -45,12 +53,9 @@ class SmallCNN(nn.Module):
         )
         self.fc = nn.Linear(128, num_classes)
 
-    def forward(self, x):
-        return self.fc(self.features(x))
-
 
 @register_model("cnn_bn")
-class BNCNN(nn.Module):
+class BNCNN(FeaturesHead):
     """A different family from ``cnn``: batch norm, three conv blocks, global average pooling."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 24, side: int = 28):
@@ -63,12 +68,9 @@ class BNCNN(nn.Module):
         )
         self.fc = nn.Linear(4 * width, num_classes)
 
-    def forward(self, x):
-        return self.fc(self.features(x))
-
 
 @register_model("mlp")
-class MLP(nn.Module):
+class MLP(FeaturesHead):
     def __init__(self, num_classes: int = 10, in_channels: int = 1, hidden: int = 256, side: int = 28):
         super().__init__()
         self.features = nn.Sequential(
@@ -77,16 +79,10 @@ class MLP(nn.Module):
         )
         self.fc = nn.Linear(hidden // 2, num_classes)
 
-    def forward(self, x):
-        return self.fc(self.features(x))
-
 
 @register_model("linear")
-class Linear(nn.Module):
+class Linear(FeaturesHead):
     def __init__(self, num_classes: int = 10, in_channels: int = 1, side: int = 28):
         super().__init__()
         self.features = nn.Flatten()
         self.fc = nn.Linear(in_channels * side * side, num_classes)
-
-    def forward(self, x):
-        return self.fc(self.features(x))

@@ -1,12 +1,6 @@
-"""Pictures of selections and of their evaluation (matplotlib, Agg backend, PNG files written atomically).
-
-* :func:`plot_embedding` — 2-D embedding (PCA or t-SNE) of a model's penultimate features, kept and
-  pruned samples marked (AdaPruner, Fig. 3 on MNIST).
-* :func:`plot_class_counts` — kept vs total samples per class.
-* :func:`plot_mask_histogram` — AdaPruner's mask-weight histogram over epochs (a heat map).
-* :func:`plot_accuracy_vs_keep_ratio` — accuracy against kept fraction, one line per method.
-* :func:`plot_evaluation`, :func:`plot_proxy_search`, :func:`plot_time_curves`, :func:`plot_transfer`
-  — the figures of :mod:`prunedata.evaluate`'s results.
+"""Pictures of selections (embedding with kept and pruned samples, kept per class, AdaPruner's mask
+weights, accuracy vs kept fraction) and of :mod:`prunedata.evaluate`'s results. matplotlib with the Agg
+backend; every function writes one PNG atomically and returns its path.
 """
 from __future__ import annotations
 
@@ -19,6 +13,7 @@ import numpy as np
 import torch
 
 from ._io import PathLike, atomic_write_bytes
+from ._optional import require
 from .errors import PruneDataError
 
 logger = logging.getLogger(__name__)
@@ -28,10 +23,7 @@ __all__ = ["penultimate_features", "embed_2d", "plot_embedding", "plot_class_cou
 
 
 def _plt():
-    from ._optional import require
-
     matplotlib = require("matplotlib", extra="eval", purpose="plots")
-
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
@@ -66,8 +58,6 @@ def embed_2d(features: np.ndarray, *, method: str = "pca", seed: int = 0) -> np.
     features = np.asarray(features, dtype=np.float32)
     if features.ndim != 2 or features.shape[0] < 3:
         raise PruneDataError("need a 2-D feature array with at least 3 samples to embed")
-    from ._optional import require
-
     PCA = require("sklearn.decomposition", extra="eval", purpose="2-D embeddings").PCA
 
     if method == "pca":
@@ -99,10 +89,9 @@ def plot_embedding(path: PathLike, features: np.ndarray, labels: Sequence[int], 
     if not (len(features) == labels.size == kept_mask.size):
         raise PruneDataError(f"features ({len(features)}), labels ({labels.size}) and mask ({kept_mask.size}) "
                              "must have one entry per sample")
-    rng = np.random.default_rng(seed)
     idx = np.arange(labels.size)
     if idx.size > max_points:
-        idx = np.sort(rng.choice(idx, max_points, replace=False))
+        idx = np.sort(np.random.default_rng(seed).choice(idx, max_points, replace=False))
     xy = embed_2d(np.asarray(features)[idx], method=method, seed=seed)
     lab, kept = labels[idx], kept_mask[idx]
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.5), sharex=True, sharey=True)
@@ -139,10 +128,9 @@ def plot_class_counts(path: PathLike, selection, labels: Sequence[int], *,
     for i in range(len(cs)):
         ax.text(x[i], kept[i], f"{100 * kept[i] / max(total[i], 1):.0f}%", ha="center", va="bottom", fontsize=8)
     ax.axhline(total.mean() * selection.keep_ratio, color="k", ls="--", lw=0.8, label="uniform share")
-    ax.set_xticks(x)
-    ax.set_xticklabels(names, rotation=30, ha="right")
-    ax.set_ylabel("samples")
-    ax.set_title(title or f"{selection.method}: kept per class ({100 * selection.keep_ratio:.1f}% overall)")
+    ax.set_xticks(x, names, rotation=30, ha="right")
+    ax.set(ylabel="samples",
+           title=title or f"{selection.method}: kept per class ({100 * selection.keep_ratio:.1f}% overall)")
     ax.legend()
     return _save(fig, path)
 
@@ -158,8 +146,6 @@ def plot_mask_histogram(path: PathLike, history_or_selection, *, title: str = ""
         raise PruneDataError("no AdaPruner mask history here: the mask-weight histogram needs a selection made by "
                              "AdaPruner (selection.extra['history'] with 'weight_histogram' per epoch)")
     h = np.array([r["weight_histogram"] for r in hist], dtype=float)
-    bins = h.shape[1]
-    edges = np.linspace(0, 1, bins + 1)
     fig, (a0, a1) = plt.subplots(1, 2, figsize=(12, 4.2))
     im = a0.imshow(np.log10(h.T + 1), origin="lower", aspect="auto", extent=(0.5, h.shape[0] + 0.5, 0, 1),
                    cmap="viridis")
@@ -167,18 +153,13 @@ def plot_mask_histogram(path: PathLike, history_or_selection, *, title: str = ""
     if warm:
         a0.axvline(max(warm) + 0.5, color="w", ls="--", lw=1)
         a0.text(max(warm) + 0.5, 0.97, " end of warm-up", color="w", va="top", fontsize=8)
-    a0.set_xlabel("epoch")
-    a0.set_ylabel("mask weight sigmoid(alpha m)")
-    a0.set_title("samples per weight bin (log10(count+1))")
+    a0.set(xlabel="epoch", ylabel="mask weight sigmoid(alpha m)", title="samples per weight bin (log10(count+1))")
     fig.colorbar(im, ax=a0)
-    centers = (edges[:-1] + edges[1:]) / 2
+    centers = (np.arange(h.shape[1]) + 0.5) / h.shape[1]  # of the equal bins on [0, 1]
     for i in sorted({0, h.shape[0] // 2, h.shape[0] - 1}):
         a1.plot(centers, h[i], marker="o", ms=3, label=f"epoch {hist[i].get('epoch', i) + 1}")
-    a1.set_yscale("symlog")
-    a1.set_xlabel("mask weight")
-    a1.set_ylabel("samples")
+    a1.set(yscale="symlog", xlabel="mask weight", ylabel="samples", title="histogram at selected epochs")
     a1.legend()
-    a1.set_title("histogram at selected epochs")
     fig.suptitle(title or "AdaPruner mask weights over training")
     return _save(fig, path)
 
@@ -198,9 +179,7 @@ def plot_accuracy_vs_keep_ratio(path: PathLike, points: Sequence[Mapping[str, An
         ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=m)
     if full_accuracy is not None:
         ax.axhline(100 * full_accuracy, color="k", ls="--", lw=1, label="full data")
-    ax.set_xlabel("kept (%)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title or "accuracy vs kept fraction")
+    ax.set(xlabel="kept (%)", ylabel="test accuracy (%)", title=title or "accuracy vs kept fraction")
     ax.legend()
     return _save(fig, path)
 
@@ -212,12 +191,10 @@ def plot_evaluation(results, path: PathLike, *, title: str = "") -> Path:
     plt = _plt()
     results = results if isinstance(results, (list, tuple)) else [results]
     archs = list(dict.fromkeys(a for r in results for a in r.architectures))
-    series = [(r.method, r, "selection") for r in results]
     first = results[0]
-    if "random" in next(iter(first.summary.values())):
-        series.append(("random (same size)", first, "random"))
-    if "full" in next(iter(first.summary.values())):
-        series.append(("full data", first, "full"))
+    series = [(r.method, r, "selection") for r in results] + [
+        (name, first, key) for key, name in (("random", "random (same size)"), ("full", "full data"))
+        if key in next(iter(first.summary.values()))]
     fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(archs) * len(series) / 3), 4.5))
     width = 0.8 / len(series)
     x = np.arange(len(archs))
@@ -228,12 +205,10 @@ def plot_evaluation(results, path: PathLike, *, title: str = "") -> Path:
         color = "#999999" if key == "random" else ("#333333" if key == "full" else None)
         ax.bar(x + (j - (len(series) - 1) / 2) * width, m, width, yerr=s, capsize=2, label=name, color=color)
         lo = min(lo, np.nanmin(m) / 100 if np.isfinite(np.nanmin(m)) else lo)
-    ax.set_xticks(x)
     made_with = {r.proxy_architecture for r in results if r.proxy_architecture}
-    ax.set_xticklabels([a + ("\n(made the selection)" if a in made_with else "\n(unseen)") for a in archs])
-    ax.set_ylim(max(0, 100 * lo - 10), 100)
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title or f"{first.num_kept} of {first.dataset_size} kept ({100 * first.keep_ratio:.1f}%), "
+    ax.set_xticks(x, [a + ("\n(made the selection)" if a in made_with else "\n(unseen)") for a in archs])
+    ax.set(ylim=(max(0, 100 * lo - 10), 100), ylabel="test accuracy (%)",
+           title=title or f"{first.num_kept} of {first.dataset_size} kept ({100 * first.keep_ratio:.1f}%), "
                           f"{len(first.seeds)} seeds")
     ax.legend(fontsize=8, ncol=2)
     return _save(fig, path)
@@ -253,8 +228,7 @@ def plot_proxy_search(result, path: PathLike) -> Path:
         best = int(np.argmax(a))
         ax.scatter([a[best]], [full[best]], s=60, facecolors="none", edgecolors="r", label="picked")
         ax.set_title(f"{p}: rho={result.spearman[p]:.2f}, time x{result.time_ratio[p]:.2f}", fontsize=9)
-        ax.set_xlabel("accuracy trained on proxy (%)")
-        ax.set_ylabel("accuracy trained on full data (%)")
+        ax.set(xlabel="accuracy trained on proxy (%)", ylabel="accuracy trained on full data (%)")
     for ax in list(axes.flat)[len(proxies):]:
         ax.axis("off")
     fig.suptitle(f"proxy-set architecture search, {len(result.architectures)} ConvNets")
@@ -272,9 +246,8 @@ def plot_time_curves(result, path: PathLike) -> Path:
         t = [0.0] + [c[0] for c in curve]
         a = [np.nan] + [100 * c[2] for c in curve]
         ax.plot(t, a, marker="o", ms=3, label=f"{name} ({result.sizes[name]} samples)")
-    ax.set_xlabel("training wall time (s)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{result.architecture}: accuracy vs training time")
+    ax.set(xlabel="training wall time (s)", ylabel="test accuracy (%)",
+           title=f"{result.architecture}: accuracy vs training time")
     ax.legend()
     return _save(fig, path)
 
@@ -287,9 +260,7 @@ def plot_transfer(result, path: PathLike) -> Path:
     s = [100 * result.accuracy[n]["std"] for n in names]
     ax.bar(range(len(names)), m, yerr=s, capsize=3,
            color=["#999999" if n in ("random", "scratch") else ("#333333" if n == "full" else "#1f77b4") for n in names])
-    ax.set_xticks(range(len(names)))
-    ax.set_xticklabels([f"{n}\n({result.sizes.get(n, 0)})" for n in names])
-    ax.set_ylim(max(0, min(m) - 10), min(100, max(m) + 5))
-    ax.set_ylabel(f"{result.target} test accuracy (%)")
-    ax.set_title(f"transfer: pre-train, fine-tune on {result.target}")
+    ax.set_xticks(range(len(names)), [f"{n}\n({result.sizes.get(n, 0)})" for n in names])
+    ax.set(ylim=(max(0, min(m) - 10), min(100, max(m) + 5)), ylabel=f"{result.target} test accuracy (%)",
+           title=f"transfer: pre-train, fine-tune on {result.target}")
     return _save(fig, path)

@@ -9,9 +9,6 @@ from tqdm.auto import tqdm
 
 
 def progress(it: Iterable, desc: str = "", total: Optional[int] = None, disable: Optional[bool] = None, **kw):
-    if disable is None:
-        disable = False
-    if os.environ.get("PRUNEDATA_NO_PROGRESS"):
-        disable = True
+    disable = bool(disable) or bool(os.environ.get("PRUNEDATA_NO_PROGRESS"))
     return tqdm(it, desc=desc, total=total, disable=disable, leave=False, dynamic_ncols=True,
                 mininterval=1.0, file=sys.stderr, **kw)

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Dict, Iterable, List, Sequence
 
 from torch import nn
 
 from .errors import PruneDataError
+from .models import MODELS, FeaturesHead, make_model
 
 __all__ = ["ConvNetSpec", "ConvNet", "conv_search_space", "search_space", "SEARCH_SPACES",
            "build_architecture", "known_architectures"]
@@ -47,10 +48,9 @@ class ConvNetSpec:
     pooling: str = "avg"
 
     def __post_init__(self) -> None:
-        if int(self.depth) < 1:
-            raise PruneDataError(f"ConvNet depth must be >= 1, got {self.depth}")
-        if int(self.width) < 1:
-            raise PruneDataError(f"ConvNet width must be >= 1, got {self.width}")
+        for what, value in (("depth", self.depth), ("width", self.width)):
+            if int(value) < 1:
+                raise PruneDataError(f"ConvNet {what} must be >= 1, got {value}")
         for value, allowed, what in ((self.activation, ACTIVATIONS, "activation"), (self.norm, NORMS, "norm"),
                                      (self.pooling, POOLINGS, "pooling")):
             if value not in allowed:
@@ -64,20 +64,15 @@ class ConvNetSpec:
     def from_name(cls, name: str) -> "ConvNetSpec":
         m = _NAME.match(name)
         if not m:
-            raise PruneDataError(
-                f"{name!r} is not a ConvNet name; the pattern is convnet-d<depth>-w<width>-<activation>-<norm>-"
-                f"<pooling>, e.g. convnet-d2-w16-relu-batch-max"
-            )
+            raise PruneDataError(f"{name!r} is not a ConvNet name; the pattern is convnet-d<depth>-w<width>-"
+                                 "<activation>-<norm>-<pooling>, e.g. convnet-d2-w16-relu-batch-max")
         return cls(int(m.group(1)), int(m.group(2)), m.group(3), m.group(4), m.group(5))
 
     def build(self, num_classes: int = 10, in_channels: int = 1, side: int = 28) -> "ConvNet":
         return ConvNet(self, num_classes=num_classes, in_channels=in_channels, side=side)
 
-    def as_dict(self) -> Dict[str, object]:
-        return asdict(self)
 
-
-def _norm(kind: str, channels: int, side: int) -> nn.Module:
+def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "none":
         return nn.Identity()
     if kind == "batch":
@@ -93,7 +88,7 @@ def _act(kind: str) -> nn.Module:
     return {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "leakyrelu": lambda: nn.LeakyReLU(0.01)}[kind]()
 
 
-class ConvNet(nn.Module):
+class ConvNet(FeaturesHead):
     """``depth`` x (conv3x3 -> norm -> activation -> pool 2x2) and a linear head ``.fc``."""
 
     def __init__(self, spec: ConvNetSpec, num_classes: int = 10, in_channels: int = 1, side: int = 28):
@@ -103,7 +98,7 @@ class ConvNet(nn.Module):
         c, s = in_channels, side
         for _ in range(spec.depth):
             layers += [nn.Conv2d(c, spec.width, 3, padding=1, bias=spec.norm == "none"),
-                       _norm(spec.norm, spec.width, s), _act(spec.activation)]
+                       _norm(spec.norm, spec.width), _act(spec.activation)]
             c = spec.width
             if spec.pooling != "none" and s >= 2:
                 layers.append(nn.MaxPool2d(2) if spec.pooling == "max" else nn.AvgPool2d(2))
@@ -112,16 +107,12 @@ class ConvNet(nn.Module):
         self.features = nn.Sequential(*layers)
         self.fc = nn.Linear(c * s * s, num_classes)
 
-    def forward(self, x):
-        return self.fc(self.features(x))
-
 
 def conv_search_space(depths: Sequence[int] = (1, 2, 3, 4), widths: Sequence[int] = (32, 64, 128, 256),
                       activations: Sequence[str] = ACTIVATIONS, norms: Sequence[str] = NORMS,
                       poolings: Sequence[str] = POOLINGS) -> List[ConvNetSpec]:
     """Every combination of the given choices (the defaults give the paper's 720 nets)."""
-    specs = [ConvNetSpec(d, w, a, n, p) for d, w, a, n, p in itertools.product(depths, widths, activations, norms,
-                                                                                 poolings)]
+    specs = [ConvNetSpec(*choice) for choice in itertools.product(depths, widths, activations, norms, poolings)]
     if not specs:
         raise PruneDataError("the search space is empty: give at least one value for every choice")
     return specs
@@ -149,32 +140,25 @@ def search_space(name_or_specs) -> List[ConvNetSpec]:
 
 
 def known_architectures() -> List[str]:
-    from .models import MODELS
-
     return sorted(MODELS) + ["convnet-d<depth>-w<width>-<activation>-<norm>-<pooling>"]
 
 
 def check_architectures(names: Iterable[str]) -> List[str]:
     """Validate architecture names before any training starts (clear error for unknown ones)."""
-    from .models import MODELS
-
     names = [str(n).strip() for n in names if str(n).strip()]
     if not names:
         raise PruneDataError("no architecture given; name at least one, e.g. cnn,cnn_bn,mlp")
     for n in names:
         if n in MODELS:
             continue
-        if n.startswith("convnet-"):
-            ConvNetSpec.from_name(n)
-            continue
-        raise PruneDataError(f"unknown architecture {n!r}; known: {', '.join(known_architectures())}")
+        if not n.startswith("convnet-"):
+            raise PruneDataError(f"unknown architecture {n!r}; known: {', '.join(known_architectures())}")
+        ConvNetSpec.from_name(n)
     return names
 
 
 def build_architecture(name: str, num_classes: int = 10, in_channels: int = 1, side: int = 28) -> nn.Module:
     """A fresh model by name: a :mod:`prunedata.models` name or a ConvNet name of this module."""
-    from .models import MODELS, make_model
-
     check_architectures([name])
     if name in MODELS:
         return make_model(name, num_classes=num_classes, in_channels=in_channels, side=side)

@@ -11,6 +11,7 @@ Samples are identified by index (map-style datasets) or by key (webdataset strea
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import gzip
 import json
 import math
@@ -22,6 +23,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
+from . import __version__
 from ._io import PathLike, atomic_write_bytes
 from .errors import SelectionFormatError, SelectionMismatchError
 from .identity import dataset_fingerprint, keys_fingerprint
@@ -35,11 +37,7 @@ __all__ = ["Selection", "load_selection", "FORMAT_VERSION"]
 
 
 def _json_default(o: Any):
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
+    if isinstance(o, (np.generic, np.ndarray)):
         return o.tolist()
     if isinstance(o, Path):
         return str(o)
@@ -87,33 +85,28 @@ class Selection:
 
     def __post_init__(self) -> None:
         self.dataset_size = _count(self.dataset_size, "dataset_size")
-        if self.dataset_size < 0:
-            raise SelectionFormatError(f"dataset_size must be >= 0, got {self.dataset_size}")
         if self.id_kind not in ("index", "key"):
             raise SelectionFormatError(f"id_kind must be 'index' or 'key', got {self.id_kind!r}")
         kept = _integer_ids(self.kept if self.kept is not None else [])
         if kept.size:
             kept = np.unique(kept)
             if kept[0] < 0 or kept[-1] >= self.dataset_size:
-                raise SelectionFormatError(
-                    f"kept indices must lie in [0, {self.dataset_size}); found "
-                    f"{int(kept[0])}..{int(kept[-1])}. Was the selection made for a larger dataset?"
-                )
+                raise SelectionFormatError(f"kept indices must lie in [0, {self.dataset_size}); found "
+                                           f"{int(kept[0])}..{int(kept[-1])}. Was the selection made for a larger "
+                                           "dataset?")
         self.kept = kept
         if self.id_kind == "key":
             if self.keys is None:
                 raise SelectionFormatError("a keyed selection (id_kind='key') needs `keys`")
             self.keys = sorted(set(str(k) for k in self.keys))
             if len(self.keys) > self.dataset_size:
-                raise SelectionFormatError(
-                    f"{len(self.keys)} kept keys but the key set has only {self.dataset_size} keys"
-                )
+                raise SelectionFormatError(f"{len(self.keys)} kept keys but the key set has only {self.dataset_size} "
+                                           "keys")
         if self.scores is not None:
             self.scores = np.asarray(self.scores, dtype=np.float64).reshape(-1)
             if self.scores.size != self.dataset_size:
-                raise SelectionFormatError(
-                    f"scores has {self.scores.size} entries, expected one per sample ({self.dataset_size})"
-                )
+                raise SelectionFormatError(f"scores has {self.scores.size} entries, expected one per sample "
+                                           f"({self.dataset_size})")
         if self.created is None:
             self.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -131,9 +124,8 @@ class Selection:
         kept_set = set(str(k) for k in kept_keys)
         unknown = kept_set.difference(all_sorted)
         if unknown:
-            raise SelectionFormatError(
-                f"{len(unknown)} kept keys are not in the dataset's key set, e.g. {sorted(unknown)[:3]}"
-            )
+            raise SelectionFormatError(f"{len(unknown)} kept keys are not in the dataset's key set, e.g. "
+                                       f"{sorted(unknown)[:3]}")
         pos = np.array([i for i, k in enumerate(all_sorted) if k in kept_set], dtype=np.int64)
         kw.setdefault("fingerprint", keys_fingerprint(all_sorted))
         return cls(kept=pos, dataset_size=len(all_sorted), keys=sorted(kept_set), id_kind="key", **kw)
@@ -168,15 +160,11 @@ class Selection:
         """Indices of pruned samples."""
         return np.flatnonzero(~self.mask)
 
-    @property
+    @functools.cached_property
     def key_set(self) -> frozenset:
         if self.id_kind != "key":
             raise SelectionFormatError("this selection is by index; it has no keys")
-        cached = getattr(self, "_key_set", None)
-        if cached is None:
-            cached = frozenset(self.keys or ())
-            object.__setattr__(self, "_key_set", cached)
-        return cached
+        return frozenset(self.keys or ())
 
     def __contains__(self, sample_id: Union[int, str]) -> bool:
         if self.id_kind == "key":
@@ -190,19 +178,16 @@ class Selection:
 
     def _require_index(self, what: str) -> None:
         if self.id_kind != "index":
-            raise SelectionFormatError(
-                f"{what} needs an index selection; this one is keyed by sample key. Use "
-                "prunedata.adapters.webdataset.select_keys(...) on a stream instead."
-            )
+            raise SelectionFormatError(f"{what} needs an index selection; this one is keyed by sample key. Use "
+                                       "prunedata.adapters.webdataset.select_keys(...) on a stream instead.")
 
     def class_counts(self, labels: Sequence[int]) -> Dict[int, Dict[str, int]]:
         """Per-class kept and total counts, given labels for every sample of the dataset."""
         self._require_index("class_counts")
         labels = np.asarray(labels).reshape(-1)
         if labels.size != self.dataset_size:
-            raise SelectionMismatchError(
-                f"got {labels.size} labels for a selection of a {self.dataset_size}-sample dataset"
-            )
+            raise SelectionMismatchError(f"got {labels.size} labels for a selection of a {self.dataset_size}-sample "
+                                         "dataset")
         total = Counter(labels.tolist())
         kept = Counter(labels[self.kept].tolist())
         return {int(c): {"kept": int(kept.get(c, 0)), "total": int(total[c])} for c in sorted(total)}
@@ -223,9 +208,8 @@ class Selection:
             lines.append("metrics     : " + json.dumps(self.metrics, default=_json_default, sort_keys=True))
         if self.scores is not None:
             s = self.scores
-            lines.append(
-                f"scores      : {self.score_name or 'score'} min={s.min():.4g} median={np.median(s):.4g} max={s.max():.4g}"
-            )
+            lines.append(f"scores      : {self.score_name or 'score'} min={s.min():.4g} median={np.median(s):.4g} "
+                         f"max={s.max():.4g}")
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ validation
@@ -240,20 +224,15 @@ class Selection:
         if dataset is not None:
             size = len(dataset)
         if size is not None and int(size) != self.dataset_size:
-            raise SelectionMismatchError(
-                f"selection was made for a dataset of {self.dataset_size} samples (method "
-                f"{self.method!r}) but this dataset has {size}. Use the selection file made for this "
-                "dataset, or re-run pruning on it."
-            )
+            raise SelectionMismatchError(f"selection was made for a dataset of {self.dataset_size} samples (method "
+                                         f"{self.method!r}) but this dataset has {size}. Use the selection file made "
+                                         "for this dataset, or re-run pruning on it.")
         if self.fingerprint is not None and (dataset is not None or fingerprint is not None):
             fp = fingerprint if fingerprint is not None else dataset_fingerprint(dataset)
             if fp != self.fingerprint:
-                msg = (
-                    f"selection fingerprint {self.fingerprint} does not match this dataset's {fp}: "
-                    "same length, different content or order (other labels, files or samples). "
-                    "Use the selection made for this dataset, or load with strict=False if you "
-                    "know the datasets are the same."
-                )
+                msg = (f"selection fingerprint {self.fingerprint} does not match this dataset's {fp}: same length, "
+                       "different content or order (other labels, files or samples). Use the selection made for "
+                       "this dataset, or load with strict=False if you know the datasets are the same.")
                 if strict:
                     raise SelectionMismatchError(msg)
                 logger.warning(msg)
@@ -261,27 +240,10 @@ class Selection:
 
     # ------------------------------------------------------------------ I/O
     def to_dict(self) -> Dict[str, Any]:
-        d: Dict[str, Any] = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "method": self.method,
-            "id_kind": self.id_kind,
-            "dataset_size": self.dataset_size,
-            "num_kept": self.num_kept,
-            "keep_ratio": round(self.keep_ratio, 6),
-            "fingerprint": self.fingerprint,
-            "created": self.created,
-            "params": self.params,
-            "metrics": self.metrics,
-            "score_name": self.score_name,
-        }
-        try:
-            from . import __version__
-
-            d["prunedata_version"] = __version__
-        except ImportError:  # pragma: no cover
-            pass
-        return d
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, "method": self.method, "id_kind": self.id_kind,
+                "dataset_size": self.dataset_size, "num_kept": self.num_kept, "keep_ratio": round(self.keep_ratio, 6),
+                "fingerprint": self.fingerprint, "created": self.created, "params": self.params,
+                "metrics": self.metrics, "score_name": self.score_name, "prunedata_version": __version__}
 
     def to_json(self) -> str:
         head = json.dumps(self.to_dict(), indent=2, default=_json_default)
@@ -289,10 +251,9 @@ class Selection:
         if self.id_kind == "key":
             arrays.append('  "keys": ' + json.dumps(self.keys, separators=(",", ":")))
         arrays.append('  "kept": ' + json.dumps(self.kept.tolist(), separators=(",", ":")))
-        if self.scores is not None:
-            arrays.append(
-                '  "scores": ' + json.dumps([float(f"{v:.7g}") for v in self.scores.tolist()], separators=(",", ":"))
-            )
+        if self.scores is not None:  # 7 significant digits keep the file small
+            scores = [float(f"{v:.7g}") for v in self.scores.tolist()]
+            arrays.append('  "scores": ' + json.dumps(scores, separators=(",", ":")))
         if self.extra:
             arrays.append('  "extra": ' + json.dumps(self.extra, separators=(",", ":"), default=_json_default))
         return head[:-2] + ",\n" + ",\n".join(arrays) + "\n}\n"
@@ -313,42 +274,28 @@ class Selection:
             raise SelectionFormatError(f"not a prunedata selection (format={d.get('format')!r})")
         version = d.get("format_version")
         if version != FORMAT_VERSION:
-            raise SelectionFormatError(
-                f"selection format version {version} is not supported by this prunedata (reads "
-                f"version {FORMAT_VERSION}); upgrade prunedata or re-create the selection"
-            )
+            raise SelectionFormatError(f"selection format version {version} is not supported by this prunedata (reads "
+                                       f"version {FORMAT_VERSION}); upgrade prunedata or re-create the selection")
         kept_raw = d.get("kept", [])
         if not isinstance(kept_raw, list):
             raise SelectionFormatError(f"selection file's 'kept' must be a list of sample ids, got "
                                        f"{type(kept_raw).__name__}")
         try:
-            sel = cls(
-                kept=kept_raw,
-                dataset_size=d["dataset_size"],
-                method=d.get("method", "unknown"),
-                params=d.get("params") or {},
-                fingerprint=d.get("fingerprint"),
-                scores=None if d.get("scores") is None else np.asarray(d["scores"], dtype=np.float64),
-                score_name=d.get("score_name"),
-                metrics=d.get("metrics") or {},
-                keys=d.get("keys"),
-                id_kind=d.get("id_kind", "index"),
-                extra=d.get("extra") or {},
-                created=d.get("created"),
-            )
+            sel = cls(kept=kept_raw, dataset_size=d["dataset_size"], method=d.get("method", "unknown"),
+                      params=d.get("params") or {}, fingerprint=d.get("fingerprint"),
+                      scores=None if d.get("scores") is None else np.asarray(d["scores"], dtype=np.float64),
+                      score_name=d.get("score_name"), metrics=d.get("metrics") or {}, keys=d.get("keys"),
+                      id_kind=d.get("id_kind", "index"), extra=d.get("extra") or {}, created=d.get("created"))
         except KeyError as e:
             raise SelectionFormatError(f"selection file lacks the field {e}") from None
         listed = len(d.get("keys") or []) if sel.id_kind == "key" else len(kept_raw)
         if listed != sel.num_kept:
-            raise SelectionFormatError(
-                f"selection file lists {listed} ids but only {sel.num_kept} distinct ones ({listed - sel.num_kept} "
-                "duplicated): the file was edited or damaged; re-create it"
-            )
+            raise SelectionFormatError(f"selection file lists {listed} ids but only {sel.num_kept} distinct ones "
+                                       f"({listed - sel.num_kept} duplicated): the file was edited or damaged; "
+                                       "re-create it")
         if "num_kept" in d and _count(d["num_kept"], "num_kept") != sel.num_kept:
-            raise SelectionFormatError(
-                f"selection file says num_kept={d['num_kept']} but lists {sel.num_kept} ids: the file "
-                "was edited or damaged"
-            )
+            raise SelectionFormatError(f"selection file says num_kept={d['num_kept']} but lists {sel.num_kept} ids: "
+                                       "the file was edited or damaged")
         return sel
 
     @classmethod
@@ -370,9 +317,7 @@ class Selection:
         if not isinstance(d, dict):
             raise SelectionFormatError(f"{path}: top level must be a JSON object")
         sel = cls.from_dict(d)
-        if dataset is not None:
-            sel.check(dataset, strict=strict)
-        return sel
+        return sel.check(dataset, strict=strict) if dataset is not None else sel
 
 
 def _count(value: Any, name: str) -> int:
@@ -390,25 +335,24 @@ def _count(value: Any, name: str) -> int:
 
 def _integer_ids(values: Any) -> np.ndarray:
     """Sample ids as int64, refusing fractions, NaN, booleans and text (never truncating them)."""
+    def refuse(found: Any) -> SelectionFormatError:
+        return SelectionFormatError(f"kept ids must be whole numbers (sample indices); found {found}: the selection "
+                                    "was edited or damaged; re-create it")
+
     if isinstance(values, (list, tuple)) and any(isinstance(v, (bool, str)) or v is None for v in values):
-        bad = [v for v in values if isinstance(v, (bool, str)) or v is None]
-        raise SelectionFormatError(f"kept ids must be whole numbers (sample indices); found {bad[:3]}: the selection "
-                                   "was edited or damaged; re-create it")
+        raise refuse([v for v in values if isinstance(v, (bool, str)) or v is None][:3])
     arr = np.asarray(values)
     if arr.dtype == object or arr.dtype.kind in "USb":
         bad = [v for v in arr.reshape(-1).tolist()
                if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer())]
         if bad or arr.dtype.kind == "b":
-            raise SelectionFormatError(f"kept ids must be whole numbers (sample indices); found {bad[:3] or 'booleans'}"
-                                       ": the selection was edited or damaged; re-create it")
+            raise refuse(bad[:3] or "booleans")
         arr = np.asarray([float(v) for v in arr.reshape(-1).tolist()])
     if arr.dtype.kind == "f":
         flat = arr.reshape(-1)
         bad_mask = ~np.isfinite(flat) | (flat != np.round(flat))
         if bad_mask.any():
-            raise SelectionFormatError(f"kept ids must be whole numbers (sample indices); found "
-                                       f"{flat[bad_mask][:3].tolist()}: the selection was edited or damaged; "
-                                       "re-create it")
+            raise refuse(flat[bad_mask][:3].tolist())
     elif arr.size and arr.dtype.kind not in "iu":
         raise SelectionFormatError(f"kept ids must be whole numbers (sample indices), got dtype {arr.dtype}")
     return arr.astype(np.int64).reshape(-1)

@@ -19,19 +19,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List
 
-logger = logging.getLogger(__name__)
-
-
-def _positive_int(text: str) -> int:
-    from ..cli import _positive_int as check
-
-    return check(text)
+from .._io import atomic_write_text, check_writable
+from .._optional import require
+from ..cli import _positive_int, add_dataset_args, check_device, load_dataset
+from ..errors import PruneDataError
 
 
 def register(subparsers) -> None:
@@ -42,8 +38,7 @@ def register(subparsers) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=None, help="dataset the selections were made on (default: the one named in "
                    "the selection file)")
-    g.add_argument("--root", default=None, help="folder of a torchvision-format dataset (default: the selection's)")
-    g.add_argument("--download", action="store_true", help="let torchvision download the dataset into --root first")
+    add_dataset_args(g, positional=False)
     g.add_argument("--max-samples", type=int, default=None, help="training subset size (default: the selection's)")
     g.add_argument("--max-test-samples", type=int, default=None, help="use only this many test samples (stratified)")
     g = p.add_argument_group("modes")
@@ -91,24 +86,19 @@ def register(subparsers) -> None:
 
 
 def _dataset_args(sels, args) -> Dict[str, Any]:
-    from ..errors import PruneDataError
+    """The dataset, subset size and root: the command line's, else the ones all selection files agree on."""
+    def given_or_agreed(given, key):
+        agreed = {s.params.get(key) for s in sels}
+        return given if given is not None else agreed.pop() if len(agreed) == 1 else None
 
-    names = {s.params.get("dataset") for s in sels}
-    sizes = {s.params.get("max_samples") for s in sels}
-    roots = {s.params.get("dataset_root") for s in sels}
-    dataset = args.dataset
-    if dataset is None:
-        if len(names) != 1 or None in names:
-            raise PruneDataError("the selection files do not say which dataset they were made on (or disagree); "
-                                 "give --dataset NAME")
-        dataset = names.pop()
-    max_samples = args.max_samples
-    if max_samples is None and len(sizes) == 1:
-        max_samples = sizes.pop()
-    out = {"name": dataset, "max_samples": max_samples}
-    root = args.root
-    if root is None and len(roots) == 1:
-        root = roots.pop()
+    out = {"name": given_or_agreed(args.dataset, "dataset"),
+           "max_samples": given_or_agreed(args.max_samples, "max_samples")}
+    if out["name"] is None and not sels:
+        raise PruneDataError("--proxy-methods without a selection file needs --dataset")
+    if out["name"] is None:
+        raise PruneDataError("the selection files do not say which dataset they were made on (or disagree); "
+                             "give --dataset NAME")
+    root = given_or_agreed(args.root, "dataset_root")
     if root is not None:
         out["root"] = root
     return out
@@ -116,8 +106,6 @@ def _dataset_args(sels, args) -> Dict[str, Any]:
 
 def _require_before_training(args: argparse.Namespace) -> None:
     """Optional dependencies of the chosen modes, checked before any model is trained."""
-    from .._optional import require
-
     require("matplotlib", extra="eval", purpose="the evaluation's figures")
     if args.proxy_search:
         require("scipy.stats", extra="eval", purpose="--proxy-search (Spearman's rho)")
@@ -152,8 +140,6 @@ def _load(args: argparse.Namespace) -> _Run:
     """Check the arguments, load the selections and the data; nothing is trained yet."""
     import torch
 
-    from ..catalog import load_dataset
-    from ..errors import PruneDataError
     from ..search_space import check_architectures, search_space
     from ..selection import Selection
 
@@ -166,18 +152,9 @@ def _load(args: argparse.Namespace) -> _Run:
     if not args.selections and not (args.proxy_search and _proxy_methods(args)):
         raise PruneDataError("give at least one SELECTION file (or --proxy-search with --proxy-methods and --dataset)")
     _require_before_training(args)
-    from ..cli import check_device
-
     check_device(args.device)
     sels = [Selection.load(p) for p in args.selections]
-    if sels:
-        data_args = _dataset_args(sels, args)
-    else:
-        if not args.dataset:
-            raise PruneDataError("--proxy-methods without a selection file needs --dataset")
-        data_args = {"name": args.dataset, "max_samples": args.max_samples}
-        if args.root:
-            data_args["root"] = args.root
+    data_args = _dataset_args(sels, args)
     train = load_dataset(data_args["name"], train=True, max_samples=data_args["max_samples"], root=data_args.get("root"),
                          download=args.download)
     test = load_dataset(data_args["name"], train=False, max_samples=args.max_test_samples, root=data_args.get("root"),
@@ -188,11 +165,8 @@ def _load(args: argparse.Namespace) -> _Run:
         except PruneDataError as e:
             raise type(e)(f"{path}: {e} (evaluated against {data_args['name']!r} with "
                           f"max_samples={data_args['max_samples']})") from None
-    out = Path(args.output) if args.output else Path(args.selections[0] if args.selections else "proxy").with_suffix(
-        ".eval.json")
+    out = Path(args.output or Path(args.selections[0] if args.selections else "proxy").with_suffix(".eval.json"))
     stem = str(out.with_suffix("")) if out.suffix == ".json" else str(out)
-    from .._io import check_writable
-
     check_writable(out, "evaluation report")  # fail before the training runs, not after them
     report: Dict[str, Any] = {"command": "prunedata evaluate", "dataset": data_args, "selections": args.selections,
                               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "_out": str(out)}
@@ -234,11 +208,9 @@ def _proxy_search(run: _Run) -> None:
         from ..methods.registry import MethodConfig
 
         n_classes = int(labels_of(run.train).max()) + 1
-        made, skipped = ev.make_proxies(_proxy_methods(a), run.train, per_class=a.per_class,
-                                        config=MethodConfig(model=a.model, num_classes=n_classes,
-                                                            epochs=a.epochs, seed=0, device=a.device,
-                                                            class_balanced=True, show_progress=run.show,
-                                                            **ev.input_kwargs(run.train)))
+        cfg = MethodConfig(model=a.model, num_classes=n_classes, epochs=a.epochs, seed=0, device=a.device,
+                           class_balanced=True, show_progress=run.show, **ev.input_kwargs(run.train))
+        made, skipped = ev.make_proxies(_proxy_methods(a), run.train, per_class=a.per_class, config=cfg)
         for m, s in made.items():
             proxies[_unique_name(m, proxies)] = s
         for m, why in skipped.items():
@@ -269,7 +241,6 @@ def _transfer(run: _Run) -> None:
     import numpy as np
 
     from .. import evaluate as ev
-    from ..errors import PruneDataError
     from ..labels import labels_of
 
     a, train, test = run.args, run.train, run.test
@@ -311,9 +282,8 @@ def _plots(run: _Run) -> None:
     lab = labels_of(train)
     torch.manual_seed(0)
     model = build_architecture(a.model, num_classes=int(lab.max()) + 1, **ev.input_kwargs(train))
-    ev.train_and_test(model, train, run.test, ev.Recipe(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
-                                                        device=a.device), seed=0, show_progress=run.show,
-                      desc="embedding model (full data)")
+    rec = ev.Recipe(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, device=a.device)
+    ev.train_and_test(model, train, run.test, rec, seed=0, show_progress=run.show, desc="embedding model (full data)")
     feats = plots.penultimate_features(model, train, device=a.device)
     names = getattr(train, "classes", None)
     for s in run.sels:
@@ -328,7 +298,7 @@ def _plots(run: _Run) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .._io import atomic_write_text
+    from ..evaluate.common import json_default
 
     run = _load(args)
     modes = [(args.arch_eval or not (args.proxy_search or args.time_curves or args.transfer or args.plots),
@@ -339,11 +309,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             mode(run)
     out = Path(run.report.pop("_out"))
     run.report["pngs"] = run.pngs
-
-    def _default(o):
-        return o.item() if hasattr(o, "item") else str(o)
-
-    atomic_write_text(out, json.dumps(run.report, indent=2, default=_default) + "\n")
+    atomic_write_text(out, json.dumps(run.report, indent=2, default=json_default) + "\n")
     print("\n".join(run.lines).rstrip())
     print(f"report: {out}")
     for p in run.pngs:

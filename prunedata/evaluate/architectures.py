@@ -1,5 +1,4 @@
-"""Unseen architectures: each architecture trained on the selection, on class-balanced random subsets
-of the same size and on the full data, one recipe, several seeds (Yang et al. 2023, Fig. 3)."""
+"""Unseen architectures: several architectures on the selection vs random vs full data (Yang et al. 2023, Fig. 3)."""
 from __future__ import annotations
 
 import logging
@@ -41,6 +40,7 @@ class EvaluationResult(Result):
     summary: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     dataset: Optional[str] = None
     kind = "evaluation"
+    plotter = "plot_evaluation"
 
     @property
     def keep_ratio(self) -> float:
@@ -51,10 +51,7 @@ class EvaluationResult(Result):
         return {a: bool(s["beats_random"]) for a, s in self.summary.items()}
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"kind": self.kind, "method": self.method, "dataset": self.dataset, "dataset_size": self.dataset_size,
-                "num_kept": self.num_kept, "keep_ratio": round(self.keep_ratio, 6),
-                "proxy_architecture": self.proxy_architecture, "architectures": self.architectures,
-                "seeds": self.seeds, "recipe": self.recipe, "summary": self.summary, "runs": self.runs}
+        return dict(super().to_dict(), keep_ratio=round(self.keep_ratio, 6))
 
     def table(self) -> str:
         head = (f"method {self.method}: {self.num_kept} of {self.dataset_size} kept ({100 * self.keep_ratio:.1f}%), "
@@ -75,16 +72,11 @@ class EvaluationResult(Result):
                      "* = |diff| within one std, i.e. not distinguishable from noise)")
         return "\n".join(lines)
 
-    def plot(self, path: PathLike):
-        from ..plots import plot_evaluation
-
-        return plot_evaluation(self, path)
-
 
 def evaluate_selection(selection: Selection, dataset: Any, test_dataset: Any, *,
                        architectures: Optional[Sequence[str]] = None, seeds: Union[int, Sequence[int]] = 3,
                        epochs: int = 3, batch_size: int = 128, lr: float = 0.05, device: str = "cpu",
-                       include_random: bool = True, include_full: bool = True, num_classes: Optional[int] = None,
+                       include_full: bool = True, num_classes: Optional[int] = None,
                        cache: Optional[Dict[Any, Dict[str, Any]]] = None, show_progress: bool = True,
                        dataset_name: Optional[str] = None, cache_dir: Optional[PathLike] = None) -> EvaluationResult:
     """Train every architecture on the selection, on class-balanced random subsets of the same size (a
@@ -113,42 +105,37 @@ def evaluate_selection(selection: Selection, dataset: Any, test_dataset: Any, *,
     run_cache = RunCache(cache_dir, dataset) if cache_dir is not None else None
     key_base = (len(dataset), tuple(sorted(recipe.as_dict().items())), n_classes)
 
-    subsets: List[Tuple[str, Callable[[int], np.ndarray]]] = [("selection", lambda s: kept)]
-    if include_random:
-        subsets.append(("random", lambda s: random_subset(labels, kept.size, seed=10_000 + s)))
+    subsets: List[Tuple[str, Callable[[int], np.ndarray]]] = [
+        ("selection", lambda s: kept), ("random", lambda s: random_subset(labels, kept.size, seed=10_000 + s))]
     if include_full:
         subsets.append(("full", lambda s: np.arange(len(dataset))))
     jobs = [(a, name, fn, s) for a in archs for name, fn in subsets for s in seed_list]
     runs: List[Dict[str, Any]] = []
     for arch, name, fn, seed in progress(jobs, desc=f"evaluate {selection.method}", disable=not show_progress):
         key = (key_base, arch, name, seed, kept.size if name == "random" else None)
-        if name != "selection" and key in cache:
-            runs.append(dict(cache[key], cached=True))
-            continue
-        idx = fn(seed)
-        disk_key = None
-        if run_cache is not None:
-            disk_key = run_cache.key(arch=arch, subset=name, seed=seed, indices=idx, recipe=recipe.as_dict(),
-                                     num_classes=n_classes)
-            hit = run_cache.get(disk_key)
-            if hit is not None:
-                runs.append(dict(hit, cached=True))
-                if name != "selection":
-                    cache[key] = hit
-                continue
-        torch.manual_seed(seed)
-        model = build_architecture(arch, num_classes=n_classes, **input_kwargs(dataset))
-        res = train_and_test(model, IndexSubset(dataset, idx), test_dataset, recipe, seed=seed,
-                             desc=f"{arch}/{name}/seed{seed}")
-        run = {"architecture": arch, "subset": name, "seed": seed, "n_train": int(idx.size),
-               "accuracy": res["accuracy"], "loss": res["loss"], "seconds": res["seconds"]}
-        logger.info("%s on %s (%d samples, seed %d): acc %.4f in %.1fs", arch, name, idx.size, seed,
-                    res["accuracy"], res["seconds"])
+        run = cache.get(key) if name != "selection" else None  # random and full-data runs are shared
+        if run is None:
+            idx = fn(seed)
+            if run_cache is not None:
+                disk_key = run_cache.key(arch=arch, subset=name, seed=seed, indices=idx, recipe=recipe.as_dict(),
+                                         num_classes=n_classes)
+                run = run_cache.get(disk_key)
+        if run is not None:
+            runs.append(dict(run, cached=True))
+        else:
+            torch.manual_seed(seed)
+            model = build_architecture(arch, num_classes=n_classes, **input_kwargs(dataset))
+            res = train_and_test(model, IndexSubset(dataset, idx), test_dataset, recipe, seed=seed,
+                                 desc=f"{arch}/{name}/seed{seed}")
+            run = {"architecture": arch, "subset": name, "seed": seed, "n_train": int(idx.size),
+                   "accuracy": res["accuracy"], "loss": res["loss"], "seconds": res["seconds"]}
+            logger.info("%s on %s (%d samples, seed %d): acc %.4f in %.1fs", arch, name, idx.size, seed,
+                        res["accuracy"], res["seconds"])
+            if run_cache is not None:
+                run_cache.put(disk_key, run)
+            runs.append(run)
         if name != "selection":
             cache[key] = run
-        if run_cache is not None:
-            run_cache.put(disk_key, run)
-        runs.append(run)
     summary: Dict[str, Dict[str, Any]] = {}
     for arch in archs:
         s: Dict[str, Any] = {"unseen": proxy_arch is None or arch != proxy_arch}
@@ -157,12 +144,9 @@ def evaluate_selection(selection: Selection, dataset: Any, test_dataset: Any, *,
             m, sd = mean_std([r["accuracy"] for r in rs])
             s[name] = {"mean": m, "std": sd, "seconds": float(np.mean([r["seconds"] for r in rs])),
                        "n_train": rs[0]["n_train"], "accuracies": [r["accuracy"] for r in rs]}
-        if include_random:
-            s["diff_vs_random"] = s["selection"]["mean"] - s["random"]["mean"]
-            s["noise"] = max(s["selection"]["std"], s["random"]["std"])
-            s["beats_random"] = bool(s["diff_vs_random"] > 0)
-        else:
-            s.update(diff_vs_random=float("nan"), noise=float("nan"), beats_random=False)
+        s["diff_vs_random"] = s["selection"]["mean"] - s["random"]["mean"]
+        s["noise"] = max(s["selection"]["std"], s["random"]["std"])
+        s["beats_random"] = bool(s["diff_vs_random"] > 0)
         summary[arch] = s
     return EvaluationResult(method=selection.method, dataset_size=selection.dataset_size, num_kept=int(kept.size),
                             proxy_architecture=proxy_arch, architectures=archs, seeds=seed_list,

@@ -2,6 +2,8 @@
 dataset by index, class-balanced random subsets, the on-disk run cache and the result base class."""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -12,8 +14,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from .. import plots
 from .._io import PathLike, atomic_write_text
 from ..errors import PruneDataError
+from ..identity import dataset_fingerprint
 from ..labels import labels_of
 from ..loop import Recipe, Step, TrainHook, test, train
 from ..selection import Selection
@@ -82,10 +86,7 @@ class IndexSubset(torch.utils.data.Dataset):
         return int(self.indices.size)
 
     def _fix(self, item):
-        if self.label_map is None:
-            return item
-        x, y = item
-        return x, self.label_map[int(y)]
+        return item if self.label_map is None else (item[0], self.label_map[int(item[1])])
 
     def __getitem__(self, i: int):
         return self._fix(self.dataset[int(self.indices[i])])
@@ -103,12 +104,8 @@ class IndexSubset(torch.utils.data.Dataset):
         return torch.as_tensor(self._targets)
 
 
-def required_labels(dataset: Any, what: str = "dataset") -> np.ndarray:
-    lab = labels_of(dataset)
-    if lab is None:
-        raise PruneDataError(f"the {what} does not expose its labels (.targets); evaluation needs them to draw "
-                             "class-balanced random subsets")
-    return lab
+def required_labels(dataset: Any) -> np.ndarray:
+    return labels_of(dataset, required=True, what="dataset (evaluation draws class-balanced subsets by label)")
 
 
 def random_subset(labels: np.ndarray, size: int, *, seed: int = 0, class_balanced: bool = True) -> np.ndarray:
@@ -164,18 +161,23 @@ def as_seeds(seeds: Union[int, Sequence[int]]) -> List[int]:
 
 
 class Result:
-    """Shared JSON / save behaviour of the result objects."""
+    """Shared behaviour of the result dataclasses: ``to_dict`` (``kind`` and the fields), JSON, atomic
+    ``save`` and ``plot`` (a PNG drawn by the :mod:`prunedata.plots` function named ``plotter``)."""
 
     kind = "result"
+    plotter = ""
 
-    def to_dict(self) -> Dict[str, Any]:  # pragma: no cover - overridden
-        raise NotImplementedError
+    def to_dict(self) -> Dict[str, Any]:
+        return {"kind": self.kind, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, default=json_default) + "\n"
 
     def save(self, path: PathLike):
         return atomic_write_text(path, self.to_json())
+
+    def plot(self, path: PathLike) -> Path:
+        return getattr(plots, self.plotter)(self, path)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(\n{self.table()}\n)"
@@ -185,21 +187,14 @@ class Result:
 
 
 def json_default(o: Any):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+    """numpy scalars and arrays as plain numbers and lists, anything else as its text."""
+    return o.tolist() if isinstance(o, (np.generic, np.ndarray)) else str(o)
 
 
 class RunCache:
     """Training runs kept on disk: one JSON file per (dataset, architecture, recipe, seed, indices)."""
 
     def __init__(self, directory: PathLike, dataset: Any):
-        from ..identity import dataset_fingerprint
-
         self.directory = Path(directory)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -210,8 +205,6 @@ class RunCache:
 
     def key(self, *, arch: str, subset: str, seed: int, indices: np.ndarray, recipe: Dict[str, Any],
             num_classes: int) -> str:
-        import hashlib
-
         h = hashlib.sha256()
         h.update(json.dumps({"fingerprint": self.fingerprint, "arch": arch, "seed": int(seed), "recipe": recipe,
                              "num_classes": int(num_classes), "version": 1}, sort_keys=True).encode())

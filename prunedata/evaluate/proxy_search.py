@@ -1,16 +1,16 @@
-"""Proxy-set search: a ConvNet search space trained on small proxy sets and on the full data, rankings
-compared with Spearman's rho (Yang et al. 2023, Table 1)."""
+"""Proxy-set search: rank a ConvNet search space on small proxy sets vs the full data (Yang et al. 2023, Table 1)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
-from .._io import PathLike
+from .._optional import require
 from ..errors import PruneDataError
 from ..progress import progress
 from ..search_space import ConvNetSpec, search_space
@@ -34,11 +34,7 @@ def make_proxies(methods: Sequence[str], dataset: Any, *, per_class: int = 100, 
     _check_per_class(per_class, labels)
     classes = np.unique(labels)
     keep_ratio = per_class * classes.size / labels.size
-    config = config or MethodConfig(num_classes=int(labels.max()) + 1)
-    if not config.class_balanced:
-        import dataclasses
-
-        config = dataclasses.replace(config, class_balanced=True)
+    config = dataclasses.replace(config or MethodConfig(num_classes=int(labels.max()) + 1), class_balanced=True)
     known = available_methods()
     proxies: Dict[str, Selection] = {}
     skipped: Dict[str, str] = {}
@@ -115,10 +111,9 @@ class ProxySearchResult(Result):
     picked_full_accuracy: Dict[str, float] = field(default_factory=dict)
     time_ratio: Dict[str, float] = field(default_factory=dict)
     kind = "proxy_search"
+    plotter = "plot_proxy_search"
 
     def __post_init__(self) -> None:
-        from .._optional import require
-
         spearmanr = require("scipy.stats", extra="eval", purpose="proxy-search rank correlation").spearmanr
 
         full = np.asarray(self.full_accuracy)
@@ -143,13 +138,8 @@ class ProxySearchResult(Result):
         return self.architectures[int(np.argmax(self.full_accuracy))]
 
     def to_dict(self) -> Dict[str, Any]:
-        keys = ("architectures", "full_accuracy", "full_seconds", "proxy_accuracy", "proxy_seconds", "proxy_sizes",
-                "dataset_size", "recipe_full", "recipe_proxy", "top_k", "spearman", "spearman_p", "spearman_top",
-                "picked", "picked_full_accuracy", "time_ratio")
-        d = {"kind": self.kind, **{k: getattr(self, k) for k in keys}}
-        d["best_architecture"] = self.best_architecture
-        d["best_full_accuracy"] = self.best_full_accuracy
-        return d
+        return dict(super().to_dict(), best_architecture=self.best_architecture,
+                    best_full_accuracy=self.best_full_accuracy)
 
     def table(self) -> str:
         lines = [f"proxy-set architecture search over {len(self.architectures)} ConvNets; full data "
@@ -166,26 +156,18 @@ class ProxySearchResult(Result):
                      "proxy's k best, as in Yang et al. 2023 Table 1; time ratio: proxy / full training time)")
         return "\n".join(lines)
 
-    def plot(self, path: PathLike):
-        from ..plots import plot_proxy_search
-
-        return plot_proxy_search(self, path)
-
 
 def proxy_search(proxies: Mapping[str, Union[Selection, Sequence[int], np.ndarray]], dataset: Any, test_dataset: Any,
                  *, space: Union[str, Sequence[Union[str, ConvNetSpec]]] = "cpu", proxy_epochs: int = 10,
                  full_epochs: int = 3, batch_size: int = 64, lr: float = 0.05, seed: int = 0, device: str = "cpu",
-                 top_k: int = 10, add_random: bool = True, full_accuracy: Optional[Mapping[str, Tuple[float, float]]] = None,
-                 show_progress: bool = True) -> ProxySearchResult:
+                 top_k: int = 10, add_random: bool = True, show_progress: bool = True) -> ProxySearchResult:
     """Train every net of ``space`` on each proxy set and on the full ``dataset``; compare the rankings.
 
     ``proxies`` maps a name to a selection (or indices) of ``dataset``; each must hold every class.
     With ``add_random`` a class-balanced random proxy of the size of the first one is added as
-    ``"random"`` unless one is given. ``full_accuracy`` may pass the full-data results of an earlier
-    search (``{arch: (accuracy, seconds)}``) so they are not trained again.
+    ``"random"`` unless one is given.
     """
     specs = search_space(space)
-    names = [s.name for s in specs]
     labels = required_labels(dataset)
     classes = np.unique(labels)
     n_classes = int(labels.max()) + 1
@@ -208,32 +190,25 @@ def proxy_search(proxies: Mapping[str, Union[Selection, Sequence[int], np.ndarra
     rec_full = Recipe(epochs=full_epochs, batch_size=batch_size, lr=lr, device=device)
     rec_proxy = Recipe(epochs=proxy_epochs, batch_size=batch_size, lr=lr, device=device)
     in_kw = input_kwargs(dataset)
-    full_acc: List[float] = []
-    full_sec = 0.0
-    for spec in progress(specs, desc="search on full data", disable=not show_progress):
-        if full_accuracy is not None and spec.name in full_accuracy:
-            a, s = full_accuracy[spec.name]
-        else:
+
+    def search(data: Any, recipe: Recipe, name: str) -> Tuple[List[float], float]:
+        """Test accuracy of every net of the space trained on ``data``, and the total training seconds."""
+        accs, secs = [], 0.0
+        for spec in progress(specs, desc=f"search on {name}", disable=not show_progress):
             torch.manual_seed(seed)
-            r = train_and_test(spec.build(n_classes, **in_kw), dataset, test_dataset, rec_full, seed=seed,
-                               desc=f"full {spec.name}")
-            a, s = r["accuracy"], r["seconds"]
-        full_acc.append(float(a))
-        full_sec += float(s)
+            r = train_and_test(spec.build(n_classes, **in_kw), data, test_dataset, recipe, seed=seed,
+                               desc=f"{name} {spec.name}")
+            accs.append(float(r["accuracy"]))
+            secs += r["seconds"]
+        logger.info("%s: searched %d nets in %.1fs", name, len(specs), secs)
+        return accs, secs
+
+    full_acc, full_sec = search(dataset, rec_full, "full data")
     proxy_acc: Dict[str, List[float]] = {}
     proxy_sec: Dict[str, float] = {}
     for p, ix in idx.items():
-        sub = IndexSubset(dataset, ix)
-        accs, secs = [], 0.0
-        for spec in progress(specs, desc=f"search on proxy {p}", disable=not show_progress):
-            torch.manual_seed(seed)
-            r = train_and_test(spec.build(n_classes, **in_kw), sub, test_dataset, rec_proxy, seed=seed,
-                               desc=f"{p} {spec.name}")
-            accs.append(r["accuracy"])
-            secs += r["seconds"]
-        proxy_acc[p], proxy_sec[p] = accs, secs
-        logger.info("proxy %s: searched %d nets in %.1fs", p, len(specs), secs)
-    return ProxySearchResult(architectures=names, full_accuracy=full_acc, full_seconds=full_sec,
+        proxy_acc[p], proxy_sec[p] = search(IndexSubset(dataset, ix), rec_proxy, f"proxy {p}")
+    return ProxySearchResult(architectures=[s.name for s in specs], full_accuracy=full_acc, full_seconds=full_sec,
                              proxy_accuracy=proxy_acc, proxy_seconds=proxy_sec,
                              proxy_sizes={p: int(ix.size) for p, ix in idx.items()}, dataset_size=len(dataset),
                              recipe_full=rec_full.as_dict(), recipe_proxy=rec_proxy.as_dict(), top_k=top_k)

@@ -7,7 +7,6 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .._io import PathLike
 from ..errors import PruneDataError
 from ..progress import progress
 from ..search_space import build_architecture, check_architectures
@@ -33,6 +32,7 @@ class TimeCurveResult(Result):
     target: float = 0.98
     time_to_target: Dict[str, Optional[float]] = field(default_factory=dict)
     kind = "time_curves"
+    plotter = "plot_time_curves"
 
     def __post_init__(self) -> None:
         ref = next(iter(self.final))
@@ -40,11 +40,6 @@ class TimeCurveResult(Result):
         for name, curve in self.curves.items():
             hit = [t for t, _, a in curve if a >= goal]
             self.time_to_target[name] = float(hit[0]) if hit else None
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"kind": self.kind, "architecture": self.architecture, "sizes": self.sizes, "curves": self.curves,
-                "final": self.final, "seconds": self.seconds, "recipe": self.recipe, "seeds": self.seeds,
-                "target": self.target, "time_to_target": self.time_to_target}
 
     def table(self) -> str:
         ref = next(iter(self.final))
@@ -58,11 +53,6 @@ class TimeCurveResult(Result):
                          f"{100 * self.final[name]['std']:<5.2f}{self.seconds[name]:>9.1f}"
                          f"{self.seconds[name] / self.seconds[ref]:>11.3f}{'never' if ttt is None else f'{ttt:.1f}':>22}")
         return "\n".join(lines)
-
-    def plot(self, path: PathLike):
-        from ..plots import plot_time_curves
-
-        return plot_time_curves(self, path)
 
 
 def time_to_accuracy(train_sets: Mapping[str, Any], test_dataset: Any, *, architecture: str = "cnn",

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._io import PathLike
+from .._optional import require
+from ..datasets import TensorSamples
 from ..errors import PruneDataError
 from ..progress import progress
 from ..search_space import build_architecture, check_architectures
@@ -17,26 +18,9 @@ from .common import (IndexSubset, Recipe, Result, as_seeds, input_kwargs, kept_i
                      required_labels, train_and_test)
 
 
-class TensorTask(torch.utils.data.Dataset):
-    def __init__(self, x: torch.Tensor, y: torch.Tensor):
-        self.x, self.targets = x, y
-
-    def __len__(self) -> int:
-        return int(self.targets.shape[0])
-
-    def __getitem__(self, i: int):
-        return self.x[i], int(self.targets[i])
-
-    def __getitems__(self, items: Sequence[int]):
-        idx = torch.as_tensor(list(items), dtype=torch.long)
-        return list(zip(self.x[idx].unbind(0), self.targets[idx].tolist()))
-
-
 def digits_task(*, side: int = 28, test_fraction: float = 0.5, seed: int = 0) -> Tuple[Any, Any]:
     """scikit-learn's bundled 8x8 digits (1797 images, no download), upsampled to ``side`` x ``side``
     and standardised, split into a stratified (train, test) pair of datasets with ``.targets``."""
-    from .._optional import require
-
     load_digits = require("sklearn.datasets", extra="eval", purpose="the digits transfer task").load_digits
     from sklearn.model_selection import train_test_split
 
@@ -46,7 +30,7 @@ def digits_task(*, side: int = 28, test_fraction: float = 0.5, seed: int = 0) ->
     x = (x - x.mean()) / x.std()
     y = torch.tensor(d.target, dtype=torch.long)
     tr, te = train_test_split(np.arange(len(y)), test_size=test_fraction, random_state=seed, stratify=d.target)
-    return TensorTask(x[tr], y[tr]), TensorTask(x[te], y[te])
+    return TensorSamples(x[tr], y[tr]), TensorSamples(x[te], y[te])
 
 
 def class_split(dataset: Any, classes: Sequence[int], *, per_class: Optional[int] = None, seed: int = 0,
@@ -103,11 +87,7 @@ class TransferResult(Result):
     seeds: List[int]
     target: str = "target"
     kind = "transfer"
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"kind": self.kind, "architecture": self.architecture, "target": self.target, "sizes": self.sizes,
-                "accuracy": self.accuracy, "pretrain_accuracy": self.pretrain_accuracy,
-                "recipe_pretrain": self.recipe_pretrain, "recipe_finetune": self.recipe_finetune, "seeds": self.seeds}
+    plotter = "plot_transfer"
 
     def table(self) -> str:
         lines = [f"transfer to {self.target}, {self.architecture}, {len(self.seeds)} seeds",
@@ -117,11 +97,6 @@ class TransferResult(Result):
             lines.append(f"{name:<16}{self.sizes.get(name, 0):>8}{100 * a['mean']:>9.2f}±{100 * a['std']:<6.2f}"
                          f"{'-' if src is None else f'{100 * src:.2f}':>14}")
         return "\n".join(lines)
-
-    def plot(self, path: PathLike):
-        from ..plots import plot_transfer
-
-        return plot_transfer(self, path)
 
 
 def transfer(pretrain_sets: Mapping[str, Any], target_train: Any, target_test: Any, *, architecture: str = "cnn",
@@ -154,8 +129,7 @@ def transfer(pretrain_sets: Mapping[str, Any], target_train: Any, target_test: A
                                    desc=f"pre-train {name}")
                 src_vals.append(r["accuracy"])
             else:
-                model = build_architecture(architecture, num_classes=tgt_classes,
-                                           **input_kwargs(target_train))
+                model = build_architecture(architecture, num_classes=tgt_classes, **input_kwargs(target_train))
             fc = getattr(model, "fc", None)
             if not isinstance(fc, torch.nn.Linear):
                 raise PruneDataError(f"architecture {architecture!r} has no linear head .fc to replace for fine-tuning")
