@@ -86,6 +86,22 @@ def test_evaluation_cache_shares_random_and_full_runs(data):
     assert a.summary["linear"]["unseen"]  # no proxy architecture recorded -> every architecture is unseen
 
 
+def test_without_random_and_full_data_results_reused(data):
+    train, test = data
+    sel = Selection.from_mask(np.arange(N_TRAIN) % 3 == 0, method="every-third", fingerprint=None)
+    res = ev.evaluate_selection(sel, train, test, architectures=["linear"], seeds=1, epochs=1, include_random=False,
+                                include_full=False, show_progress=False)
+    assert [r["subset"] for r in res.runs] == ["selection"]
+    assert np.isnan(res.summary["linear"]["diff_vs_random"]) and not res.summary["linear"]["beats_random"]
+    # proxy_search(full_accuracy=...) takes an earlier search's full-data results instead of training again
+    proxies = {"thirds": np.flatnonzero(np.arange(N_TRAIN) % 3 == 0)}
+    known = {s.name: (0.5 + i / 100, 7.0) for i, s in enumerate(search_space("tiny"))}
+    res = ev.proxy_search(proxies, train, test, space="tiny", proxy_epochs=1, add_random=False,
+                          full_accuracy=known, show_progress=False)
+    assert res.full_accuracy == [known[a][0] for a in res.architectures]
+    assert res.full_seconds == pytest.approx(7.0 * len(known))
+
+
 def test_disk_cache_reuses_runs_across_evaluations_and_keys_by_samples(data, tmp_path):
     train, test = data
     kw = dict(architectures=["linear"], seeds=1, epochs=1, show_progress=False, cache_dir=tmp_path / "runs")

@@ -76,7 +76,7 @@ class EvaluationResult(Result):
 def evaluate_selection(selection: Selection, dataset: Any, test_dataset: Any, *,
                        architectures: Optional[Sequence[str]] = None, seeds: Union[int, Sequence[int]] = 3,
                        epochs: int = 3, batch_size: int = 128, lr: float = 0.05, device: str = "cpu",
-                       include_full: bool = True, num_classes: Optional[int] = None,
+                       include_random: bool = True, include_full: bool = True, num_classes: Optional[int] = None,
                        cache: Optional[Dict[Any, Dict[str, Any]]] = None, show_progress: bool = True,
                        dataset_name: Optional[str] = None, cache_dir: Optional[PathLike] = None) -> EvaluationResult:
     """Train every architecture on the selection, on class-balanced random subsets of the same size (a
@@ -105,8 +105,9 @@ def evaluate_selection(selection: Selection, dataset: Any, test_dataset: Any, *,
     run_cache = RunCache(cache_dir, dataset) if cache_dir is not None else None
     key_base = (len(dataset), tuple(sorted(recipe.as_dict().items())), n_classes)
 
-    subsets: List[Tuple[str, Callable[[int], np.ndarray]]] = [
-        ("selection", lambda s: kept), ("random", lambda s: random_subset(labels, kept.size, seed=10_000 + s))]
+    subsets: List[Tuple[str, Callable[[int], np.ndarray]]] = [("selection", lambda s: kept)]
+    if include_random:
+        subsets.append(("random", lambda s: random_subset(labels, kept.size, seed=10_000 + s)))
     if include_full:
         subsets.append(("full", lambda s: np.arange(len(dataset))))
     jobs = [(a, name, fn, s) for a in archs for name, fn in subsets for s in seed_list]
@@ -144,9 +145,12 @@ def evaluate_selection(selection: Selection, dataset: Any, test_dataset: Any, *,
             m, sd = mean_std([r["accuracy"] for r in rs])
             s[name] = {"mean": m, "std": sd, "seconds": float(np.mean([r["seconds"] for r in rs])),
                        "n_train": rs[0]["n_train"], "accuracies": [r["accuracy"] for r in rs]}
-        s["diff_vs_random"] = s["selection"]["mean"] - s["random"]["mean"]
-        s["noise"] = max(s["selection"]["std"], s["random"]["std"])
-        s["beats_random"] = bool(s["diff_vs_random"] > 0)
+        if include_random:
+            s["diff_vs_random"] = s["selection"]["mean"] - s["random"]["mean"]
+            s["noise"] = max(s["selection"]["std"], s["random"]["std"])
+            s["beats_random"] = bool(s["diff_vs_random"] > 0)
+        else:
+            s.update(diff_vs_random=float("nan"), noise=float("nan"), beats_random=False)
         summary[arch] = s
     return EvaluationResult(method=selection.method, dataset_size=selection.dataset_size, num_kept=int(kept.size),
                             proxy_architecture=proxy_arch, architectures=archs, seeds=seed_list,

@@ -5,7 +5,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -160,12 +160,14 @@ class ProxySearchResult(Result):
 def proxy_search(proxies: Mapping[str, Union[Selection, Sequence[int], np.ndarray]], dataset: Any, test_dataset: Any,
                  *, space: Union[str, Sequence[Union[str, ConvNetSpec]]] = "cpu", proxy_epochs: int = 10,
                  full_epochs: int = 3, batch_size: int = 64, lr: float = 0.05, seed: int = 0, device: str = "cpu",
-                 top_k: int = 10, add_random: bool = True, show_progress: bool = True) -> ProxySearchResult:
+                 top_k: int = 10, add_random: bool = True, full_accuracy: Optional[Mapping[str, Tuple[float, float]]] = None,
+                 show_progress: bool = True) -> ProxySearchResult:
     """Train every net of ``space`` on each proxy set and on the full ``dataset``; compare the rankings.
 
     ``proxies`` maps a name to a selection (or indices) of ``dataset``; each must hold every class.
     With ``add_random`` a class-balanced random proxy of the size of the first one is added as
-    ``"random"`` unless one is given.
+    ``"random"`` unless one is given. ``full_accuracy`` may pass the full-data results of an earlier
+    search (``{arch: (accuracy, seconds)}``) so they are not trained again.
     """
     specs = search_space(space)
     labels = required_labels(dataset)
@@ -191,23 +193,29 @@ def proxy_search(proxies: Mapping[str, Union[Selection, Sequence[int], np.ndarra
     rec_proxy = Recipe(epochs=proxy_epochs, batch_size=batch_size, lr=lr, device=device)
     in_kw = input_kwargs(dataset)
 
-    def search(data: Any, recipe: Recipe, name: str) -> Tuple[List[float], float]:
-        """Test accuracy of every net of the space trained on ``data``, and the total training seconds."""
+    def search(data: Any, recipe: Recipe, name: str, known: Mapping[str, Tuple[float, float]]
+               ) -> Tuple[List[float], float]:
+        """Test accuracy of every net of the space trained on ``data`` (or taken from ``known``), and the
+        total training seconds."""
         accs, secs = [], 0.0
         for spec in progress(specs, desc=f"search on {name}", disable=not show_progress):
-            torch.manual_seed(seed)
-            r = train_and_test(spec.build(n_classes, **in_kw), data, test_dataset, recipe, seed=seed,
-                               desc=f"{name} {spec.name}")
-            accs.append(float(r["accuracy"]))
-            secs += r["seconds"]
+            if spec.name in known:
+                a, t = known[spec.name]
+            else:
+                torch.manual_seed(seed)
+                r = train_and_test(spec.build(n_classes, **in_kw), data, test_dataset, recipe, seed=seed,
+                                   desc=f"{name} {spec.name}")
+                a, t = r["accuracy"], r["seconds"]
+            accs.append(float(a))
+            secs += t
         logger.info("%s: searched %d nets in %.1fs", name, len(specs), secs)
         return accs, secs
 
-    full_acc, full_sec = search(dataset, rec_full, "full data")
+    full_acc, full_sec = search(dataset, rec_full, "full data", full_accuracy or {})
     proxy_acc: Dict[str, List[float]] = {}
     proxy_sec: Dict[str, float] = {}
     for p, ix in idx.items():
-        proxy_acc[p], proxy_sec[p] = search(IndexSubset(dataset, ix), rec_proxy, f"proxy {p}")
+        proxy_acc[p], proxy_sec[p] = search(IndexSubset(dataset, ix), rec_proxy, f"proxy {p}", {})
     return ProxySearchResult(architectures=[s.name for s in specs], full_accuracy=full_acc, full_seconds=full_sec,
                              proxy_accuracy=proxy_acc, proxy_seconds=proxy_sec,
                              proxy_sizes={p: int(ix.size) for p, ix in idx.items()}, dataset_size=len(dataset),
