@@ -15,18 +15,14 @@ step by step, from ``alpha_init`` to ``alpha_final``.
 Stopping and the kept count. The paper: "After each pruning step, the ADP module checks the gap
 between the practical and expected pruning ratios until it is below a predefined tolerance level"
 and "Post-training, m will be strictly binarized". We implement the check as a constraint that holds
-throughout pruning rather than as a stop: with ``binarize="exact"`` (default) the logits are
-shifted by one constant (at least 64 times per epoch, and at every epoch end) so that the binarised
-ratio is exactly the target (the gap is 0, never above the tolerance), and the final binarisation keeps exactly
-``round(keep_ratio*N)`` samples by rank. The mask never stops learning: the selection is the
-product of every pruning epoch and of the whole alpha ramp, and because the shift is common to all
-samples, a sample's fate does not depend on where it falls in an epoch's shuffle. (Freezing the
-mask the first time the ratio enters the band did: it froze at the band's edge, mid-epoch, with
-later-visited samples kept more often.) ``binarize="band"`` trains the same way and lets the learned mask choose
-the count inside ``keep_ratio +- tolerance`` (the largest gap between sorted logits);
-``binarize="threshold"`` runs the paper's compression term instead of the projection and keeps the
-mask's own ``m >= 0`` count, clipped into the band. The selection file records the rule used
-(``params["count_rule"]``). Ties in the final ranking are broken by a seeded random order.
+throughout pruning rather than as a stop: by default (``binarize="exact"``) the logits are shifted by
+one constant so that the binarised ratio is exactly the target (the gap is 0, never above the
+tolerance), and the final binarisation keeps exactly ``round(keep_ratio*N)`` samples by rank (the
+other count rules: ``binarize`` in :class:`AdaPruner`). The mask never stops learning: the selection
+is the product of every pruning epoch and of the whole alpha ramp, and because the shift is common
+to all samples, a sample's fate does not depend on where it falls in an epoch's shuffle. (Freezing
+the mask the first time the ratio enters the band did: it froze at the band's edge, mid-epoch, with
+later-visited samples kept more often.) Ties in the final ranking are broken by a seeded random order.
 
 Scaling. The paper divides the per-sample terms by ``N``, the dataset size (Eq. 4-6). We follow it
 for the mask's gradient and give the *model* the batch mean of the weighted loss (Eq. 4 with ``N``
@@ -69,9 +65,8 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
     tolerance: allowed deviation of the final keep ratio with ``binarize="band"`` or "threshold" (0.02).
     mask_lr, mask_optimizer: the mask's own optimiser. With "sgd" (default) the per-sample terms
         use the learning rate ``mask_lr * N / alpha``, which cancels the 1/N of the loss and the alpha
-        of the sigmoid's slope: each visit moves ``m_i`` by ``mask_lr/4 * (L_i - log L_i)`` (with
-        ``straight_through``), so visits early and late in the alpha ramp count alike. The compression term's (dense)
-        gradient is applied in closed form in the sigmoid's input space (``mask_lr * N / alpha**2``)
+        of the sigmoid's slope (with ``straight_through``, see there), so visits early and late in the
+        alpha ramp count alike. The compression term's (dense) gradient is applied in closed form in the sigmoid's input space (``mask_lr * N / alpha**2``)
         with its step capped so that the feedback gain ``lr * 2*lambda * mean((w(1-w))^2)`` stays
         <= 0.5 (no overshoot). "adam" uses ``mask_lr`` as is.
     mask_init: initial logit of every entry (0: weight 0.5 when pruning starts; warm-up uses weight 1).
@@ -92,11 +87,9 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
         * ``"exact"`` (default; alias ``"topk"``): exactly ``round(keep_ratio*N)`` samples, those
           with the largest final logits. During training the logits are shifted by one constant
           (after the steps that complete each 1/64 of an epoch, and at every epoch end) so that
-          exactly that many have ``m >= 0``: the binarised ratio
-          ``r`` equals the target at every step (so ``lambda`` is ~0 and the shift does the
-          compression term's job exactly), and the per-sample terms decide only *which* samples
-          are kept. A common shift does not change any sample's rank, and every sample receives
-          it, wherever it sits in the shuffle.
+          exactly that many have ``m >= 0``: the binarised ratio ``r`` equals the target at every
+          step (the shift does the compression term's job exactly), and the per-sample terms decide
+          only *which* samples are kept. The shift changes no sample's rank.
         * ``"band"``: trained like "exact"; the count is then chosen by the learned mask inside
           ``keep_ratio +- tolerance`` (the paper's 2% band): at the largest gap between consecutive
           sorted final logits, where the mask itself separates kept from pruned.
@@ -106,8 +99,7 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
           (every per-sample step points down while ``lambda -> 0``), so it usually ends at the lower
           edge.
 
-        Either way the mask learns through every pruning epoch: there is no hold, so the whole
-        alpha ramp reaches the selection (see the module docstring for the paper's sentence).
+        The selection records the rule that gave the count (``params["count_rule"]``).
     straight_through: the per-sample terms reach the mask through the sigmoid's slope at the cut,
         ``alpha/4``, for every sample (a straight-through estimate of the binary mask's gradient),
         instead of the exact ``alpha*w(1-w)``. Each visit then moves ``m_i`` by
@@ -120,8 +112,8 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
     seed: seeds the random order that breaks ties between equal logits in the final ranking
         (never the dataset index).
     process_group: ``"world"`` (every rank of the default process group, looked up when used) or a
-        ``torch.distributed`` process group, whose ranks share this mask: the mask gradient and the epoch statistics are summed
-        over them, the compression term counts once, and at each epoch end every rank's mask is
+        ``torch.distributed`` process group, whose ranks share this mask: the mask gradient and the
+        epoch statistics are summed over them, and at each epoch end every rank's mask is
         checked against rank 0's (differences up to ``sync_tolerance`` are float noise and removed;
         larger ones raise :class:`~prunedata.distributed.DistributedError`). ``None`` (default): no
         synchronisation -- one process, or one independent mask per rank.
@@ -150,47 +142,39 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
                 f"warmup_epochs must be in [0, epochs) so that at least one epoch prunes; got "
                 f"warmup_epochs={warmup_epochs}, epochs={epochs}"
             )
-        alpha_init, alpha_final = _number(alpha_init, "alpha_init"), _number(alpha_final, "alpha_final")
-        tolerance, mask_lr = _number(tolerance, "tolerance"), _number(mask_lr, "mask_lr")
-        scale, mask_init = _number(scale, "scale"), _number(mask_init, "mask_init")
-        loss_eps = _number(loss_eps, "loss_eps")
-        task_weight = _number(task_weight, "task_weight")
-        if task_weight < 0:
-            raise PruneDataError(f"task_weight must be >= 0 (the weight of L in a*L - log L), got {task_weight}; the paper's is 1")
-        if not 0 <= tolerance < 0.5:
+        self.epochs, self.warmup_epochs = int(epochs), int(warmup_epochs)
+        self.alpha_init, self.alpha_final = _number(alpha_init, "alpha_init"), _number(alpha_final, "alpha_final")
+        self.tolerance, self.mask_lr = _number(tolerance, "tolerance"), _number(mask_lr, "mask_lr")
+        self.scale, self.mask_init = _number(scale, "scale"), _number(mask_init, "mask_init")
+        self.loss_eps, self.task_weight = _number(loss_eps, "loss_eps"), _number(task_weight, "task_weight")
+        if self.task_weight < 0:
+            raise PruneDataError(f"task_weight must be >= 0 (the weight of L in a*L - log L), got {task_weight}; "
+                                 "the paper's is 1")
+        if not 0 <= self.tolerance < 0.5:
             raise PruneDataError(f"tolerance must be in [0, 0.5), got {tolerance}; 0.02 is the paper's")
-        if alpha_init <= 0 or alpha_final < alpha_init:
+        if self.alpha_init <= 0 or self.alpha_final < self.alpha_init:
             raise PruneDataError(
                 f"need 0 < alpha_init <= alpha_final, got alpha_init={alpha_init}, alpha_final={alpha_final}; "
                 "the paper ramps 0.1 -> 5"
             )
-        if mask_lr <= 0:
+        if self.mask_lr <= 0:
             raise PruneDataError(f"mask_lr must be > 0 (the mask's learning rate), got {mask_lr}; the default is 1.0")
-        if scale < 0:
+        if self.scale < 0:
             raise PruneDataError(f"scale (s in lambda = s*|r - keep_ratio|) must be >= 0, got {scale}; the paper uses 100")
-        if loss_eps <= 0:
+        if self.loss_eps <= 0:
             raise PruneDataError(f"loss_eps (the floor of L inside -log L) must be > 0, got {loss_eps}")
-        if logit_clip is not None:
-            logit_clip = _number(logit_clip, "logit_clip")
-            if logit_clip < 0:
-                raise PruneDataError(f"logit_clip must be > 0 (or 0/None for no clamp), got {logit_clip}")
+        if logit_clip is not None and _number(logit_clip, "logit_clip") < 0:
+            raise PruneDataError(f"logit_clip must be > 0 (or 0/None for no clamp), got {logit_clip}")
         if binarize not in self._BINARIZE:
             raise PruneDataError(f"binarize must be 'exact' (alias 'topk'), 'band' or 'threshold', got {binarize!r}")
         if mask_optimizer not in ("adam", "sgd"):
             raise PruneDataError(f"mask_optimizer must be 'adam' or 'sgd', got {mask_optimizer!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise PruneDataError(f"seed must be an int, got {seed!r}")
-        self.epochs = int(epochs)
-        self.warmup_epochs = int(warmup_epochs)
-        self.alpha_init = alpha_init
-        self.alpha_final = alpha_final
-        self.scale = scale
-        self.tolerance = tolerance
-        self.mask_lr = mask_lr
+        if isinstance(process_group, str) and process_group != "world":
+            raise PruneDataError(f"process_group must be 'world', a torch.distributed process group or None, got "
+                                 f"{process_group!r}")
         self.mask_optimizer_name = mask_optimizer
-        self.mask_init = mask_init
-        self.loss_eps = loss_eps
-        self.task_weight = task_weight
         self.binarize_mode = self._BINARIZE[binarize]
         self.logit_clip = float(logit_clip or 0.0)
         self.seed = int(seed)
@@ -204,9 +188,6 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
         self._last_terms: Dict[str, Any] = {}
         self._epoch_stats = _EpochStats()
         self._seen = torch.zeros(self.num_samples, dtype=torch.bool, device=self.mask.device)
-        if process_group is not None and isinstance(process_group, str) and process_group != "world":
-            raise PruneDataError(f"process_group must be 'world', a torch.distributed process group or None, got "
-                                 f"{process_group!r}")
         self._process_group = process_group
         self.keys: Optional[List[str]] = None       # the key table (use_keys), if entries have keys
         self._key_pos: Optional[Dict[str, int]] = None
@@ -214,7 +195,7 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
         self._epoch_samples = 0  # samples passed through loss()/mask_loss() and stepped this epoch (paces alpha)
         self._pending_samples = 0  # samples of mask_loss() calls not yet followed by step()
         self._step_alpha: Optional[float] = None  # alpha of the last mask_loss(), used by step()
-        self._comp: Optional[tuple] = None  # (lambda, mean weight - keep_ratio, weights) of the last mask_loss()
+        self._comp: Optional[tuple] = None  # (lambda, mean weight - keep_ratio) of the last mask_loss()
         self._count_rule: Optional[str] = None
         self._since_project = 0  # samples stepped since the last projection (binarize="exact")
 
@@ -282,30 +263,6 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
         self._epoch_stats = _EpochStats()
 
     # ------------------------------------------------------------------ per-step API
-    def _check_indices(self, indices: Any) -> torch.Tensor:
-        if self._key_pos is not None and isinstance(indices, (list, tuple)) and indices and \
-                isinstance(indices[0], str):
-            return self.positions(indices).to(self.mask.device)
-        if isinstance(indices, (list, tuple, np.ndarray)):
-            indices = torch.as_tensor(np.asarray(indices, dtype=np.int64) if len(indices) == 0 else np.asarray(indices))
-        if not isinstance(indices, torch.Tensor):
-            raise PruneDataError(
-                f"sample ids must be a tensor of dataset indices, got {type(indices).__name__}. Wrap the "
-                "dataset in prunedata.IndexedDataset so each batch carries its indices."
-            )
-        if indices.dtype.is_floating_point or indices.dtype == torch.bool or indices.dim() != 1:
-            raise PruneDataError(
-                f"sample ids must be a 1-D integer tensor, got dtype {indices.dtype} shape {tuple(indices.shape)}"
-            )
-        if indices.numel():
-            lo, hi = int(indices.min()), int(indices.max())
-            if lo < 0 or hi >= self.num_samples:
-                raise PruneDataError(
-                    f"sample index {lo if lo < 0 else hi} is outside the dataset (size {self.num_samples}); "
-                    "the pruner was built for another dataset, or the ids are not dataset indices"
-                )
-        return indices.to(self.mask.device, torch.long)
-
     def _soft(self, m: torch.Tensor, alpha: float) -> torch.Tensor:
         """``sigmoid(alpha*m)`` in value. Its gradient: ``alpha/4`` (``straight_through``) or
         ``alpha*w(1-w)`` taken at ``clamp(alpha*m, +-logit_clip)``."""
@@ -345,14 +302,6 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
             return torch.ones(idx.shape[0], device=self.mask.device)
         with torch.no_grad():
             return torch.sigmoid(self.alpha * self.mask[idx])
-
-    def _global_mask_stats(self, soft: torch.Tensor) -> torch.Tensor:
-        m = soft.mean()
-        k = self.world_size
-        if k <= 1:
-            return m
-        # same value, gradient / K: the summed mask gradient then counts the compression term once
-        return m.detach() + (m - m.detach()) / k
 
     def loss(self, indices: Any, losses: torch.Tensor) -> torch.Tensor:
         """Combined AdaPruner objective for one batch; call ``.backward()`` on it.
@@ -395,10 +344,10 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
             return torch.zeros((), device=dev)
         w = self._soft(self.mask[idx], alpha)
         ld = ld.to(w.device)
-        neg_log = -torch.log(ld.clamp_min(self.loss_eps))
         # mask: the paper's per-sample terms (classification + selection), divided by N
-        mask_cls = self.task_weight * (w * ld).sum() / self.num_samples
-        mask_sel = (w * neg_log).sum() / self.num_samples
+        mask_sel = (w * -torch.log(ld.clamp_min(self.loss_eps))).sum() / self.num_samples
+        total = (self.task_weight * (w * ld).sum() / self.num_samples + mask_sel).to(dev)
+        self._epoch_stats.add(ld, w.detach())
         if self.binarize_mode != "threshold":
             # the projection in step() holds the binarised ratio at the target exactly, so the
             # compression term is off (lambda = 0) and no dense O(N) work is done per step. Left on,
@@ -406,25 +355,21 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
             # logits tie at 0, r > c), with a dense step that treats visited and unvisited samples
             # differently: the kept fraction then depended on the first epoch's order.
             self._comp = None
-            total = (mask_cls + mask_sel).to(dev)
             self._last_terms = {"selection": mask_sel.detach(), "lambda": 0.0, "alpha": alpha}
-            self._epoch_stats.add(ld, w.detach())
             return total
         # compression term: its gradient is dense (every entry, every step) and is applied in closed
-        # form in step() with its own stability cap, so it is kept out of the autograd graph here
+        # form in step() with its own stability cap (after the mask gradient's all-reduce, so it counts
+        # once across ranks); it is kept out of the autograd graph here
         with torch.no_grad():
-            soft_all = torch.sigmoid(alpha * self.mask)
-            mean_soft = self._global_mask_stats(soft_all)
+            mean_soft = torch.sigmoid(alpha * self.mask).mean()
             r = self._binary_ratio()  # current binarised keep ratio (tensor, no host sync)
             lam = self.scale * (r - self.keep_ratio).abs()
             comp = (mean_soft - self.keep_ratio) ** 2
         self._comp = (lam, mean_soft - self.keep_ratio)
-        total = (mask_cls + mask_sel).to(dev) + (lam * comp).to(dev)
         # tensors, converted to floats only when read (no per-step device sync)
-        self._last_terms = {"selection": mask_sel.detach(), "compression": comp.detach(), "lambda": lam,
-                            "alpha": alpha, "keep_ratio_now": r, "mean_weight": mean_soft.detach()}
-        self._epoch_stats.add(ld, w.detach())
-        return total
+        self._last_terms = {"selection": mask_sel.detach(), "compression": comp, "lambda": lam,
+                            "alpha": alpha, "keep_ratio_now": r, "mean_weight": mean_soft}
+        return total + (lam * comp).to(dev)
 
     def _binary_ratio(self) -> torch.Tensor:
         """Keep ratio of the binarised mask, ``sigmoid(alpha*m) >= 0.5`` (all kept at ``m = 0``)."""
@@ -575,7 +520,6 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
         self.history = list(state["history"])
         self._seen = state["seen"].to(self.mask.device).clone()
         self._epoch_stats = _EpochStats()
-        return None
 
 
 class _EpochStats:

@@ -24,15 +24,8 @@ class MaskResult:
         return np.lexsort((tie, -m))
 
     def binarize(self) -> np.ndarray:
-        """Final boolean keep-mask; ties are broken by a seeded random order, never by index.
-
-        ``"exact"``: the ``round(keep_ratio*N)`` samples with the largest logits. ``"band"``: within
-        ``keep_ratio +- tolerance``, the count at the largest gap between consecutive sorted logits
-        (where the learned mask itself separates kept from pruned). ``"threshold"``: the threshold
-        count ``m >= 0`` if it lies within the band, else the nearest band edge, with a warning.
-        :attr:`count_rule` says afterwards how the count was reached ("exact", "largest-gap",
-        "threshold" or "clipped-to-band").
-        """
+        """Final boolean keep-mask: the top of :meth:`ranking`, as many as the ``binarize`` rule says
+        (see :class:`~prunedata.adapruner.AdaPruner`); :attr:`count_rule` says afterwards which."""
         m = self.mask.detach().cpu().double().numpy()
         n = self.num_samples
         order = self.ranking()
@@ -66,8 +59,9 @@ class MaskResult:
 
     @property
     def count_rule(self) -> Optional[str]:
-        """How the last :meth:`binarize` reached its count: "exact", "largest-gap", "threshold" or
-        "clipped-to-band"."""
+        """How the last :meth:`binarize` reached its count: "exact" (``round(keep_ratio*N)``),
+        "largest-gap" (inside the band), "threshold" (the mask's own ``m >= 0`` count, inside the band)
+        or "clipped-to-band"."""
         return self._count_rule
 
     def params(self) -> Dict[str, Any]:
@@ -75,18 +69,14 @@ class MaskResult:
             "keep_ratio": self.keep_ratio, "epochs": self.epochs, "warmup_epochs": self.warmup_epochs,
             "alpha_init": self.alpha_init, "alpha_final": self.alpha_final, "scale": self.scale,
             "tolerance": self.tolerance, "logit_clip": self.logit_clip, "mask_lr": self.mask_lr,
-            "mask_optimizer": self.mask_optimizer_name, "mask_init": self.mask_init, "loss_eps": self.loss_eps, "task_weight": self.task_weight,
-            "binarize": self.binarize_mode, "straight_through": self.straight_through, "seed": self.seed,
+            "mask_optimizer": self.mask_optimizer_name, "mask_init": self.mask_init, "loss_eps": self.loss_eps,
+            "task_weight": self.task_weight, "binarize": self.binarize_mode, "straight_through": self.straight_through, "seed": self.seed,
         }
 
     def selection(self, dataset: Any = None, *, fingerprint: Optional[str] = None,
                   extra_params: Optional[Dict[str, Any]] = None, method: str = "adapruner") -> Selection:
-        """The binarised mask as a :class:`~prunedata.selection.Selection` (scores = mask logits).
-
-        ``params["count_rule"]`` records how the count was reached: "exact" (``round(keep_ratio*N)``),
-        "largest-gap" (inside the band), "threshold" (the mask's own ``m >= 0`` count, inside the band)
-        or "clipped-to-band".
-        """
+        """The binarised mask as a :class:`~prunedata.selection.Selection` (scores = mask logits);
+        ``params["count_rule"]`` records how the count was reached (:attr:`count_rule`)."""
         if dataset is not None and len(dataset) != self.num_samples:
             raise PruneDataError(
                 f"pruner has {self.num_samples} mask entries but the dataset has {len(dataset)} samples"
