@@ -77,12 +77,6 @@ class Features:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
-    def subset(self, rows: Union[np.ndarray, Sequence[int], torch.Tensor]) -> "Features":
-        """Rows ``rows`` (positions in this object, not dataset indices)."""
-        r = torch.as_tensor(np.asarray(rows), dtype=torch.long, device=self.h.device)
-        return Features(self.h[r], self.y[r], self.indices[np.asarray(rows)],
-                        None if self.logits is None else self.logits[r])
-
 
 def _unpack(batch: Any) -> Tuple[torch.Tensor, torch.Tensor]:
     if isinstance(batch, dict):

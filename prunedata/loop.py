@@ -1,15 +1,9 @@
 """One training recipe and one training loop, behind every place that trains a model.
 
-:class:`Recipe` names the optimiser (SGD with momentum and weight decay), its schedule, the number of
-epochs, the batch size and the seed. :func:`train` runs it: it owns the data loader, the optimiser and
-the schedule, seeding, progress, checkpoints (written atomically after every epoch, refused on resume
-when the recipe differs) and timing; what differs between callers goes through a small set of hooks
-(:class:`TrainHook`): a batch's loss (``objective``), what happens after each optimiser step and after
-each epoch, and state to carry through a checkpoint. :func:`test` is the one evaluator (accuracy and
-mean cross-entropy).
-
-``prunedata.training.fit``, the baselines' proxy training and every run of ``prunedata.evaluate`` are
-thin calls of :func:`train`.
+:class:`Recipe` says how a model is trained; :func:`train` runs it and owns the data loader, optimiser,
+schedule, seeding, progress, checkpoints and timing. What differs between callers (``training.fit``,
+AdaPruner joint training, the baselines' proxy training, every run of ``prunedata.evaluate``) goes
+through a small set of hooks (:class:`TrainHook`). :func:`test` is the one evaluator.
 """
 from __future__ import annotations
 
@@ -19,7 +13,6 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Dict, Iterable, Optional, Sequence
 
 import numpy as np
@@ -27,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from .checkpoint import Checkpointer
 from .errors import PruneDataError
 from .progress import progress
 
@@ -160,31 +154,6 @@ class _Callbacks(TrainHook):
             self._load(state)
 
 
-class Checkpointer:
-    """How :func:`train` writes and reads its checkpoint: the default holds the model, optimiser,
-    schedule, shuffling generator, RNG state, the run's recipe (refused on resume when it differs)
-    and the hooks' state."""
-
-    def __init__(self, path: Any, recipe: Dict[str, Any], what: str = "training run"):
-        self.path, self.recipe, self.what = path, recipe, what
-
-    def exists(self) -> bool:
-        return self.path is not None and Path(self.path).exists()
-
-    def save(self, epoch: int, model, optimizer, scheduler, generator, hook_state: Any) -> None:
-        from .checkpoint import save_training_checkpoint
-
-        save_training_checkpoint(self.path, self.recipe, epoch=epoch, model=model, optimizer=optimizer,
-                                 scheduler=scheduler, generator=generator, user_state=hook_state)
-
-    def load(self, model, optimizer, scheduler, generator) -> tuple:
-        """``(epoch to continue from, the hooks' state)``."""
-        from .checkpoint import resume_training
-
-        return resume_training(self.path, self.recipe, model=model, optimizer=optimizer, scheduler=scheduler,
-                               generator=generator, what=self.what)
-
-
 def train(model: torch.nn.Module, dataset: Any, recipe: Recipe, *, hooks: Sequence[TrainHook] = (),
           with_ids: bool = False, num_workers: int = 0, checkpoint: Optional[Any] = None, resume: bool = False,
           checkpoint_recipe: Optional[Dict[str, Any]] = None, what: str = "training run",
@@ -204,7 +173,9 @@ def train(model: torch.nn.Module, dataset: Any, recipe: Recipe, *, hooks: Sequen
     (a dict naming the run); ``resume=True`` continues from there (a checkpoint of another recipe is
     refused) and ends where an uninterrupted run would. ``stop_on_nan`` turns a non-finite loss into an
     error; ``drop_singleton_batch`` drops a last batch of one sample (it breaks batch norm);
-    ``stop_after_epoch=k`` stops after ``k`` epochs. ``log`` is the caller's logger (messages such as
+    ``stop_after_epoch=k`` ends the run after its epoch ``k`` (counted from the run's start), once
+    that epoch's checkpoint is written, so that a preemptible or time-sliced job can continue later
+    with ``resume=True``. ``log`` is the caller's logger (messages such as
     "resumed ..." are the caller's news). ``optimizer`` replaces the recipe's SGD (the schedule still
     follows the recipe); ``sampler`` replaces the seeded shuffle (a hook then calls its ``set_epoch``);
     ``checkpointer`` replaces the default checkpoint format (:class:`Checkpointer`).

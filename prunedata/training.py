@@ -16,8 +16,8 @@ from torch.utils.data import DataLoader
 
 from ._io import PathLike
 from .adapruner import AdaPruner, AdaPrunerSampler
-from .checkpoint import adapruner_recipe, load_checkpoint, model_signature, save_checkpoint
-from .loop import Checkpointer, Recipe, Step, TrainHook, seed_everything, test, train  # noqa: F401 (seed_everything: re-exported)
+from .checkpoint import AdaPrunerCheckpointer, adapruner_recipe, model_signature
+from .loop import Recipe, Step, TrainHook, seed_everything, test, train  # noqa: F401 (seed_everything: re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,9 @@ def train_adapruner(model: torch.nn.Module, dataset: Any, pruner: AdaPruner, *,
 
     With ``checkpoint`` the whole state (model, optimiser, mask and its optimiser, epoch, RNG) is
     written atomically after every epoch; ``resume=True`` continues from it, giving the same
-    selection as an uninterrupted run. ``stop_after_epoch=k`` stops after ``k`` epochs (testing).
+    selection as an uninterrupted run. ``stop_after_epoch=k`` ends the run after its epoch ``k``
+    (counted from the run's start), checkpoint written: a preemptible or time-sliced job continues
+    later with ``resume=True``.
     """
     recipe = Recipe(epochs=pruner.epochs, batch_size=batch_size, lr=lr, seed=seed, device=str(device),
                     schedule="constant")
@@ -47,7 +49,7 @@ def train_adapruner(model: torch.nn.Module, dataset: Any, pruner: AdaPruner, *,
     train(model, dataset, recipe, hooks=[JointTraining(sampler, loss_fn)], with_ids=True, num_workers=num_workers,
           optimizer=optimizer, sampler=sampler, stop_after_epoch=stop_after_epoch, show_progress=show_progress,
           desc="adapruner", log=logger,
-          checkpointer=_SamplerCheckpointer(checkpoint, key, sampler) if checkpoint is not None else None,
+          checkpointer=AdaPrunerCheckpointer(checkpoint, key, sampler) if checkpoint is not None else None,
           resume=resume)
     return sampler
 
@@ -73,22 +75,6 @@ class JointTraining(TrainHook):
         self.sampler.pruner.end_epoch()["seconds"] = time.perf_counter() - self.t0
 
 
-class _SamplerCheckpointer(Checkpointer):
-    """AdaPruner's checkpoint: model, optimiser, the sampler with its mask, RNG and the run's recipe."""
-
-    def __init__(self, path: PathLike, recipe: Dict[str, Any], sampler: AdaPrunerSampler):
-        super().__init__(path, recipe, "AdaPruner run")
-        self.sampler = sampler
-
-    def save(self, epoch, model, optimizer, scheduler, generator, hook_state) -> None:
-        save_checkpoint(self.path, model=model, optimizer=optimizer, sampler=self.sampler, epoch=epoch,
-                        extra={"recipe": self.recipe})
-
-    def load(self, model, optimizer, scheduler, generator) -> tuple:
-        return load_checkpoint(self.path, model=model, optimizer=optimizer, sampler=self.sampler,
-                               recipe=self.recipe, what=self.what), None
-
-
 def fit(model: torch.nn.Module, dataset: Any, *, epochs: int = 2, batch_size: int = 128, lr: float = 0.05,
         seed: int = 0, device: Any = "cpu", num_workers: int = 0, show_progress: bool = True,
         desc: str = "train", checkpoint: Optional[PathLike] = None, resume: bool = False,
@@ -99,7 +85,8 @@ def fit(model: torch.nn.Module, dataset: Any, *, epochs: int = 2, batch_size: in
     With ``checkpoint`` the model, optimiser, schedule, shuffling generator and RNG state are written
     atomically after every epoch; ``resume=True`` continues from it (a finished run is not trained
     again) and ends with the same weights as an uninterrupted run. A checkpoint of another recipe or
-    dataset size is refused. ``stop_after_epoch=k`` stops after ``k`` epochs (testing).
+    dataset size is refused. ``stop_after_epoch=k`` ends the run after its epoch ``k``, checkpoint
+    written, for a preemptible or time-sliced job to continue later with ``resume=True``.
     """
     recipe = Recipe(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=str(device))
     key = {"job": desc, "epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr), "seed": int(seed),

@@ -15,14 +15,11 @@ step by step, from ``alpha_init`` to ``alpha_final``.
 Stopping and the kept count. The paper: "After each pruning step, the ADP module checks the gap
 between the practical and expected pruning ratios until it is below a predefined tolerance level"
 and "Post-training, m will be strictly binarized". We implement the check as a constraint that holds
-throughout pruning rather than as a stop: by default (``binarize="exact"``) the logits are shifted by
-one constant so that the binarised ratio is exactly the target (the gap is 0, never above the
-tolerance), and the final binarisation keeps exactly ``round(keep_ratio*N)`` samples by rank (the
-other count rules: ``binarize`` in :class:`AdaPruner`). The mask never stops learning: the selection
-is the product of every pruning epoch and of the whole alpha ramp, and because the shift is common
-to all samples, a sample's fate does not depend on where it falls in an epoch's shuffle. (Freezing
-the mask the first time the ratio enters the band did: it froze at the band's edge, mid-epoch, with
-later-visited samples kept more often.) Ties in the final ranking are broken by a seeded random order.
+throughout pruning rather than as a stop (``binarize`` in :class:`AdaPruner`; by default the gap is
+held at 0 by a common shift of the logits). The mask never stops learning: the selection is the
+product of every pruning epoch and of the whole alpha ramp, and a sample's fate does not depend on
+where it falls in an epoch's shuffle. (Freezing the mask the first time the ratio enters the band
+did: it froze at the band's edge, mid-epoch, with later-visited samples kept more often.)
 
 Scaling. The paper divides the per-sample terms by ``N``, the dataset size (Eq. 4-6). We follow it
 for the mask's gradient and give the *model* the batch mean of the weighted loss (Eq. 4 with ``N``
@@ -182,8 +179,7 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
         self.mask = nn.Parameter(torch.full((self.num_samples,), self.mask_init, device=device))
         # "sgd" steps are taken in closed form in step(); only "adam" keeps an optimiser state
         self.optimizer = torch.optim.Adam([self.mask], lr=self.mask_lr) if mask_optimizer == "adam" else None
-        self.epoch = 0
-        self.global_step = 0
+        self.epoch = self.global_step = 0
         self.history: List[Dict[str, Any]] = []
         self._last_terms: Dict[str, Any] = {}
         self._epoch_stats = _EpochStats()
@@ -258,8 +254,7 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
         if epoch < 0:
             raise PruneDataError(f"epoch must be >= 0, got {epoch}")
         self.epoch = epoch
-        self._epoch_samples = 0
-        self._pending_samples = 0
+        self._epoch_samples = self._pending_samples = 0
         self._epoch_stats = _EpochStats()
 
     # ------------------------------------------------------------------ per-step API
@@ -288,13 +283,8 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
         return w * (1.0 - w)
 
     def weights(self, indices: Any) -> torch.Tensor:
-        """Soft weights ``sigmoid(alpha*m)`` of the given samples, detached (1 during warm-up).
-
-        The mask learns only through :meth:`loss` or :meth:`mask_loss`: the weights are constants
-        here, so ``(weights(idx) * losses).mean() + mask_loss(idx, losses)`` is exactly
-        :meth:`loss` (same model gradient, same mask step), and a loop that uses the weights alone
-        trains the model on the current mask without changing it.
-        """
+        """Soft weights ``sigmoid(alpha*m)`` of the given samples, detached (1 during warm-up): a loop
+        that uses the weights alone trains the model on the current mask without changing it."""
         return self._weights(self._check_indices(indices))
 
     def _weights(self, idx: torch.Tensor) -> torch.Tensor:
@@ -309,8 +299,9 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
         ``indices``: dataset indices of the batch (from :class:`IndexedDataset`).
         ``losses``: per-sample task losses, unreduced (``reduction='none'``), shape ``(B,)``, >= 0.
 
-        It is ``(weights(indices) * losses).mean() + mask_loss(indices, losses)``: the model gets the
-        batch mean of the weighted task loss (weights constant), the mask gets the paper's terms.
+        It is exactly ``(weights(indices) * losses).mean() + mask_loss(indices, losses)`` (same model
+        gradient, same mask step): the model gets the batch mean of the weighted task loss (weights
+        constant), the mask gets the paper's terms. Call :meth:`step` after ``backward()``.
         """
         idx = self._check_indices(indices)
         losses = check_per_sample_losses(losses, idx.shape[0])
@@ -321,13 +312,9 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
         return out
 
     def mask_loss(self, indices: Any, losses: torch.Tensor) -> torch.Tensor:
-        """The mask's part of the objective for one batch (a scalar with gradient only to the mask).
-
-        For loops that combine the task loss themselves: ``(weights(idx) * losses).mean() +
-        mask_loss(idx, losses)`` is :meth:`loss`. ``losses`` are the batch's per-sample task losses
-        (they are detached here: the selection term ``-log L`` must not train the model). Zero
-        during warm-up. Call it once per batch, then :meth:`step` after ``backward()``.
-        """
+        """The mask's part of :meth:`loss` for one batch, for loops that weight the task loss themselves
+        (once per batch). ``losses`` are detached here: the selection term ``-log L`` must not train
+        the model. Zero during warm-up."""
         idx = self._check_indices(indices)
         return self._mask_loss(idx, check_per_sample_losses(losses, idx.shape[0]))
 

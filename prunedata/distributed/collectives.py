@@ -59,7 +59,7 @@ def _timeout_seconds() -> float:
 
 def _env_int(name: str) -> Optional[int]:
     v = os.environ.get(name)
-    if v is None or v == "":
+    if not v:
         return None
     try:
         return int(v)
