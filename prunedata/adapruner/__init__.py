@@ -2,7 +2,8 @@
 
 :mod:`.mask` holds :class:`AdaPruner` (the mask, its schedule and steps; its result and distributed
 parts in :mod:`.result` and :mod:`.sync`, its id lookup in :mod:`.keys`), :mod:`.sampler` the
-:class:`AdaPrunerSampler`, :mod:`.checks` the input checks. See :mod:`prunedata.adapruner.mask` for the method and how it maps to the paper.
+:class:`AdaPrunerSampler`, :mod:`.checks` the input checks. See :mod:`prunedata.adapruner.mask` for
+the method and how it maps to the paper.
 """
 from __future__ import annotations
 

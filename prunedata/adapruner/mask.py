@@ -63,9 +63,10 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
     mask_lr, mask_optimizer: the mask's own optimiser. With "sgd" (default) the per-sample terms
         use the learning rate ``mask_lr * N / alpha``, which cancels the 1/N of the loss and the alpha
         of the sigmoid's slope (with ``straight_through``, see there), so visits early and late in the
-        alpha ramp count alike. The compression term's (dense) gradient is applied in closed form in the sigmoid's input space (``mask_lr * N / alpha**2``)
-        with its step capped so that the feedback gain ``lr * 2*lambda * mean((w(1-w))^2)`` stays
-        <= 0.5 (no overshoot). "adam" uses ``mask_lr`` as is.
+        alpha ramp count alike. The compression term's (dense) gradient is applied in closed form in
+        the sigmoid's input space (``mask_lr * N / alpha**2``) with its step capped so that the
+        feedback gain ``lr * 2*lambda * mean((w(1-w))^2)`` stays <= 0.5 (no overshoot). "adam" uses
+        ``mask_lr`` as is.
     mask_init: initial logit of every entry (0: weight 0.5 when pruning starts; warm-up uses weight 1).
     logit_clip: the mask's gradient factor ``alpha*w(1-w)`` is taken at ``clamp(alpha*m, +-logit_clip)``,
         so a saturated sample can still move (the factor stays >= ~0.0025*alpha) and the compression
@@ -110,9 +111,9 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
         (never the dataset index).
     process_group: ``"world"`` (every rank of the default process group, looked up when used) or a
         ``torch.distributed`` process group, whose ranks share this mask: the mask gradient and the
-        epoch statistics are summed over them, and at each epoch end every rank's mask is
-        checked against rank 0's (differences up to ``sync_tolerance`` are float noise and removed;
-        larger ones raise :class:`~prunedata.distributed.DistributedError`). ``None`` (default): no
+        epoch statistics are summed over them, and at each epoch end every rank's mask is checked
+        against rank 0's (differences up to ``sync_tolerance`` are float noise and removed; larger
+        ones raise :class:`~prunedata.distributed.DistributedError`). ``None`` (default): no
         synchronisation -- one process, or one independent mask per rank.
 
     Not a ``torch.nn.Module``: the mask is not a model parameter (it must not be in a model's
@@ -157,7 +158,8 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
         if self.mask_lr <= 0:
             raise PruneDataError(f"mask_lr must be > 0 (the mask's learning rate), got {mask_lr}; the default is 1.0")
         if self.scale < 0:
-            raise PruneDataError(f"scale (s in lambda = s*|r - keep_ratio|) must be >= 0, got {scale}; the paper uses 100")
+            raise PruneDataError(f"scale (s in lambda = s*|r - keep_ratio|) must be >= 0, got {scale}; "
+                                 "the paper uses 100")
         if self.loss_eps <= 0:
             raise PruneDataError(f"loss_eps (the floor of L inside -log L) must be > 0, got {loss_eps}")
         if logit_clip is not None and _number(logit_clip, "logit_clip") < 0:

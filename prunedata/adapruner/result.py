@@ -34,14 +34,9 @@ class MaskResult:
         if self.binarize_mode == "exact":
             k, rule = self.num_keep, "exact"
         elif self.binarize_mode == "band":
-            s = m[order]
-            hi_gap = min(hi, n - 1)
-            if hi_gap < lo:
-                k = lo
-            else:
-                gaps = s[lo - 1:hi_gap] - s[lo:hi_gap + 1]  # gap after the k-th largest, k = lo..hi_gap
-                k = lo + int(np.argmax(gaps))
-            rule = "largest-gap"
+            s, hi_gap = m[order], min(hi, n - 1)
+            gaps = s[lo - 1:hi_gap] - s[lo:hi_gap + 1]  # gap after the k-th largest, k = lo..hi_gap
+            k, rule = (lo + int(np.argmax(gaps)) if hi_gap >= lo else lo), "largest-gap"
         else:
             k_thr = int((m >= 0).sum())
             k = max(1, min(n, min(max(k_thr, lo), hi)))
@@ -70,7 +65,8 @@ class MaskResult:
             "alpha_init": self.alpha_init, "alpha_final": self.alpha_final, "scale": self.scale,
             "tolerance": self.tolerance, "logit_clip": self.logit_clip, "mask_lr": self.mask_lr,
             "mask_optimizer": self.mask_optimizer_name, "mask_init": self.mask_init, "loss_eps": self.loss_eps,
-            "task_weight": self.task_weight, "binarize": self.binarize_mode, "straight_through": self.straight_through, "seed": self.seed,
+            "task_weight": self.task_weight, "binarize": self.binarize_mode, "straight_through": self.straight_through,
+            "seed": self.seed,
         }
 
     def selection(self, dataset: Any = None, *, fingerprint: Optional[str] = None,
@@ -88,10 +84,7 @@ class MaskResult:
         thr = float((m >= 0).mean())
         if fingerprint is None and dataset is not None:
             fingerprint = dataset_fingerprint(dataset)
-        params = self.params()
-        params["count_rule"] = self._count_rule
-        if extra_params:
-            params.update(extra_params)
+        params = {**self.params(), "count_rule": self._count_rule, **(extra_params or {})}
         sel = Selection.from_mask(
             keep, method=method, params=params, fingerprint=fingerprint, scores=m, score_name="mask_logit",
             metrics={
