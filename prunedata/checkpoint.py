@@ -35,16 +35,9 @@ def save_checkpoint(path: PathLike, *, epoch: int, model: Optional[torch.nn.Modu
                     pruner: Any = None, scheduler: Any = None, extra: Optional[Dict[str, Any]] = None) -> Path:
     """Atomically write everything needed to resume after ``epoch`` completed epochs."""
     state: Dict[str, Any] = {"version": CHECKPOINT_VERSION, "epoch": int(epoch), "rng": rng_state()}
-    if model is not None:
-        state["model"] = model.state_dict()
-    if optimizer is not None:
-        state["optimizer"] = optimizer.state_dict()
-    if scheduler is not None:
-        state["scheduler"] = scheduler.state_dict()
-    if sampler is not None:
-        state["sampler"] = sampler.state_dict()
-    elif pruner is not None:
-        state["pruner"] = pruner.state_dict()
+    parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "sampler": sampler,
+             "pruner": pruner if sampler is None else None}  # the sampler's state holds its pruner's
+    state.update({key: obj.state_dict() for key, obj in parts.items() if obj is not None})
     if extra:
         state["extra"] = extra
     path = atomic_torch_save(state, path)

@@ -136,22 +136,15 @@ class _Callbacks(TrainHook):
     ``state()`` / ``load_state(state)``)."""
 
     def __init__(self, on_batch=None, on_epoch_end=None, state=None, load_state=None):
-        self._on_batch, self._on_epoch_end, self._state, self._load = on_batch, on_epoch_end, state, load_state
-
-    def after_step(self, step: Step) -> None:
-        if self._on_batch is not None:
-            self._on_batch(step.ids, step.logits, step.targets)
-
-    def after_epoch(self, epoch: int, model: torch.nn.Module) -> None:
-        if self._on_epoch_end is not None:
-            self._on_epoch_end(epoch, model)
-
-    def state_dict(self) -> Any:
-        return self._state() if self._state is not None else None
-
-    def load_state_dict(self, state: Any) -> None:
-        if self._load is not None:
-            self._load(state)
+        # each callable given replaces the base class's no-op
+        if on_batch is not None:
+            self.after_step = lambda step: on_batch(step.ids, step.logits, step.targets)
+        if on_epoch_end is not None:
+            self.after_epoch = on_epoch_end
+        if state is not None:
+            self.state_dict = state
+        if load_state is not None:
+            self.load_state_dict = load_state
 
 
 def train(model: torch.nn.Module, dataset: Any, recipe: Recipe, *, hooks: Sequence[TrainHook] = (),
@@ -163,7 +156,7 @@ def train(model: torch.nn.Module, dataset: Any, recipe: Recipe, *, hooks: Sequen
           stop_after_epoch: Optional[int] = None, show_progress: bool = True, desc: str = "train",
           log: Optional[logging.Logger] = None) -> Dict[str, Any]:
     """Train ``model`` (from its current state) on ``dataset`` with ``recipe``; returns
-    ``{"seconds": training wall time without hooks, "epochs_run": ...}``.
+    ``{"seconds": training wall time without hooks, "epochs_run": ..., "steps_per_epoch": ...}``.
 
     Batches are shuffled by a generator seeded with ``recipe.seed``; the global generators are seeded
     too (``seed_globals="all"``, or ``"torch"`` for torch and numpy only) unless the run resumes.
@@ -171,21 +164,20 @@ def train(model: torch.nn.Module, dataset: Any, recipe: Recipe, *, hooks: Sequen
     each batch's sample indices. With ``checkpoint`` the model, optimiser, schedule, shuffling generator,
     RNG state and the hooks' state are written atomically after every epoch under ``checkpoint_recipe``
     (a dict naming the run); ``resume=True`` continues from there (a checkpoint of another recipe is
-    refused) and ends where an uninterrupted run would. ``stop_on_nan`` turns a non-finite loss into an
-    error; ``drop_singleton_batch`` drops a last batch of one sample (it breaks batch norm);
-    ``stop_after_epoch=k`` ends the run after its epoch ``k`` (counted from the run's start), once
-    that epoch's checkpoint is written, so that a preemptible or time-sliced job can continue later
-    with ``resume=True``. ``log`` is the caller's logger (messages such as
-    "resumed ..." are the caller's news). ``optimizer`` replaces the recipe's SGD (the schedule still
-    follows the recipe); ``sampler`` replaces the seeded shuffle (a hook then calls its ``set_epoch``);
-    ``checkpointer`` replaces the default checkpoint format (:class:`Checkpointer`).
+    refused) and ends where an uninterrupted run would. ``stop_after_epoch=k`` ends the run after its
+    epoch ``k`` (counted from the run's start), once that epoch's checkpoint is written, so that a
+    preemptible or time-sliced job can continue later with ``resume=True``. ``stop_on_nan`` turns a
+    non-finite loss into an error; ``drop_singleton_batch`` drops a last batch of one sample (it breaks
+    batch norm). ``log`` is the caller's logger (messages such as "resumed ..." are the caller's news).
+    ``optimizer`` replaces the recipe's SGD (the schedule still follows the recipe); ``sampler`` the
+    seeded shuffle (a hook then calls its ``set_epoch``); ``checkpointer`` the default checkpoint
+    format (:class:`Checkpointer`).
     """
     from .identity import IndexedDataset
 
     device = recipe.device
     model.to(device)
-    g = torch.Generator()
-    g.manual_seed(recipe.seed)
+    g = torch.Generator().manual_seed(recipe.seed)
     data = IndexedDataset(dataset) if with_ids else dataset
     drop_last = drop_singleton_batch and len(dataset) % recipe.batch_size == 1 and len(dataset) > 1
     order = {"sampler": sampler} if sampler is not None else {"shuffle": True, "generator": g}

@@ -12,9 +12,7 @@ from ..errors import LossShapeError, NonFiniteLossError, PruneDataError
 def check_per_sample_losses(losses: Any, n_ids: int) -> torch.Tensor:
     """Validate unreduced per-sample losses; returns them as a 1-D float tensor."""
     if not isinstance(losses, torch.Tensor):
-        raise LossShapeError(
-            f"per-sample losses must be a torch.Tensor, got {type(losses).__name__}"
-        )
+        raise LossShapeError(f"per-sample losses must be a torch.Tensor, got {type(losses).__name__}")
     if losses.dim() == 0:
         raise LossShapeError(
             "got a scalar loss, but AdaPruner needs one loss per sample. Compute the loss with "

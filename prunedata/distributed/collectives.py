@@ -168,17 +168,6 @@ def collective_guard(what: str, hint: Optional[str] = None) -> Iterator[None]:
         raise DistributedError(msg) from e
 
 
-def barrier(what: str = "barrier", hint: Optional[str] = None) -> None:
-    """Wait for every rank; on gloo a monitored barrier names the ranks that did not arrive."""
-    if get_world_size() <= 1:
-        return
-    with collective_guard(what, hint):
-        if dist.get_backend() == "gloo":
-            dist.monitored_barrier(timeout=datetime.timedelta(seconds=_timeout_seconds()), wait_all_ranks=True)
-        else:
-            dist.barrier()
-
-
 def broadcast_object(obj: Any, src: int = 0, what: str = "broadcast") -> Any:
     """Rank ``src``'s ``obj`` on every rank (pickled; for small objects)."""
     if get_world_size() <= 1:
@@ -267,11 +256,9 @@ def gather_rows(indices: Any, rows: Any, num_samples: int, what: str = "gather p
         counts = torch.zeros(world, dtype=torch.long)
         counts[get_rank()] = idx.numel()
         all_reduce(counts, what=f"{what} (sizes)")
-        m = int(counts.max())
-        pad_i = torch.full((m,), -1, dtype=torch.long)
-        pad_i[: idx.numel()] = idx
-        pad_v = torch.zeros((m,) + tail, dtype=val.dtype)
-        pad_v[: idx.numel()] = val
+        pad = int(counts.max()) - idx.numel()  # all_gather needs equal sizes
+        pad_i = torch.cat([idx, idx.new_full((pad,), -1)])
+        pad_v = torch.cat([val, val.new_zeros((pad,) + tail)])
         gi = [torch.empty_like(pad_i) for _ in range(world)]
         gv = [torch.empty_like(pad_v) for _ in range(world)]
         with collective_guard(what):
