@@ -35,10 +35,9 @@ def find_linear_layer(model: nn.Module, layer: Union[None, str, nn.Module] = Non
     elif layer is None:
         found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
         if not found:
-            raise PruneDataError(
-                f"{type(model).__name__} has no nn.Linear layer; influence pruning, herding and GraNd analyse the "
-                "last linear layer of a classifier. Pass layer=<name> of the output layer if it is a custom module."
-            )
+            raise PruneDataError(f"{type(model).__name__} has no nn.Linear layer; influence pruning, herding and GraNd "
+                                 "analyse the last linear layer of a classifier. Pass layer=<name> of the output layer "
+                                 "if it is a custom module.")
         name, mod = found[-1]
     elif isinstance(layer, str):
         try:
@@ -57,10 +56,8 @@ def find_linear_layer(model: nn.Module, layer: Union[None, str, nn.Module] = Non
     else:
         raise PruneDataError(f"layer must be None, a module name or an nn.Module, got {type(layer).__name__}")
     if not isinstance(mod, nn.Linear):
-        raise PruneDataError(
-            f"layer {name!r} is a {type(mod).__name__}, not nn.Linear: the closed-form influence needs the "
-            "model's last linear (logit) layer; name that one instead."
-        )
+        raise PruneDataError(f"layer {name!r} is a {type(mod).__name__}, not nn.Linear: the closed-form influence "
+                             "needs the model's last linear (logit) layer; name that one instead.")
     return name, mod
 
 

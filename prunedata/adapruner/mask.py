@@ -136,10 +136,8 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
         if int(epochs) < 1:
             raise PruneDataError(f"epochs must be >= 1, got {epochs}")
         if not 0 <= int(warmup_epochs) < int(epochs):
-            raise PruneDataError(
-                f"warmup_epochs must be in [0, epochs) so that at least one epoch prunes; got "
-                f"warmup_epochs={warmup_epochs}, epochs={epochs}"
-            )
+            raise PruneDataError(f"warmup_epochs must be in [0, epochs) so that at least one epoch prunes; got "
+                                 f"warmup_epochs={warmup_epochs}, epochs={epochs}")
         self.epochs, self.warmup_epochs = int(epochs), int(warmup_epochs)
         self.alpha_init, self.alpha_final = _number(alpha_init, "alpha_init"), _number(alpha_final, "alpha_final")
         self.tolerance, self.mask_lr = _number(tolerance, "tolerance"), _number(mask_lr, "mask_lr")
@@ -151,10 +149,8 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
         if not 0 <= self.tolerance < 0.5:
             raise PruneDataError(f"tolerance must be in [0, 0.5), got {tolerance}; 0.02 is the paper's")
         if self.alpha_init <= 0 or self.alpha_final < self.alpha_init:
-            raise PruneDataError(
-                f"need 0 < alpha_init <= alpha_final, got alpha_init={alpha_init}, alpha_final={alpha_final}; "
-                "the paper ramps 0.1 -> 5"
-            )
+            raise PruneDataError(f"need 0 < alpha_init <= alpha_final, got alpha_init={alpha_init}, "
+                                 f"alpha_final={alpha_final}; the paper ramps 0.1 -> 5")
         if self.mask_lr <= 0:
             raise PruneDataError(f"mask_lr must be > 0 (the mask's learning rate), got {mask_lr}; the default is 1.0")
         if self.scale < 0:
@@ -441,10 +437,8 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
         self._pending_samples = 0
         if not self.in_warmup and self.binarize_mode != "threshold":
             self._project()
-        if self.in_warmup:  # warm-up trains with weight 1 for every sample
-            soft = torch.ones(self.num_samples)
-        else:
-            soft = torch.sigmoid(self.alpha * self.mask.detach()).cpu()
+        # warm-up trains with weight 1 for every sample
+        soft = torch.ones(self.num_samples) if self.in_warmup else torch.sigmoid(self.alpha * self.mask.detach()).cpu()
         hist, _ = np.histogram(soft.numpy(), bins=20, range=(0.0, 1.0))
         rec = {
             "epoch": self.epoch,
@@ -487,17 +481,15 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
 
     def load_state_dict(self, state: Dict[str, Any], strict: bool = True) -> None:
         if int(state["num_samples"]) != self.num_samples:
-            raise PruneDataError(
-                f"checkpoint has a mask for {state['num_samples']} samples, this pruner has {self.num_samples}"
-            )
+            raise PruneDataError(f"checkpoint has a mask for {state['num_samples']} samples, this pruner has "
+                                 f"{self.num_samples}")
         now = self.params()
         if strict and state.get("params") and state["params"] != now:
             diff = {k: (state["params"].get(k), now.get(k)) for k in set(state["params"]) | set(now)
                     if state["params"].get(k) != now.get(k)}
-            raise PruneDataError(
-                f"checkpoint was made with other AdaPruner parameters: {diff} (checkpoint, now); build the "
-                "pruner with the checkpoint's parameters, or start a new run without --resume"
-            )
+            raise PruneDataError(f"checkpoint was made with other AdaPruner parameters: {diff} (checkpoint, now); "
+                                 "build the pruner with the checkpoint's parameters, or start a new run without "
+                                 "--resume")
         with torch.no_grad():
             self.mask.copy_(state["mask"].to(self.mask.device))
         if self.optimizer is not None and state.get("optimizer"):
@@ -515,10 +507,7 @@ class _EpochStats:
     """Running per-epoch sums (mean loss, weighted fraction) without storing per-step tensors."""
 
     def __init__(self) -> None:
-        self.n = 0
-        self.loss_sum: Any = 0.0
-        self.w_sum: Any = 0.0
-        self.w_n = 0
+        self.n, self.loss_sum, self.w_sum, self.w_n = 0, 0.0, 0.0, 0  # the sums become tensors on the device
 
     def add(self, losses: torch.Tensor, w: Optional[torch.Tensor]) -> None:
         self.n += int(losses.numel())

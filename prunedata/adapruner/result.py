@@ -74,9 +74,8 @@ class MaskResult:
         """The binarised mask as a :class:`~prunedata.selection.Selection` (scores = mask logits);
         ``params["count_rule"]`` records how the count was reached (:attr:`count_rule`)."""
         if dataset is not None and len(dataset) != self.num_samples:
-            raise PruneDataError(
-                f"pruner has {self.num_samples} mask entries but the dataset has {len(dataset)} samples"
-            )
+            raise PruneDataError(f"pruner has {self.num_samples} mask entries but the dataset has {len(dataset)} "
+                                 "samples")
         if not self.finished:
             logger.warning("AdaPruner.selection() called after %d of %d epochs", self.epoch, self.epochs)
         keep = self.binarize()

@@ -91,10 +91,8 @@ def init_distributed(backend: Optional[str] = None, *, init_method: Optional[str
     if world_size is None and rank is None:
         return False
     if world_size is None or rank is None:
-        raise PruneDataError(
-            f"RANK={rank} and WORLD_SIZE={world_size}: both must be set (torchrun sets them). Launch "
-            "with `torchrun --nproc_per_node=N script.py`, or unset both to run in one process."
-        )
+        raise PruneDataError(f"RANK={rank} and WORLD_SIZE={world_size}: both must be set (torchrun sets them). Launch "
+                             "with `torchrun --nproc_per_node=N script.py`, or unset both to run in one process.")
     if world_size < 1 or not 0 <= rank < world_size:
         raise PruneDataError(f"RANK must be in [0, WORLD_SIZE); got RANK={rank}, WORLD_SIZE={world_size}")
     if world_size == 1 and init_method is None:
@@ -103,11 +101,9 @@ def init_distributed(backend: Optional[str] = None, *, init_method: Optional[str
     if init_method == "env://":
         missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
         if missing:
-            raise PruneDataError(
-                f"{' and '.join(missing)} not set: the env:// rendezvous needs the address and port of "
-                "rank 0 (torchrun sets them; with a hand-made launch export MASTER_ADDR=127.0.0.1 "
-                "MASTER_PORT=<free port>)"
-            )
+            raise PruneDataError(f"{' and '.join(missing)} not set: the env:// rendezvous needs the address and port "
+                                 "of rank 0 (torchrun sets them; with a hand-made launch export MASTER_ADDR=127.0.0.1 "
+                                 "MASTER_PORT=<free port>)")
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
@@ -246,10 +242,8 @@ def gather_rows(indices: Any, rows: Any, num_samples: int, what: str = "gather p
     idx = torch.as_tensor(np.asarray(indices), dtype=torch.long).reshape(-1)
     val = rows.detach().cpu() if isinstance(rows, torch.Tensor) else torch.as_tensor(np.asarray(rows))
     if val.dim() == 0 or val.shape[0] != idx.shape[0]:
-        raise PruneDataError(
-            f"got {tuple(val.shape)} values for {idx.shape[0]} indices on rank {get_rank()}: {what} needs one "
-            "row per index"
-        )
+        raise PruneDataError(f"got {tuple(val.shape)} values for {idx.shape[0]} indices on rank {get_rank()}: {what} "
+                             "needs one row per index")
     tail = tuple(val.shape[1:])
     world = get_world_size()
     if world > 1:
@@ -272,10 +266,8 @@ def gather_rows(indices: Any, rows: Any, num_samples: int, what: str = "gather p
     covered[idx] = True
     if not bool(covered.all()):
         miss = (~covered).nonzero().flatten()
-        raise PruneDataError(
-            f"{what}: {miss.numel()} samples were computed on no rank (e.g. {miss[:5].tolist()}); every rank "
-            "must process its shard (shard_indices(n)) of the same dataset"
-        )
+        raise PruneDataError(f"{what}: {miss.numel()} samples were computed on no rank (e.g. {miss[:5].tolist()}); "
+                             "every rank must process its shard (shard_indices(n)) of the same dataset")
     out = torch.empty((num_samples,) + tail, dtype=val.dtype)
     out[idx] = val
     return out

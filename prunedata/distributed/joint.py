@@ -78,17 +78,14 @@ def train_adapruner_ddp(model: torch.nn.Module, dataset: Any, pruner: AdaPruner,
     """
     world, rank = get_world_size(), get_rank()
     if world > 1 and pruner.world_size <= 1:
-        raise PruneDataError(
-            f"this AdaPruner keeps a separate mask on each of the {world} ranks, which would drift apart. Build it "
-            "with AdaPruner(..., process_group='world') so the ranks share one mask (DistributedAdaPruner, its "
-            "deprecated name, does the same)"
-        )
+        raise PruneDataError(f"this AdaPruner keeps a separate mask on each of the {world} ranks, which would drift "
+                             "apart. Build it with AdaPruner(..., process_group='world') so the ranks share one mask "
+                             "(DistributedAdaPruner, its deprecated name, does the same)")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise PruneDataError(f"batch_size (per rank) must be a positive int, got {batch_size!r}")
     if len(dataset) != pruner.num_samples:
-        raise PruneDataError(
-            f"the pruner has {pruner.num_samples} mask entries but the dataset has {len(dataset)} samples"
-        )
+        raise PruneDataError(f"the pruner has {pruner.num_samples} mask entries but the dataset has {len(dataset)} "
+                             "samples")
     if device is None:
         device = f"cuda:{torch.cuda.current_device()}" if (is_distributed() and dist.get_backend() == "nccl") else "cpu"
     device = torch.device(device)
@@ -147,10 +144,9 @@ class _DDPCheckpointer(AdaPrunerCheckpointer):
         here = Path(self.path).exists()
         found = all_gather_object(here, what="checking the checkpoint on every rank")
         if any(found) and not all(found):
-            raise DistributedError(
-                f"checkpoint {self.path} exists on ranks {[i for i, f in enumerate(found) if f]} but not on "
-                f"{[i for i, f in enumerate(found) if not f]}: put it on a filesystem that every rank sees"
-            )
+            raise DistributedError(f"checkpoint {self.path} exists on ranks {[i for i, f in enumerate(found) if f]} "
+                                   f"but not on {[i for i, f in enumerate(found) if not f]}: put it on a filesystem "
+                                   "that every rank sees")
         return here
 
     def save(self, epoch, model, optimizer, scheduler, generator, hook_state) -> None:
@@ -171,9 +167,7 @@ class _DDPCheckpointer(AdaPrunerCheckpointer):
                            self.path, extra.get("world_size", "?"), world)
         starts = all_gather_object(start, what="checking that every rank resumed at the same epoch")
         if len(set(starts)) != 1:
-            raise DistributedError(
-                f"ranks resumed from different epochs {starts}: the checkpoint {self.path} changed while being read; "
-                "restart all ranks"
-            )
+            raise DistributedError(f"ranks resumed from different epochs {starts}: the checkpoint {self.path} changed "
+                                   "while being read; restart all ranks")
         logger.info("rank %d resumed from %s at epoch %d", rank, self.path, start)
         return start, None

@@ -57,10 +57,8 @@ def distributed_scores(score_fn: Callable[[Any], Any], dataset: Any, *, what: st
     def local() -> np.ndarray:
         vals = np.asarray(score_fn(part), dtype=np.float64)
         if vals.shape != (len(idx),):
-            raise PruneDataError(
-                f"score_fn returned shape {vals.shape} for a shard of {len(idx)} samples; it must return one "
-                "score per sample of the dataset it is given, in order"
-            )
+            raise PruneDataError(f"score_fn returned shape {vals.shape} for a shard of {len(idx)} samples; it must "
+                                 "return one score per sample of the dataset it is given, in order")
         return vals
 
     vals = _agree(local, what)
