@@ -44,9 +44,8 @@ def find_linear_layer(model: nn.Module, layer: Union[None, str, nn.Module] = Non
             mod = model.get_submodule(layer)
         except AttributeError:
             names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-            raise PruneDataError(
-                f"{type(model).__name__} has no submodule {layer!r}; its linear layers are: {names}"
-            ) from None
+            raise PruneDataError(f"{type(model).__name__} has no submodule {layer!r}; its linear layers are: "
+                                 f"{names}") from None
         name = layer
     elif isinstance(layer, nn.Module):
         name = next((n for n, m in model.named_modules() if m is layer), None)

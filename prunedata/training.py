@@ -1,8 +1,6 @@
-"""Plain training loops: AdaPruner joint training, fitting a fresh model, evaluation.
-
-These are conveniences for the CLI, benchmarks and examples; the library's pieces
-(:class:`~prunedata.IndexedDataset`, :class:`~prunedata.AdaPrunerSampler`) work in any loop.
-"""
+"""Plain training loops (AdaPruner joint training, fitting a fresh model, evaluation): conveniences for
+the CLI, benchmarks and examples; the library's pieces (:class:`~prunedata.IndexedDataset`,
+:class:`~prunedata.AdaPrunerSampler`) work in any loop."""
 from __future__ import annotations
 
 import logging

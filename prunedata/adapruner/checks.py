@@ -22,10 +22,9 @@ def check_per_sample_losses(losses: Any, n_ids: int) -> torch.Tensor:
         raise LossShapeError(f"per-sample losses must be 1-D (one per sample), got shape {tuple(losses.shape)}; "
                              "reduce over all but the batch dimension first, e.g. loss.flatten(1).mean(1).")
     if losses.shape[0] != n_ids:
-        raise LossShapeError(
-            f"got {losses.shape[0]} per-sample losses for {n_ids} sample ids; the batch's ids and "
-            "losses must match one to one (was the loss reduced, or the ids taken from another batch?)"
-        )
+        raise LossShapeError(f"got {losses.shape[0]} per-sample losses for {n_ids} sample ids; the batch's ids and "
+                             "losses must match one to one (was the loss reduced, or the ids taken from another "
+                             "batch?)")
     if not torch.is_floating_point(losses):
         raise LossShapeError(f"per-sample losses must be floating point, got {losses.dtype}")
     ld = losses.detach()

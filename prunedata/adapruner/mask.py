@@ -210,11 +210,10 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
     @property
     def world_size(self) -> int:
         """Ranks sharing the mask (1 without a process group)."""
-        if self._process_group is None:
+        dist = torch.distributed
+        if self._process_group is None or not (dist.is_available() and dist.is_initialized()):
             return 1
-        import torch.distributed as dist
-
-        return dist.get_world_size(self._group()) if dist.is_available() and dist.is_initialized() else 1
+        return dist.get_world_size(self._group())
 
     @property
     def _samples_per_epoch(self) -> int:
@@ -242,8 +241,7 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
         p = epoch - self.warmup_epochs
         if p < 0:
             return self.alpha_init
-        span = max(1, self.epochs - self.warmup_epochs - 1)
-        t = min(1.0, (p + frac) / span)
+        t = min(1.0, (p + frac) / max(1, self.epochs - self.warmup_epochs - 1))  # 1 from the last pruning epoch
         return self.alpha_init + (self.alpha_final - self.alpha_init) * t
 
     def set_epoch(self, epoch: int) -> None:
@@ -319,8 +317,7 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
     def _mask_loss(self, idx: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
         dev = losses.device
         self._seen[idx] = True
-        alpha = self.alpha
-        self._step_alpha = alpha
+        alpha = self._step_alpha = self.alpha
         self._pending_samples += int(idx.shape[0])
         ld = losses.detach()
         if self.in_warmup:
@@ -413,13 +410,12 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
     def _project(self) -> None:
         """Shift every logit by one constant so that exactly ``num_keep`` have ``m >= 0``.
 
-        The shift is the ``num_keep``-th largest logit (on the device, no host sync); it keeps every
-        sample's rank and applies to all samples alike, wherever they are in the epoch's order. It
-        runs after every step that completes another 1/PROJECTIONS_PER_EPOCH of the epoch's samples
-        (every step when batches are that large) and at the end of every pruning epoch: a k-th value
-        over N entries costs ~2.6 ms at N = 60,000 on one CPU thread, too much for every 100 ms step.
-        Between two projections the binarised ratio can only fall a little below the target (the
-        per-sample steps all point down); ranks, and so the selection, do not depend on the timing.
+        The shift is the ``num_keep``-th largest logit (on the device, no host sync). It runs after
+        every step that completes another 1/PROJECTIONS_PER_EPOCH of the epoch's samples and at the
+        end of every pruning epoch, not after every step: a k-th value over N entries costs ~2.6 ms at
+        N = 60,000 on one CPU thread, too much for every 100 ms step. Between two projections the
+        binarised ratio can only fall a little below the target (the per-sample steps all point
+        down); ranks, and so the selection, do not depend on the timing.
         """
         self._since_project = 0
         kth = torch.kthvalue(self.mask.detach(), self.num_samples - self.num_keep + 1).values
@@ -453,11 +449,9 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
         if "lambda" in self._last_terms:
             rec["lambda"] = float(self._last_terms["lambda"])
         self.history.append(rec)
-        logger.info(
-            "AdaPruner epoch %d%s: alpha=%.3g kept(m>0)=%.4f mean weight=%.4f mean loss=%.4g",
-            self.epoch, " (warm-up)" if rec["warmup"] else "", rec["alpha"], rec["keep_ratio_threshold"],
-            rec["mean_weight"], rec.get("mean_loss", float("nan")),
-        )
+        logger.info("AdaPruner epoch %d%s: alpha=%.3g kept(m>0)=%.4f mean weight=%.4f mean loss=%.4g", self.epoch,
+                    " (warm-up)" if rec["warmup"] else "", rec["alpha"], rec["keep_ratio_threshold"],
+                    rec["mean_weight"], rec.get("mean_loss", float("nan")))
         self.set_epoch(self.epoch + 1)
         return rec
 

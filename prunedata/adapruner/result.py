@@ -42,11 +42,9 @@ class MaskResult:
             k = max(1, min(n, min(max(k_thr, lo), hi)))
             rule = "threshold" if k == k_thr else "clipped-to-band"
             if k != k_thr:
-                logger.warning(
-                    "AdaPruner: thresholded mask keeps %.4f, outside keep_ratio %.3f +- %.3f; keeping the "
-                    "%d samples with the largest mask logits instead (binarize='exact' keeps exactly "
-                    "round(keep_ratio*N))", k_thr / n, self.keep_ratio, self.tolerance, k,
-                )
+                logger.warning("AdaPruner: thresholded mask keeps %.4f, outside keep_ratio %.3f +- %.3f; keeping the "
+                               "%d samples with the largest mask logits instead (binarize='exact' keeps exactly "
+                               "round(keep_ratio*N))", k_thr / n, self.keep_ratio, self.tolerance, k)
         self._count_rule = rule
         keep = np.zeros(n, dtype=bool)
         keep[order[:k]] = True
@@ -84,16 +82,11 @@ class MaskResult:
         if fingerprint is None and dataset is not None:
             fingerprint = dataset_fingerprint(dataset)
         params = {**self.params(), "count_rule": self._count_rule, **(extra_params or {})}
-        sel = Selection.from_mask(
-            keep, method=method, params=params, fingerprint=fingerprint, scores=m, score_name="mask_logit",
-            metrics={
-                "keep_ratio": float(keep.mean()),
-                "keep_ratio_threshold": thr,
-                "within_tolerance_by_threshold": abs(thr - self.keep_ratio) <= self.tolerance + 1e-12,
-                "count_rule": self._count_rule,
-                "epochs_run": self.epoch,
-                "never_seen": int((~self._seen).sum().cpu()),
-            },
-        )
+        metrics = {"keep_ratio": float(keep.mean()), "keep_ratio_threshold": thr,
+                   "within_tolerance_by_threshold": abs(thr - self.keep_ratio) <= self.tolerance + 1e-12,
+                   "count_rule": self._count_rule, "epochs_run": self.epoch,
+                   "never_seen": int((~self._seen).sum().cpu())}
+        sel = Selection.from_mask(keep, method=method, params=params, fingerprint=fingerprint, scores=m,
+                                  score_name="mask_logit", metrics=metrics)
         sel.extra["history"] = self.history
         return sel

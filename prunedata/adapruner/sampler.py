@@ -27,14 +27,12 @@ def _deprecated(name: str) -> Callable[..., Any]:
 
 
 class AdaPrunerSampler(torch.utils.data.DistributedSampler):
-    """The sampler of AdaPruner joint training: it yields dataset indices, nothing else.
+    """The sampler of AdaPruner joint training: every dataset index once per epoch, shuffled by
+    ``seed + epoch`` (pruned samples stay in the batch and get ~zero weight from :meth:`AdaPruner.loss`).
 
-    Every dataset index once per epoch, shuffled by ``seed + epoch``; pruned samples stay in the
-    batch and get ~zero weight from :meth:`AdaPruner.loss`. It is a
-    :class:`torch.utils.data.DistributedSampler` over the pruner's ``N`` indices (its shuffling,
-    sharding and padding conventions; ``num_replicas``/``rank`` default to the initialised process
-    group, else one replica), and :meth:`set_epoch` also starts the pruner's epoch (warm-up, alpha),
-    so one call per epoch drives both.
+    A :class:`torch.utils.data.DistributedSampler` over the pruner's ``N`` indices (its shuffling,
+    sharding and padding; ``num_replicas``/``rank`` default to the initialised process group, else one
+    replica); :meth:`set_epoch` also starts the pruner's epoch (warm-up, alpha).
 
     >>> pruner = AdaPruner(len(ds), keep_ratio=0.7, epochs=10)
     >>> sampler = AdaPrunerSampler(pruner, seed=0)

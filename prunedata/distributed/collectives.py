@@ -154,11 +154,9 @@ def collective_guard(what: str, hint: Optional[str] = None) -> Iterator[None]:
             raise
         waited = time.monotonic() - t0
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        msg = (
-            f"rank {get_rank()} of {get_world_size()}: {what} failed after {waited:.1f}s: another rank "
-            f"crashed, was killed, or did not respond within the timeout ({_timeout_seconds():g}s). "
-            f"Check the other ranks' logs. Cause: {first}"
-        )
+        msg = (f"rank {get_rank()} of {get_world_size()}: {what} failed after {waited:.1f}s: another rank crashed, was "
+               f"killed, or did not respond within the timeout ({_timeout_seconds():g}s). Check the other ranks' logs. "
+               f"Cause: {first}")
         if hint:
             msg += f". {hint}"
         raise DistributedError(msg) from e

@@ -22,11 +22,8 @@ logger = logging.getLogger(__name__)
 
 
 class DistributedAdaPruner(AdaPruner):
-    """Deprecated name of ``AdaPruner(..., process_group=...)``: one mask shared by the ranks.
-
-    ``process_group`` defaults to every rank of the default group (``"world"``). Kept for one
-    release; constructing one emits a ``DeprecationWarning``.
-    """
+    """Deprecated name of ``AdaPruner(..., process_group=...)`` (default ``"world"``): one mask shared by
+    the ranks. Kept for one release; constructing one emits a ``DeprecationWarning``."""
 
     def __init__(self, num_samples: int, keep_ratio: float, *, process_group: Any = None,
                  sync_tolerance: float = 1e-3, **kw: Any):
