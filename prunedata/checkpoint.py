@@ -110,7 +110,7 @@ def _restore(state: Dict[str, Any], *, model: Optional[torch.nn.Module] = None,
             pruner.load_state_dict(state["sampler"]["pruner"] if "sampler" in state else state["pruner"])
         set_rng_state(state["rng"])
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
-        if isinstance(e, ValueError) and type(e).__module__.startswith("prunedata"):  # our own errors, as they are
+        if isinstance(e, ValueError) and type(e).__module__.startswith("prunedata"):  # prunedata's errors pass through
             raise
         what = f"the entry {e}" if isinstance(e, KeyError) else (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"checkpoint {path} does not fit this run ({what}): it was written for another model, "

@@ -82,6 +82,5 @@ class AdaPrunerSampler(torch.utils.data.DistributedSampler):
         self.seed = int(state["seed"])
         self.epoch = int(state["epoch"])
 
-    # the mask's methods, reachable here for one more release (with a DeprecationWarning)
     weights, loss, mask_loss, step, end_epoch, selection = (
         _deprecated(name) for name in ("weights", "loss", "mask_loss", "step", "end_epoch", "selection"))

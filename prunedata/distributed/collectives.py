@@ -205,8 +205,7 @@ def run_on_main(fn: Callable[..., Any], *args: Any, what: str = "write a file", 
         try:
             status = (None, fn(*args, **kw))
         except Exception as e:  # noqa: BLE001 - re-raised below after telling the others
-            err = e
-            status = (f"{type(e).__name__}: {e}", None)
+            err, status = e, (f"{type(e).__name__}: {e}", None)
     status = broadcast_object(status, src=0, what=f"waiting for rank 0 to {what}")
     if err is not None:
         raise err
