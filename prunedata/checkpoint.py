@@ -35,16 +35,9 @@ def save_checkpoint(path: PathLike, *, epoch: int, model: Optional[torch.nn.Modu
                     pruner: Any = None, scheduler: Any = None, extra: Optional[Dict[str, Any]] = None) -> Path:
     """Atomically write everything needed to resume after ``epoch`` completed epochs."""
     state: Dict[str, Any] = {"version": CHECKPOINT_VERSION, "epoch": int(epoch), "rng": rng_state()}
-    if model is not None:
-        state["model"] = model.state_dict()
-    if optimizer is not None:
-        state["optimizer"] = optimizer.state_dict()
-    if scheduler is not None:
-        state["scheduler"] = scheduler.state_dict()
-    if sampler is not None:
-        state["sampler"] = sampler.state_dict()
-    elif pruner is not None:
-        state["pruner"] = pruner.state_dict()
+    parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "sampler": sampler,
+             "pruner": pruner if sampler is None else None}  # the sampler's state holds its pruner's
+    state.update({key: obj.state_dict() for key, obj in parts.items() if obj is not None})
     if extra:
         state["extra"] = extra
     path = atomic_torch_save(state, path)
@@ -116,10 +109,8 @@ def _restore(state: Dict[str, Any], *, model: Optional[torch.nn.Module] = None,
         elif pruner is not None:
             pruner.load_state_dict(state["sampler"]["pruner"] if "sampler" in state else state["pruner"])
         set_rng_state(state["rng"])
-    except CheckpointError:
-        raise
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
-        if isinstance(e, ValueError) and type(e).__module__.startswith("prunedata"):
+        if isinstance(e, ValueError) and type(e).__module__.startswith("prunedata"):  # prunedata's errors pass through
             raise
         what = f"the entry {e}" if isinstance(e, KeyError) else (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"checkpoint {path} does not fit this run ({what}): it was written for another model, "
@@ -145,30 +136,6 @@ def load_checkpoint(path: PathLike, *, model: Optional[torch.nn.Module] = None,
                     path=path)
 
 
-def save_training_checkpoint(path: PathLike, recipe: Dict[str, Any], *, epoch: int, model: torch.nn.Module,
-                             optimizer: torch.optim.Optimizer, scheduler: Any, generator: torch.Generator,
-                             user_state: Any = None) -> Path:
-    """Checkpoint of a plain training loop (:func:`prunedata.training.fit`, proxy training): model,
-    optimiser, schedule, RNG, the shuffling generator, the run's ``recipe`` and the caller's state."""
-    return save_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch,
-                           extra={"recipe": recipe, "loader_generator": generator.get_state(),
-                                  "user_state": user_state})
-
-
-def resume_training(path: PathLike, recipe: Dict[str, Any], *, model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer, scheduler: Any, generator: torch.Generator,
-                    what: str = "training run") -> tuple:
-    """Counterpart of :func:`save_training_checkpoint` (one read of the file): refuses a checkpoint
-    of another ``recipe``, restores everything and returns ``(epoch to continue from, user state)``."""
-    path = Path(path)
-    state = _read_state(path)
-    extra = state.get("extra") or {}
-    check_recipe(path, extra.get("recipe"), recipe, what)
-    epoch = _restore(state, model=model, optimizer=optimizer, scheduler=scheduler, path=path)
-    generator.set_state(extra["loader_generator"])
-    return epoch, extra.get("user_state")
-
-
 def adapruner_recipe(model: torch.nn.Module, num_samples: int, pruner: Any, optimizer: torch.optim.Optimizer, *,
                      batch_size: int, seed: int) -> Dict[str, Any]:
     """What an AdaPruner training run's checkpoint must agree on to be resumed: model, dataset size,
@@ -177,3 +144,47 @@ def adapruner_recipe(model: torch.nn.Module, num_samples: int, pruner: Any, opti
     return {"job": "adapruner", **model_signature(model), "samples": int(num_samples), "batch_size": int(batch_size),
             "seed": int(seed), "lr": float(optimizer.param_groups[0]["lr"]), "optimizer": type(optimizer).__name__,
             "optimizer_settings": opt, "pruner": dict(pruner.params())}
+
+
+class Checkpointer:
+    """How :func:`prunedata.loop.train` writes and reads its checkpoint: the default holds the model,
+    optimiser, schedule, shuffling generator, RNG state, the run's recipe (refused on resume when it
+    differs) and the hooks' state."""
+
+    def __init__(self, path: Any, recipe: Dict[str, Any], what: str = "training run"):
+        self.path, self.recipe, self.what = path, recipe, what
+
+    def exists(self) -> bool:
+        return self.path is not None and Path(self.path).exists()
+
+    def save(self, epoch: int, model, optimizer, scheduler, generator, hook_state: Any) -> None:
+        save_checkpoint(self.path, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch,
+                        extra={"recipe": self.recipe, "loader_generator": generator.get_state(),
+                               "user_state": hook_state})
+
+    def load(self, model, optimizer, scheduler, generator) -> tuple:
+        """``(epoch to continue from, the hooks' state)``, from one read of the file."""
+        path = Path(self.path)
+        state = _read_state(path)
+        extra = state.get("extra") or {}
+        check_recipe(path, extra.get("recipe"), self.recipe, self.what)
+        epoch = _restore(state, model=model, optimizer=optimizer, scheduler=scheduler, path=path)
+        generator.set_state(extra["loader_generator"])
+        return epoch, extra.get("user_state")
+
+
+class AdaPrunerCheckpointer(Checkpointer):
+    """AdaPruner joint training's checkpoint: model, optimiser, the sampler with its mask, RNG and the
+    run's recipe (:func:`adapruner_recipe`)."""
+
+    def __init__(self, path: PathLike, recipe: Dict[str, Any], sampler: Any):
+        super().__init__(path, recipe, "AdaPruner run")
+        self.sampler = sampler
+
+    def save(self, epoch, model, optimizer, scheduler, generator, hook_state) -> None:
+        save_checkpoint(self.path, model=model, optimizer=optimizer, sampler=self.sampler, epoch=epoch,
+                        extra={"recipe": self.recipe})
+
+    def load(self, model, optimizer, scheduler, generator) -> tuple:
+        return load_checkpoint(self.path, model=model, optimizer=optimizer, sampler=self.sampler,
+                               recipe=self.recipe, what=self.what), None

@@ -35,19 +35,17 @@ def find_linear_layer(model: nn.Module, layer: Union[None, str, nn.Module] = Non
     elif layer is None:
         found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
         if not found:
-            raise PruneDataError(
-                f"{type(model).__name__} has no nn.Linear layer; influence pruning, herding and GraNd analyse the "
-                "last linear layer of a classifier. Pass layer=<name> of the output layer if it is a custom module."
-            )
+            raise PruneDataError(f"{type(model).__name__} has no nn.Linear layer; influence pruning, herding and GraNd "
+                                 "analyse the last linear layer of a classifier. Pass layer=<name> of the output layer "
+                                 "if it is a custom module.")
         name, mod = found[-1]
     elif isinstance(layer, str):
         try:
             mod = model.get_submodule(layer)
         except AttributeError:
             names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-            raise PruneDataError(
-                f"{type(model).__name__} has no submodule {layer!r}; its linear layers are: {names}"
-            ) from None
+            raise PruneDataError(f"{type(model).__name__} has no submodule {layer!r}; its linear layers are: "
+                                 f"{names}") from None
         name = layer
     elif isinstance(layer, nn.Module):
         name = next((n for n, m in model.named_modules() if m is layer), None)
@@ -57,10 +55,8 @@ def find_linear_layer(model: nn.Module, layer: Union[None, str, nn.Module] = Non
     else:
         raise PruneDataError(f"layer must be None, a module name or an nn.Module, got {type(layer).__name__}")
     if not isinstance(mod, nn.Linear):
-        raise PruneDataError(
-            f"layer {name!r} is a {type(mod).__name__}, not nn.Linear: the closed-form influence needs the "
-            "model's last linear (logit) layer; name that one instead."
-        )
+        raise PruneDataError(f"layer {name!r} is a {type(mod).__name__}, not nn.Linear: the closed-form influence "
+                             "needs the model's last linear (logit) layer; name that one instead.")
     return name, mod
 
 
@@ -76,12 +72,6 @@ class Features:
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
-
-    def subset(self, rows: Union[np.ndarray, Sequence[int], torch.Tensor]) -> "Features":
-        """Rows ``rows`` (positions in this object, not dataset indices)."""
-        r = torch.as_tensor(np.asarray(rows), dtype=torch.long, device=self.h.device)
-        return Features(self.h[r], self.y[r], self.indices[np.asarray(rows)],
-                        None if self.logits is None else self.logits[r])
 
 
 def _unpack(batch: Any) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -13,12 +13,10 @@ __all__ = ["labels_of", "read_labels"]
 def _own_labels(dataset: Any, cast: bool) -> Optional[np.ndarray]:
     for attr in ("targets", "labels"):
         lab = getattr(dataset, attr, None)
-        if lab is None or callable(lab):
-            continue
         try:
-            if len(lab) != len(dataset):
+            if lab is None or callable(lab) or len(lab) != len(dataset):
                 continue
-        except TypeError:
+        except TypeError:  # no len(): not a label array (or an iterable dataset)
             continue
         arr = np.asarray(lab.cpu() if hasattr(lab, "cpu") else lab)
         if not cast:
@@ -40,7 +38,6 @@ def labels_of(dataset: Any, *, required: bool = False, what: str = "dataset", fo
     import torch
 
     d = dataset
-    lab = None
     while True:
         lab = _own_labels(d, cast)
         if lab is not None or not follow:

@@ -1,15 +1,9 @@
 """One training recipe and one training loop, behind every place that trains a model.
 
-:class:`Recipe` names the optimiser (SGD with momentum and weight decay), its schedule, the number of
-epochs, the batch size and the seed. :func:`train` runs it: it owns the data loader, the optimiser and
-the schedule, seeding, progress, checkpoints (written atomically after every epoch, refused on resume
-when the recipe differs) and timing; what differs between callers goes through a small set of hooks
-(:class:`TrainHook`): a batch's loss (``objective``), what happens after each optimiser step and after
-each epoch, and state to carry through a checkpoint. :func:`test` is the one evaluator (accuracy and
-mean cross-entropy).
-
-``prunedata.training.fit``, the baselines' proxy training and every run of ``prunedata.evaluate`` are
-thin calls of :func:`train`.
+:class:`Recipe` says how a model is trained; :func:`train` runs it and owns the data loader, optimiser,
+schedule, seeding, progress, checkpoints and timing. What differs between callers (``training.fit``,
+AdaPruner joint training, the baselines' proxy training, every run of ``prunedata.evaluate``) goes
+through a small set of hooks (:class:`TrainHook`). :func:`test` is the one evaluator.
 """
 from __future__ import annotations
 
@@ -19,7 +13,6 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Dict, Iterable, Optional, Sequence
 
 import numpy as np
@@ -27,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from .checkpoint import Checkpointer
 from .errors import PruneDataError
 from .progress import progress
 
@@ -142,47 +136,15 @@ class _Callbacks(TrainHook):
     ``state()`` / ``load_state(state)``)."""
 
     def __init__(self, on_batch=None, on_epoch_end=None, state=None, load_state=None):
-        self._on_batch, self._on_epoch_end, self._state, self._load = on_batch, on_epoch_end, state, load_state
-
-    def after_step(self, step: Step) -> None:
-        if self._on_batch is not None:
-            self._on_batch(step.ids, step.logits, step.targets)
-
-    def after_epoch(self, epoch: int, model: torch.nn.Module) -> None:
-        if self._on_epoch_end is not None:
-            self._on_epoch_end(epoch, model)
-
-    def state_dict(self) -> Any:
-        return self._state() if self._state is not None else None
-
-    def load_state_dict(self, state: Any) -> None:
-        if self._load is not None:
-            self._load(state)
-
-
-class Checkpointer:
-    """How :func:`train` writes and reads its checkpoint: the default holds the model, optimiser,
-    schedule, shuffling generator, RNG state, the run's recipe (refused on resume when it differs)
-    and the hooks' state."""
-
-    def __init__(self, path: Any, recipe: Dict[str, Any], what: str = "training run"):
-        self.path, self.recipe, self.what = path, recipe, what
-
-    def exists(self) -> bool:
-        return self.path is not None and Path(self.path).exists()
-
-    def save(self, epoch: int, model, optimizer, scheduler, generator, hook_state: Any) -> None:
-        from .checkpoint import save_training_checkpoint
-
-        save_training_checkpoint(self.path, self.recipe, epoch=epoch, model=model, optimizer=optimizer,
-                                 scheduler=scheduler, generator=generator, user_state=hook_state)
-
-    def load(self, model, optimizer, scheduler, generator) -> tuple:
-        """``(epoch to continue from, the hooks' state)``."""
-        from .checkpoint import resume_training
-
-        return resume_training(self.path, self.recipe, model=model, optimizer=optimizer, scheduler=scheduler,
-                               generator=generator, what=self.what)
+        # each callable given replaces the base class's no-op
+        if on_batch is not None:
+            self.after_step = lambda step: on_batch(step.ids, step.logits, step.targets)
+        if on_epoch_end is not None:
+            self.after_epoch = on_epoch_end
+        if state is not None:
+            self.state_dict = state
+        if load_state is not None:
+            self.load_state_dict = load_state
 
 
 def train(model: torch.nn.Module, dataset: Any, recipe: Recipe, *, hooks: Sequence[TrainHook] = (),
@@ -194,7 +156,7 @@ def train(model: torch.nn.Module, dataset: Any, recipe: Recipe, *, hooks: Sequen
           stop_after_epoch: Optional[int] = None, show_progress: bool = True, desc: str = "train",
           log: Optional[logging.Logger] = None) -> Dict[str, Any]:
     """Train ``model`` (from its current state) on ``dataset`` with ``recipe``; returns
-    ``{"seconds": training wall time without hooks, "epochs_run": ...}``.
+    ``{"seconds": training wall time without hooks, "epochs_run": ..., "steps_per_epoch": ...}``.
 
     Batches are shuffled by a generator seeded with ``recipe.seed``; the global generators are seeded
     too (``seed_globals="all"``, or ``"torch"`` for torch and numpy only) unless the run resumes.
@@ -202,19 +164,20 @@ def train(model: torch.nn.Module, dataset: Any, recipe: Recipe, *, hooks: Sequen
     each batch's sample indices. With ``checkpoint`` the model, optimiser, schedule, shuffling generator,
     RNG state and the hooks' state are written atomically after every epoch under ``checkpoint_recipe``
     (a dict naming the run); ``resume=True`` continues from there (a checkpoint of another recipe is
-    refused) and ends where an uninterrupted run would. ``stop_on_nan`` turns a non-finite loss into an
-    error; ``drop_singleton_batch`` drops a last batch of one sample (it breaks batch norm);
-    ``stop_after_epoch=k`` stops after ``k`` epochs. ``log`` is the caller's logger (messages such as
-    "resumed ..." are the caller's news). ``optimizer`` replaces the recipe's SGD (the schedule still
-    follows the recipe); ``sampler`` replaces the seeded shuffle (a hook then calls its ``set_epoch``);
-    ``checkpointer`` replaces the default checkpoint format (:class:`Checkpointer`).
+    refused) and ends where an uninterrupted run would. ``stop_after_epoch=k`` ends the run after its
+    epoch ``k`` (counted from the run's start), once that epoch's checkpoint is written, so that a
+    preemptible or time-sliced job can continue later with ``resume=True``. ``stop_on_nan`` turns a
+    non-finite loss into an error; ``drop_singleton_batch`` drops a last batch of one sample (it breaks
+    batch norm). ``log`` is the caller's logger (messages such as "resumed ..." are the caller's news).
+    ``optimizer`` replaces the recipe's SGD (the schedule still follows the recipe); ``sampler`` the
+    seeded shuffle (a hook then calls its ``set_epoch``); ``checkpointer`` the default checkpoint
+    format (:class:`Checkpointer`).
     """
     from .identity import IndexedDataset
 
     device = recipe.device
     model.to(device)
-    g = torch.Generator()
-    g.manual_seed(recipe.seed)
+    g = torch.Generator().manual_seed(recipe.seed)
     data = IndexedDataset(dataset) if with_ids else dataset
     drop_last = drop_singleton_batch and len(dataset) % recipe.batch_size == 1 and len(dataset) > 1
     order = {"sampler": sampler} if sampler is not None else {"shuffle": True, "generator": g}

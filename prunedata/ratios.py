@@ -22,9 +22,8 @@ def check_keep_ratio(keep_ratio: Any, name: str = "keep_ratio") -> float:
             hint = f" Did you mean {r / 100:g} (a fraction, not a percentage)?"
         elif r == 1.0:
             hint = " A keep ratio of 1 keeps everything: no pruning is needed."
-        raise PruneDataError(
-            f"{name} is the fraction of samples to keep and must lie strictly between 0 and 1; got {r!r}.{hint}"
-        )
+        raise PruneDataError(f"{name} is the fraction of samples to keep and must lie strictly between 0 and 1; got "
+                             f"{r!r}.{hint}")
     return r
 
 

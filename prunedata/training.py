@@ -1,13 +1,11 @@
-"""Plain training loops: AdaPruner joint training, fitting a fresh model, evaluation.
-
-These are conveniences for the CLI, benchmarks and examples; the library's pieces
-(:class:`~prunedata.IndexedDataset`, :class:`~prunedata.AdaPrunerSampler`) work in any loop.
-"""
+"""Plain training loops (AdaPruner joint training, fitting a fresh model, evaluation): conveniences for
+the CLI, benchmarks and examples; the library's pieces (:class:`~prunedata.IndexedDataset`,
+:class:`~prunedata.AdaPrunerSampler`) work in any loop."""
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -16,8 +14,8 @@ from torch.utils.data import DataLoader
 
 from ._io import PathLike
 from .adapruner import AdaPruner, AdaPrunerSampler
-from .checkpoint import adapruner_recipe, load_checkpoint, model_signature, save_checkpoint
-from .loop import Checkpointer, Recipe, Step, TrainHook, seed_everything, test, train  # noqa: F401 (seed_everything: re-exported)
+from .checkpoint import AdaPrunerCheckpointer, adapruner_recipe, model_signature
+from .loop import Recipe, Step, TrainHook, seed_everything, test, train  # noqa: F401 (seed_everything: re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +34,9 @@ def train_adapruner(model: torch.nn.Module, dataset: Any, pruner: AdaPruner, *,
 
     With ``checkpoint`` the whole state (model, optimiser, mask and its optimiser, epoch, RNG) is
     written atomically after every epoch; ``resume=True`` continues from it, giving the same
-    selection as an uninterrupted run. ``stop_after_epoch=k`` stops after ``k`` epochs (testing).
+    selection as an uninterrupted run. ``stop_after_epoch=k`` ends the run after its epoch ``k``
+    (counted from the run's start), checkpoint written: a preemptible or time-sliced job continues
+    later with ``resume=True``.
     """
     recipe = Recipe(epochs=pruner.epochs, batch_size=batch_size, lr=lr, seed=seed, device=str(device),
                     schedule="constant")
@@ -47,7 +47,7 @@ def train_adapruner(model: torch.nn.Module, dataset: Any, pruner: AdaPruner, *,
     train(model, dataset, recipe, hooks=[JointTraining(sampler, loss_fn)], with_ids=True, num_workers=num_workers,
           optimizer=optimizer, sampler=sampler, stop_after_epoch=stop_after_epoch, show_progress=show_progress,
           desc="adapruner", log=logger,
-          checkpointer=_SamplerCheckpointer(checkpoint, key, sampler) if checkpoint is not None else None,
+          checkpointer=AdaPrunerCheckpointer(checkpoint, key, sampler) if checkpoint is not None else None,
           resume=resume)
     return sampler
 
@@ -73,22 +73,6 @@ class JointTraining(TrainHook):
         self.sampler.pruner.end_epoch()["seconds"] = time.perf_counter() - self.t0
 
 
-class _SamplerCheckpointer(Checkpointer):
-    """AdaPruner's checkpoint: model, optimiser, the sampler with its mask, RNG and the run's recipe."""
-
-    def __init__(self, path: PathLike, recipe: Dict[str, Any], sampler: AdaPrunerSampler):
-        super().__init__(path, recipe, "AdaPruner run")
-        self.sampler = sampler
-
-    def save(self, epoch, model, optimizer, scheduler, generator, hook_state) -> None:
-        save_checkpoint(self.path, model=model, optimizer=optimizer, sampler=self.sampler, epoch=epoch,
-                        extra={"recipe": self.recipe})
-
-    def load(self, model, optimizer, scheduler, generator) -> tuple:
-        return load_checkpoint(self.path, model=model, optimizer=optimizer, sampler=self.sampler,
-                               recipe=self.recipe, what=self.what), None
-
-
 def fit(model: torch.nn.Module, dataset: Any, *, epochs: int = 2, batch_size: int = 128, lr: float = 0.05,
         seed: int = 0, device: Any = "cpu", num_workers: int = 0, show_progress: bool = True,
         desc: str = "train", checkpoint: Optional[PathLike] = None, resume: bool = False,
@@ -99,7 +83,8 @@ def fit(model: torch.nn.Module, dataset: Any, *, epochs: int = 2, batch_size: in
     With ``checkpoint`` the model, optimiser, schedule, shuffling generator and RNG state are written
     atomically after every epoch; ``resume=True`` continues from it (a finished run is not trained
     again) and ends with the same weights as an uninterrupted run. A checkpoint of another recipe or
-    dataset size is refused. ``stop_after_epoch=k`` stops after ``k`` epochs (testing).
+    dataset size is refused. ``stop_after_epoch=k`` ends the run after its epoch ``k``, checkpoint
+    written, for a preemptible or time-sliced job to continue later with ``resume=True``.
     """
     recipe = Recipe(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=str(device))
     key = {"job": desc, "epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr), "seed": int(seed),
@@ -109,13 +94,12 @@ def fit(model: torch.nn.Module, dataset: Any, *, epochs: int = 2, batch_size: in
     return model
 
 
-def evaluate(model: torch.nn.Module, dataset: Any, *, batch_size: int = 1024, device: Any = "cpu") -> Dict[str, float]:
-    """Accuracy and mean cross-entropy of ``model`` on ``dataset`` (:func:`prunedata.loop.test`)."""
-    return test(model, dataset, batch_size=batch_size, device=device)
+evaluate = test  # accuracy and mean cross-entropy of a model on a dataset (the name the CLI and examples use)
 
 
 @torch.no_grad()
 def per_sample_losses(model: torch.nn.Module, dataset: Any, *, batch_size: int = 1024, device: Any = "cpu") -> np.ndarray:
+    """Unreduced cross-entropy of every sample, in dataset order (the model is left in eval mode)."""
     model.eval().to(device)
     out = []
     for x, y in DataLoader(dataset, batch_size=batch_size):

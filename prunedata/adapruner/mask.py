@@ -15,18 +15,11 @@ step by step, from ``alpha_init`` to ``alpha_final``.
 Stopping and the kept count. The paper: "After each pruning step, the ADP module checks the gap
 between the practical and expected pruning ratios until it is below a predefined tolerance level"
 and "Post-training, m will be strictly binarized". We implement the check as a constraint that holds
-throughout pruning rather than as a stop: with ``binarize="exact"`` (default) the logits are
-shifted by one constant (at least 64 times per epoch, and at every epoch end) so that the binarised
-ratio is exactly the target (the gap is 0, never above the tolerance), and the final binarisation keeps exactly
-``round(keep_ratio*N)`` samples by rank. The mask never stops learning: the selection is the
-product of every pruning epoch and of the whole alpha ramp, and because the shift is common to all
-samples, a sample's fate does not depend on where it falls in an epoch's shuffle. (Freezing the
-mask the first time the ratio enters the band did: it froze at the band's edge, mid-epoch, with
-later-visited samples kept more often.) ``binarize="band"`` trains the same way and lets the learned mask choose
-the count inside ``keep_ratio +- tolerance`` (the largest gap between sorted logits);
-``binarize="threshold"`` runs the paper's compression term instead of the projection and keeps the
-mask's own ``m >= 0`` count, clipped into the band. The selection file records the rule used
-(``params["count_rule"]``). Ties in the final ranking are broken by a seeded random order.
+throughout pruning rather than as a stop (``binarize`` in :class:`AdaPruner`; by default the gap is
+held at 0 by a common shift of the logits). The mask never stops learning: the selection is the
+product of every pruning epoch and of the whole alpha ramp, and a sample's fate does not depend on
+where it falls in an epoch's shuffle. (Freezing the mask the first time the ratio enters the band
+did: it froze at the band's edge, mid-epoch, with later-visited samples kept more often.)
 
 Scaling. The paper divides the per-sample terms by ``N``, the dataset size (Eq. 4-6). We follow it
 for the mask's gradient and give the *model* the batch mean of the weighted loss (Eq. 4 with ``N``
@@ -69,11 +62,11 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
     tolerance: allowed deviation of the final keep ratio with ``binarize="band"`` or "threshold" (0.02).
     mask_lr, mask_optimizer: the mask's own optimiser. With "sgd" (default) the per-sample terms
         use the learning rate ``mask_lr * N / alpha``, which cancels the 1/N of the loss and the alpha
-        of the sigmoid's slope: each visit moves ``m_i`` by ``mask_lr/4 * (L_i - log L_i)`` (with
-        ``straight_through``), so visits early and late in the alpha ramp count alike. The compression term's (dense)
-        gradient is applied in closed form in the sigmoid's input space (``mask_lr * N / alpha**2``)
-        with its step capped so that the feedback gain ``lr * 2*lambda * mean((w(1-w))^2)`` stays
-        <= 0.5 (no overshoot). "adam" uses ``mask_lr`` as is.
+        of the sigmoid's slope (with ``straight_through``, see there), so visits early and late in the
+        alpha ramp count alike. The compression term's (dense) gradient is applied in closed form in
+        the sigmoid's input space (``mask_lr * N / alpha**2``) with its step capped so that the
+        feedback gain ``lr * 2*lambda * mean((w(1-w))^2)`` stays <= 0.5 (no overshoot). "adam" uses
+        ``mask_lr`` as is.
     mask_init: initial logit of every entry (0: weight 0.5 when pruning starts; warm-up uses weight 1).
     logit_clip: the mask's gradient factor ``alpha*w(1-w)`` is taken at ``clamp(alpha*m, +-logit_clip)``,
         so a saturated sample can still move (the factor stays >= ~0.0025*alpha) and the compression
@@ -92,11 +85,9 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
         * ``"exact"`` (default; alias ``"topk"``): exactly ``round(keep_ratio*N)`` samples, those
           with the largest final logits. During training the logits are shifted by one constant
           (after the steps that complete each 1/64 of an epoch, and at every epoch end) so that
-          exactly that many have ``m >= 0``: the binarised ratio
-          ``r`` equals the target at every step (so ``lambda`` is ~0 and the shift does the
-          compression term's job exactly), and the per-sample terms decide only *which* samples
-          are kept. A common shift does not change any sample's rank, and every sample receives
-          it, wherever it sits in the shuffle.
+          exactly that many have ``m >= 0``: the binarised ratio ``r`` equals the target at every
+          step (the shift does the compression term's job exactly), and the per-sample terms decide
+          only *which* samples are kept. The shift changes no sample's rank.
         * ``"band"``: trained like "exact"; the count is then chosen by the learned mask inside
           ``keep_ratio +- tolerance`` (the paper's 2% band): at the largest gap between consecutive
           sorted final logits, where the mask itself separates kept from pruned.
@@ -106,8 +97,7 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
           (every per-sample step points down while ``lambda -> 0``), so it usually ends at the lower
           edge.
 
-        Either way the mask learns through every pruning epoch: there is no hold, so the whole
-        alpha ramp reaches the selection (see the module docstring for the paper's sentence).
+        The selection records the rule that gave the count (``params["count_rule"]``).
     straight_through: the per-sample terms reach the mask through the sigmoid's slope at the cut,
         ``alpha/4``, for every sample (a straight-through estimate of the binary mask's gradient),
         instead of the exact ``alpha*w(1-w)``. Each visit then moves ``m_i`` by
@@ -120,10 +110,10 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
     seed: seeds the random order that breaks ties between equal logits in the final ranking
         (never the dataset index).
     process_group: ``"world"`` (every rank of the default process group, looked up when used) or a
-        ``torch.distributed`` process group, whose ranks share this mask: the mask gradient and the epoch statistics are summed
-        over them, the compression term counts once, and at each epoch end every rank's mask is
-        checked against rank 0's (differences up to ``sync_tolerance`` are float noise and removed;
-        larger ones raise :class:`~prunedata.distributed.DistributedError`). ``None`` (default): no
+        ``torch.distributed`` process group, whose ranks share this mask: the mask gradient and the
+        epoch statistics are summed over them, and at each epoch end every rank's mask is checked
+        against rank 0's (differences up to ``sync_tolerance`` are float noise and removed; larger
+        ones raise :class:`~prunedata.distributed.DistributedError`). ``None`` (default): no
         synchronisation -- one process, or one independent mask per rank.
 
     Not a ``torch.nn.Module``: the mask is not a model parameter (it must not be in a model's
@@ -146,51 +136,40 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
         if int(epochs) < 1:
             raise PruneDataError(f"epochs must be >= 1, got {epochs}")
         if not 0 <= int(warmup_epochs) < int(epochs):
-            raise PruneDataError(
-                f"warmup_epochs must be in [0, epochs) so that at least one epoch prunes; got "
-                f"warmup_epochs={warmup_epochs}, epochs={epochs}"
-            )
-        alpha_init, alpha_final = _number(alpha_init, "alpha_init"), _number(alpha_final, "alpha_final")
-        tolerance, mask_lr = _number(tolerance, "tolerance"), _number(mask_lr, "mask_lr")
-        scale, mask_init = _number(scale, "scale"), _number(mask_init, "mask_init")
-        loss_eps = _number(loss_eps, "loss_eps")
-        task_weight = _number(task_weight, "task_weight")
-        if task_weight < 0:
-            raise PruneDataError(f"task_weight must be >= 0 (the weight of L in a*L - log L), got {task_weight}; the paper's is 1")
-        if not 0 <= tolerance < 0.5:
+            raise PruneDataError(f"warmup_epochs must be in [0, epochs) so that at least one epoch prunes; got "
+                                 f"warmup_epochs={warmup_epochs}, epochs={epochs}")
+        self.epochs, self.warmup_epochs = int(epochs), int(warmup_epochs)
+        self.alpha_init, self.alpha_final = _number(alpha_init, "alpha_init"), _number(alpha_final, "alpha_final")
+        self.tolerance, self.mask_lr = _number(tolerance, "tolerance"), _number(mask_lr, "mask_lr")
+        self.scale, self.mask_init = _number(scale, "scale"), _number(mask_init, "mask_init")
+        self.loss_eps, self.task_weight = _number(loss_eps, "loss_eps"), _number(task_weight, "task_weight")
+        if self.task_weight < 0:
+            raise PruneDataError(f"task_weight must be >= 0 (the weight of L in a*L - log L), got {task_weight}; "
+                                 "the paper's is 1")
+        if not 0 <= self.tolerance < 0.5:
             raise PruneDataError(f"tolerance must be in [0, 0.5), got {tolerance}; 0.02 is the paper's")
-        if alpha_init <= 0 or alpha_final < alpha_init:
-            raise PruneDataError(
-                f"need 0 < alpha_init <= alpha_final, got alpha_init={alpha_init}, alpha_final={alpha_final}; "
-                "the paper ramps 0.1 -> 5"
-            )
-        if mask_lr <= 0:
+        if self.alpha_init <= 0 or self.alpha_final < self.alpha_init:
+            raise PruneDataError(f"need 0 < alpha_init <= alpha_final, got alpha_init={alpha_init}, "
+                                 f"alpha_final={alpha_final}; the paper ramps 0.1 -> 5")
+        if self.mask_lr <= 0:
             raise PruneDataError(f"mask_lr must be > 0 (the mask's learning rate), got {mask_lr}; the default is 1.0")
-        if scale < 0:
-            raise PruneDataError(f"scale (s in lambda = s*|r - keep_ratio|) must be >= 0, got {scale}; the paper uses 100")
-        if loss_eps <= 0:
+        if self.scale < 0:
+            raise PruneDataError(f"scale (s in lambda = s*|r - keep_ratio|) must be >= 0, got {scale}; "
+                                 "the paper uses 100")
+        if self.loss_eps <= 0:
             raise PruneDataError(f"loss_eps (the floor of L inside -log L) must be > 0, got {loss_eps}")
-        if logit_clip is not None:
-            logit_clip = _number(logit_clip, "logit_clip")
-            if logit_clip < 0:
-                raise PruneDataError(f"logit_clip must be > 0 (or 0/None for no clamp), got {logit_clip}")
+        if logit_clip is not None and _number(logit_clip, "logit_clip") < 0:
+            raise PruneDataError(f"logit_clip must be > 0 (or 0/None for no clamp), got {logit_clip}")
         if binarize not in self._BINARIZE:
             raise PruneDataError(f"binarize must be 'exact' (alias 'topk'), 'band' or 'threshold', got {binarize!r}")
         if mask_optimizer not in ("adam", "sgd"):
             raise PruneDataError(f"mask_optimizer must be 'adam' or 'sgd', got {mask_optimizer!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise PruneDataError(f"seed must be an int, got {seed!r}")
-        self.epochs = int(epochs)
-        self.warmup_epochs = int(warmup_epochs)
-        self.alpha_init = alpha_init
-        self.alpha_final = alpha_final
-        self.scale = scale
-        self.tolerance = tolerance
-        self.mask_lr = mask_lr
+        if isinstance(process_group, str) and process_group != "world":
+            raise PruneDataError(f"process_group must be 'world', a torch.distributed process group or None, got "
+                                 f"{process_group!r}")
         self.mask_optimizer_name = mask_optimizer
-        self.mask_init = mask_init
-        self.loss_eps = loss_eps
-        self.task_weight = task_weight
         self.binarize_mode = self._BINARIZE[binarize]
         self.logit_clip = float(logit_clip or 0.0)
         self.seed = int(seed)
@@ -198,15 +177,11 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
         self.mask = nn.Parameter(torch.full((self.num_samples,), self.mask_init, device=device))
         # "sgd" steps are taken in closed form in step(); only "adam" keeps an optimiser state
         self.optimizer = torch.optim.Adam([self.mask], lr=self.mask_lr) if mask_optimizer == "adam" else None
-        self.epoch = 0
-        self.global_step = 0
+        self.epoch = self.global_step = 0
         self.history: List[Dict[str, Any]] = []
         self._last_terms: Dict[str, Any] = {}
         self._epoch_stats = _EpochStats()
         self._seen = torch.zeros(self.num_samples, dtype=torch.bool, device=self.mask.device)
-        if process_group is not None and isinstance(process_group, str) and process_group != "world":
-            raise PruneDataError(f"process_group must be 'world', a torch.distributed process group or None, got "
-                                 f"{process_group!r}")
         self._process_group = process_group
         self.keys: Optional[List[str]] = None       # the key table (use_keys), if entries have keys
         self._key_pos: Optional[Dict[str, int]] = None
@@ -214,7 +189,7 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
         self._epoch_samples = 0  # samples passed through loss()/mask_loss() and stepped this epoch (paces alpha)
         self._pending_samples = 0  # samples of mask_loss() calls not yet followed by step()
         self._step_alpha: Optional[float] = None  # alpha of the last mask_loss(), used by step()
-        self._comp: Optional[tuple] = None  # (lambda, mean weight - keep_ratio, weights) of the last mask_loss()
+        self._comp: Optional[tuple] = None  # (lambda, mean weight - keep_ratio) of the last mask_loss()
         self._count_rule: Optional[str] = None
         self._since_project = 0  # samples stepped since the last projection (binarize="exact")
 
@@ -235,11 +210,10 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
     @property
     def world_size(self) -> int:
         """Ranks sharing the mask (1 without a process group)."""
-        if self._process_group is None:
+        dist = torch.distributed
+        if self._process_group is None or not (dist.is_available() and dist.is_initialized()):
             return 1
-        import torch.distributed as dist
-
-        return dist.get_world_size(self._group()) if dist.is_available() and dist.is_initialized() else 1
+        return dist.get_world_size(self._group())
 
     @property
     def _samples_per_epoch(self) -> int:
@@ -267,8 +241,7 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
         p = epoch - self.warmup_epochs
         if p < 0:
             return self.alpha_init
-        span = max(1, self.epochs - self.warmup_epochs - 1)
-        t = min(1.0, (p + frac) / span)
+        t = min(1.0, (p + frac) / max(1, self.epochs - self.warmup_epochs - 1))  # 1 from the last pruning epoch
         return self.alpha_init + (self.alpha_final - self.alpha_init) * t
 
     def set_epoch(self, epoch: int) -> None:
@@ -277,35 +250,10 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
         if epoch < 0:
             raise PruneDataError(f"epoch must be >= 0, got {epoch}")
         self.epoch = epoch
-        self._epoch_samples = 0
-        self._pending_samples = 0
+        self._epoch_samples = self._pending_samples = 0
         self._epoch_stats = _EpochStats()
 
     # ------------------------------------------------------------------ per-step API
-    def _check_indices(self, indices: Any) -> torch.Tensor:
-        if self._key_pos is not None and isinstance(indices, (list, tuple)) and indices and \
-                isinstance(indices[0], str):
-            return self.positions(indices).to(self.mask.device)
-        if isinstance(indices, (list, tuple, np.ndarray)):
-            indices = torch.as_tensor(np.asarray(indices, dtype=np.int64) if len(indices) == 0 else np.asarray(indices))
-        if not isinstance(indices, torch.Tensor):
-            raise PruneDataError(
-                f"sample ids must be a tensor of dataset indices, got {type(indices).__name__}. Wrap the "
-                "dataset in prunedata.IndexedDataset so each batch carries its indices."
-            )
-        if indices.dtype.is_floating_point or indices.dtype == torch.bool or indices.dim() != 1:
-            raise PruneDataError(
-                f"sample ids must be a 1-D integer tensor, got dtype {indices.dtype} shape {tuple(indices.shape)}"
-            )
-        if indices.numel():
-            lo, hi = int(indices.min()), int(indices.max())
-            if lo < 0 or hi >= self.num_samples:
-                raise PruneDataError(
-                    f"sample index {lo if lo < 0 else hi} is outside the dataset (size {self.num_samples}); "
-                    "the pruner was built for another dataset, or the ids are not dataset indices"
-                )
-        return indices.to(self.mask.device, torch.long)
-
     def _soft(self, m: torch.Tensor, alpha: float) -> torch.Tensor:
         """``sigmoid(alpha*m)`` in value. Its gradient: ``alpha/4`` (``straight_through``) or
         ``alpha*w(1-w)`` taken at ``clamp(alpha*m, +-logit_clip)``."""
@@ -331,13 +279,8 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
         return w * (1.0 - w)
 
     def weights(self, indices: Any) -> torch.Tensor:
-        """Soft weights ``sigmoid(alpha*m)`` of the given samples, detached (1 during warm-up).
-
-        The mask learns only through :meth:`loss` or :meth:`mask_loss`: the weights are constants
-        here, so ``(weights(idx) * losses).mean() + mask_loss(idx, losses)`` is exactly
-        :meth:`loss` (same model gradient, same mask step), and a loop that uses the weights alone
-        trains the model on the current mask without changing it.
-        """
+        """Soft weights ``sigmoid(alpha*m)`` of the given samples, detached (1 during warm-up): a loop
+        that uses the weights alone trains the model on the current mask without changing it."""
         return self._weights(self._check_indices(indices))
 
     def _weights(self, idx: torch.Tensor) -> torch.Tensor:
@@ -346,22 +289,15 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
         with torch.no_grad():
             return torch.sigmoid(self.alpha * self.mask[idx])
 
-    def _global_mask_stats(self, soft: torch.Tensor) -> torch.Tensor:
-        m = soft.mean()
-        k = self.world_size
-        if k <= 1:
-            return m
-        # same value, gradient / K: the summed mask gradient then counts the compression term once
-        return m.detach() + (m - m.detach()) / k
-
     def loss(self, indices: Any, losses: torch.Tensor) -> torch.Tensor:
         """Combined AdaPruner objective for one batch; call ``.backward()`` on it.
 
         ``indices``: dataset indices of the batch (from :class:`IndexedDataset`).
         ``losses``: per-sample task losses, unreduced (``reduction='none'``), shape ``(B,)``, >= 0.
 
-        It is ``(weights(indices) * losses).mean() + mask_loss(indices, losses)``: the model gets the
-        batch mean of the weighted task loss (weights constant), the mask gets the paper's terms.
+        It is exactly ``(weights(indices) * losses).mean() + mask_loss(indices, losses)`` (same model
+        gradient, same mask step): the model gets the batch mean of the weighted task loss (weights
+        constant), the mask gets the paper's terms. Call :meth:`step` after ``backward()``.
         """
         idx = self._check_indices(indices)
         losses = check_per_sample_losses(losses, idx.shape[0])
@@ -372,21 +308,16 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
         return out
 
     def mask_loss(self, indices: Any, losses: torch.Tensor) -> torch.Tensor:
-        """The mask's part of the objective for one batch (a scalar with gradient only to the mask).
-
-        For loops that combine the task loss themselves: ``(weights(idx) * losses).mean() +
-        mask_loss(idx, losses)`` is :meth:`loss`. ``losses`` are the batch's per-sample task losses
-        (they are detached here: the selection term ``-log L`` must not train the model). Zero
-        during warm-up. Call it once per batch, then :meth:`step` after ``backward()``.
-        """
+        """The mask's part of :meth:`loss` for one batch, for loops that weight the task loss themselves
+        (once per batch). ``losses`` are detached here: the selection term ``-log L`` must not train
+        the model. Zero during warm-up."""
         idx = self._check_indices(indices)
         return self._mask_loss(idx, check_per_sample_losses(losses, idx.shape[0]))
 
     def _mask_loss(self, idx: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
         dev = losses.device
         self._seen[idx] = True
-        alpha = self.alpha
-        self._step_alpha = alpha
+        alpha = self._step_alpha = self.alpha
         self._pending_samples += int(idx.shape[0])
         ld = losses.detach()
         if self.in_warmup:
@@ -395,10 +326,10 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
             return torch.zeros((), device=dev)
         w = self._soft(self.mask[idx], alpha)
         ld = ld.to(w.device)
-        neg_log = -torch.log(ld.clamp_min(self.loss_eps))
         # mask: the paper's per-sample terms (classification + selection), divided by N
-        mask_cls = self.task_weight * (w * ld).sum() / self.num_samples
-        mask_sel = (w * neg_log).sum() / self.num_samples
+        mask_sel = (w * -torch.log(ld.clamp_min(self.loss_eps))).sum() / self.num_samples
+        total = (self.task_weight * (w * ld).sum() / self.num_samples + mask_sel).to(dev)
+        self._epoch_stats.add(ld, w.detach())
         if self.binarize_mode != "threshold":
             # the projection in step() holds the binarised ratio at the target exactly, so the
             # compression term is off (lambda = 0) and no dense O(N) work is done per step. Left on,
@@ -406,25 +337,21 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
             # logits tie at 0, r > c), with a dense step that treats visited and unvisited samples
             # differently: the kept fraction then depended on the first epoch's order.
             self._comp = None
-            total = (mask_cls + mask_sel).to(dev)
             self._last_terms = {"selection": mask_sel.detach(), "lambda": 0.0, "alpha": alpha}
-            self._epoch_stats.add(ld, w.detach())
             return total
         # compression term: its gradient is dense (every entry, every step) and is applied in closed
-        # form in step() with its own stability cap, so it is kept out of the autograd graph here
+        # form in step() with its own stability cap (after the mask gradient's all-reduce, so it counts
+        # once across ranks); it is kept out of the autograd graph here
         with torch.no_grad():
-            soft_all = torch.sigmoid(alpha * self.mask)
-            mean_soft = self._global_mask_stats(soft_all)
+            mean_soft = torch.sigmoid(alpha * self.mask).mean()
             r = self._binary_ratio()  # current binarised keep ratio (tensor, no host sync)
             lam = self.scale * (r - self.keep_ratio).abs()
             comp = (mean_soft - self.keep_ratio) ** 2
         self._comp = (lam, mean_soft - self.keep_ratio)
-        total = (mask_cls + mask_sel).to(dev) + (lam * comp).to(dev)
         # tensors, converted to floats only when read (no per-step device sync)
-        self._last_terms = {"selection": mask_sel.detach(), "compression": comp.detach(), "lambda": lam,
-                            "alpha": alpha, "keep_ratio_now": r, "mean_weight": mean_soft.detach()}
-        self._epoch_stats.add(ld, w.detach())
-        return total
+        self._last_terms = {"selection": mask_sel.detach(), "compression": comp, "lambda": lam,
+                            "alpha": alpha, "keep_ratio_now": r, "mean_weight": mean_soft}
+        return total + (lam * comp).to(dev)
 
     def _binary_ratio(self) -> torch.Tensor:
         """Keep ratio of the binarised mask, ``sigmoid(alpha*m) >= 0.5`` (all kept at ``m = 0``)."""
@@ -483,13 +410,12 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
     def _project(self) -> None:
         """Shift every logit by one constant so that exactly ``num_keep`` have ``m >= 0``.
 
-        The shift is the ``num_keep``-th largest logit (on the device, no host sync); it keeps every
-        sample's rank and applies to all samples alike, wherever they are in the epoch's order. It
-        runs after every step that completes another 1/PROJECTIONS_PER_EPOCH of the epoch's samples
-        (every step when batches are that large) and at the end of every pruning epoch: a k-th value
-        over N entries costs ~2.6 ms at N = 60,000 on one CPU thread, too much for every 100 ms step.
-        Between two projections the binarised ratio can only fall a little below the target (the
-        per-sample steps all point down); ranks, and so the selection, do not depend on the timing.
+        The shift is the ``num_keep``-th largest logit (on the device, no host sync). It runs after
+        every step that completes another 1/PROJECTIONS_PER_EPOCH of the epoch's samples and at the
+        end of every pruning epoch, not after every step: a k-th value over N entries costs ~2.6 ms at
+        N = 60,000 on one CPU thread, too much for every 100 ms step. Between two projections the
+        binarised ratio can only fall a little below the target (the per-sample steps all point
+        down); ranks, and so the selection, do not depend on the timing.
         """
         self._since_project = 0
         kth = torch.kthvalue(self.mask.detach(), self.num_samples - self.num_keep + 1).values
@@ -507,10 +433,8 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
         self._pending_samples = 0
         if not self.in_warmup and self.binarize_mode != "threshold":
             self._project()
-        if self.in_warmup:  # warm-up trains with weight 1 for every sample
-            soft = torch.ones(self.num_samples)
-        else:
-            soft = torch.sigmoid(self.alpha * self.mask.detach()).cpu()
+        # warm-up trains with weight 1 for every sample
+        soft = torch.ones(self.num_samples) if self.in_warmup else torch.sigmoid(self.alpha * self.mask.detach()).cpu()
         hist, _ = np.histogram(soft.numpy(), bins=20, range=(0.0, 1.0))
         rec = {
             "epoch": self.epoch,
@@ -525,11 +449,9 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
         if "lambda" in self._last_terms:
             rec["lambda"] = float(self._last_terms["lambda"])
         self.history.append(rec)
-        logger.info(
-            "AdaPruner epoch %d%s: alpha=%.3g kept(m>0)=%.4f mean weight=%.4f mean loss=%.4g",
-            self.epoch, " (warm-up)" if rec["warmup"] else "", rec["alpha"], rec["keep_ratio_threshold"],
-            rec["mean_weight"], rec.get("mean_loss", float("nan")),
-        )
+        logger.info("AdaPruner epoch %d%s: alpha=%.3g kept(m>0)=%.4f mean weight=%.4f mean loss=%.4g", self.epoch,
+                    " (warm-up)" if rec["warmup"] else "", rec["alpha"], rec["keep_ratio_threshold"],
+                    rec["mean_weight"], rec.get("mean_loss", float("nan")))
         self.set_epoch(self.epoch + 1)
         return rec
 
@@ -553,17 +475,15 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
 
     def load_state_dict(self, state: Dict[str, Any], strict: bool = True) -> None:
         if int(state["num_samples"]) != self.num_samples:
-            raise PruneDataError(
-                f"checkpoint has a mask for {state['num_samples']} samples, this pruner has {self.num_samples}"
-            )
+            raise PruneDataError(f"checkpoint has a mask for {state['num_samples']} samples, this pruner has "
+                                 f"{self.num_samples}")
         now = self.params()
         if strict and state.get("params") and state["params"] != now:
             diff = {k: (state["params"].get(k), now.get(k)) for k in set(state["params"]) | set(now)
                     if state["params"].get(k) != now.get(k)}
-            raise PruneDataError(
-                f"checkpoint was made with other AdaPruner parameters: {diff} (checkpoint, now); build the "
-                "pruner with the checkpoint's parameters, or start a new run without --resume"
-            )
+            raise PruneDataError(f"checkpoint was made with other AdaPruner parameters: {diff} (checkpoint, now); "
+                                 "build the pruner with the checkpoint's parameters, or start a new run without "
+                                 "--resume")
         with torch.no_grad():
             self.mask.copy_(state["mask"].to(self.mask.device))
         if self.optimizer is not None and state.get("optimizer"):
@@ -575,17 +495,13 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
         self.history = list(state["history"])
         self._seen = state["seen"].to(self.mask.device).clone()
         self._epoch_stats = _EpochStats()
-        return None
 
 
 class _EpochStats:
     """Running per-epoch sums (mean loss, weighted fraction) without storing per-step tensors."""
 
     def __init__(self) -> None:
-        self.n = 0
-        self.loss_sum: Any = 0.0
-        self.w_sum: Any = 0.0
-        self.w_n = 0
+        self.n, self.loss_sum, self.w_sum, self.w_n = 0, 0.0, 0.0, 0  # the sums become tensors on the device
 
     def add(self, losses: torch.Tensor, w: Optional[torch.Tensor]) -> None:
         self.n += int(losses.numel())

@@ -2,24 +2,37 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 
 from ..errors import PruneDataError
-from ..selection import Selection
 from .mask import AdaPruner
 
 
-class AdaPrunerSampler(torch.utils.data.DistributedSampler):
-    """The sampler of AdaPruner joint training: it yields dataset indices, nothing else.
+def _deprecated(name: str) -> Callable[..., Any]:
+    """``AdaPrunerSampler.<name>``: the pruner's method, with a DeprecationWarning."""
 
-    Every dataset index once per epoch, shuffled by ``seed + epoch``; pruned samples stay in the
-    batch and get ~zero weight from :meth:`AdaPruner.loss`. It is a
-    :class:`torch.utils.data.DistributedSampler` over the pruner's ``N`` indices (its shuffling,
-    sharding and padding conventions; ``num_replicas``/``rank`` default to the initialised process
-    group, else one replica), and :meth:`set_epoch` also starts the pruner's epoch (warm-up, alpha),
-    so one call per epoch drives both.
+    def forward(self: "AdaPrunerSampler", *args: Any, **kw: Any) -> Any:
+        warnings.warn(f"AdaPrunerSampler.{name}() is deprecated and will be removed in the next release; call "
+                      f"it on the pruner: sampler.pruner.{name}() (the sampler only yields indices)",
+                      DeprecationWarning, stacklevel=2)
+        out = getattr(self.pruner, name)(*args, **kw)
+        if name == "end_epoch":
+            self.epoch = self.pruner.epoch
+        return out
+
+    forward.__name__, forward.__qualname__ = name, f"AdaPrunerSampler.{name}"
+    return forward
+
+
+class AdaPrunerSampler(torch.utils.data.DistributedSampler):
+    """The sampler of AdaPruner joint training: every dataset index once per epoch, shuffled by
+    ``seed + epoch`` (pruned samples stay in the batch and get ~zero weight from :meth:`AdaPruner.loss`).
+
+    A :class:`torch.utils.data.DistributedSampler` over the pruner's ``N`` indices (its shuffling,
+    sharding and padding; ``num_replicas``/``rank`` default to the initialised process group, else one
+    replica); :meth:`set_epoch` also starts the pruner's epoch (warm-up, alpha).
 
     >>> pruner = AdaPruner(len(ds), keep_ratio=0.7, epochs=10)
     >>> sampler = AdaPrunerSampler(pruner, seed=0)
@@ -69,29 +82,5 @@ class AdaPrunerSampler(torch.utils.data.DistributedSampler):
         self.seed = int(state["seed"])
         self.epoch = int(state["epoch"])
 
-    # the mask's methods, reachable here for one more release
-    def _forward(self, name: str):
-        warnings.warn(f"AdaPrunerSampler.{name}() is deprecated and will be removed in the next release; call "
-                      f"it on the pruner: sampler.pruner.{name}() (the sampler only yields indices)",
-                      DeprecationWarning, stacklevel=3)
-        return getattr(self.pruner, name)
-
-    def weights(self, indices: Any) -> torch.Tensor:
-        return self._forward("weights")(indices)
-
-    def loss(self, indices: Any, losses: torch.Tensor) -> torch.Tensor:
-        return self._forward("loss")(indices, losses)
-
-    def mask_loss(self, indices: Any, losses: torch.Tensor) -> torch.Tensor:
-        return self._forward("mask_loss")(indices, losses)
-
-    def step(self) -> None:
-        self._forward("step")()
-
-    def end_epoch(self) -> Dict[str, Any]:
-        rec = self._forward("end_epoch")()
-        self.epoch = self.pruner.epoch
-        return rec
-
-    def selection(self, dataset: Any = None, **kw) -> Selection:
-        return self._forward("selection")(dataset, **kw)
+    weights, loss, mask_loss, step, end_epoch, selection = (
+        _deprecated(name) for name in ("weights", "loss", "mask_loss", "step", "end_epoch", "selection"))

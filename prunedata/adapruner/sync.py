@@ -30,17 +30,16 @@ class MaskSync:
         src = dist.get_global_rank(self._group(), 0) if self._group() is not None else 0
         with collective_guard(f"mask consistency check after epoch {self.epoch}"):
             dist.broadcast(ref, src=src, group=self._group())
-        diff = torch.zeros(1, dtype=torch.float64)
-        diff[0] = float((ref - self.mask.detach()).abs().max()) if ref.numel() else 0.0
+        d = float((ref - self.mask.detach()).abs().max()) if ref.numel() else 0.0
+        diff = torch.tensor([d], dtype=torch.float64)
         all_reduce(diff, op=dist.ReduceOp.MAX, group=self._group(), what="mask consistency check")
         d = float(diff[0])
         if d > self.sync_tolerance:
-            raise DistributedError(
-                f"the AdaPruner masks of the ranks differ by up to {d:.3g} after epoch {self.epoch}: the "
-                "ranks did not run the same steps. Every rank must call loss(), backward() and step() "
-                "once per batch, with the same number of batches (use AdaPrunerSampler, which pads the "
-                "shards to equal length) and the same AdaPruner parameters"
-            )
+            raise DistributedError(f"the AdaPruner masks of the ranks differ by up to {d:.3g} after epoch "
+                                   f"{self.epoch}: the ranks did not run the same steps. Every rank must call loss(), "
+                                   "backward() and step() once per batch, with the same number of batches (use "
+                                   "AdaPrunerSampler, which pads the shards to equal length) and the same AdaPruner "
+                                   "parameters")
         if d > 0:
             with torch.no_grad():
                 self.mask.copy_(ref)

@@ -59,7 +59,7 @@ def _timeout_seconds() -> float:
 
 def _env_int(name: str) -> Optional[int]:
     v = os.environ.get(name)
-    if v is None or v == "":
+    if not v:
         return None
     try:
         return int(v)
@@ -91,10 +91,8 @@ def init_distributed(backend: Optional[str] = None, *, init_method: Optional[str
     if world_size is None and rank is None:
         return False
     if world_size is None or rank is None:
-        raise PruneDataError(
-            f"RANK={rank} and WORLD_SIZE={world_size}: both must be set (torchrun sets them). Launch "
-            "with `torchrun --nproc_per_node=N script.py`, or unset both to run in one process."
-        )
+        raise PruneDataError(f"RANK={rank} and WORLD_SIZE={world_size}: both must be set (torchrun sets them). Launch "
+                             "with `torchrun --nproc_per_node=N script.py`, or unset both to run in one process.")
     if world_size < 1 or not 0 <= rank < world_size:
         raise PruneDataError(f"RANK must be in [0, WORLD_SIZE); got RANK={rank}, WORLD_SIZE={world_size}")
     if world_size == 1 and init_method is None:
@@ -103,11 +101,9 @@ def init_distributed(backend: Optional[str] = None, *, init_method: Optional[str
     if init_method == "env://":
         missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
         if missing:
-            raise PruneDataError(
-                f"{' and '.join(missing)} not set: the env:// rendezvous needs the address and port of "
-                "rank 0 (torchrun sets them; with a hand-made launch export MASTER_ADDR=127.0.0.1 "
-                "MASTER_PORT=<free port>)"
-            )
+            raise PruneDataError(f"{' and '.join(missing)} not set: the env:// rendezvous needs the address and port "
+                                 "of rank 0 (torchrun sets them; with a hand-made launch export MASTER_ADDR=127.0.0.1 "
+                                 "MASTER_PORT=<free port>)")
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
@@ -158,25 +154,12 @@ def collective_guard(what: str, hint: Optional[str] = None) -> Iterator[None]:
             raise
         waited = time.monotonic() - t0
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        msg = (
-            f"rank {get_rank()} of {get_world_size()}: {what} failed after {waited:.1f}s: another rank "
-            f"crashed, was killed, or did not respond within the timeout ({_timeout_seconds():g}s). "
-            f"Check the other ranks' logs. Cause: {first}"
-        )
+        msg = (f"rank {get_rank()} of {get_world_size()}: {what} failed after {waited:.1f}s: another rank crashed, was "
+               f"killed, or did not respond within the timeout ({_timeout_seconds():g}s). Check the other ranks' logs. "
+               f"Cause: {first}")
         if hint:
             msg += f". {hint}"
         raise DistributedError(msg) from e
-
-
-def barrier(what: str = "barrier", hint: Optional[str] = None) -> None:
-    """Wait for every rank; on gloo a monitored barrier names the ranks that did not arrive."""
-    if get_world_size() <= 1:
-        return
-    with collective_guard(what, hint):
-        if dist.get_backend() == "gloo":
-            dist.monitored_barrier(timeout=datetime.timedelta(seconds=_timeout_seconds()), wait_all_ranks=True)
-        else:
-            dist.barrier()
 
 
 def broadcast_object(obj: Any, src: int = 0, what: str = "broadcast") -> Any:
@@ -222,8 +205,7 @@ def run_on_main(fn: Callable[..., Any], *args: Any, what: str = "write a file", 
         try:
             status = (None, fn(*args, **kw))
         except Exception as e:  # noqa: BLE001 - re-raised below after telling the others
-            err = e
-            status = (f"{type(e).__name__}: {e}", None)
+            err, status = e, (f"{type(e).__name__}: {e}", None)
     status = broadcast_object(status, src=0, what=f"waiting for rank 0 to {what}")
     if err is not None:
         raise err
@@ -257,21 +239,17 @@ def gather_rows(indices: Any, rows: Any, num_samples: int, what: str = "gather p
     idx = torch.as_tensor(np.asarray(indices), dtype=torch.long).reshape(-1)
     val = rows.detach().cpu() if isinstance(rows, torch.Tensor) else torch.as_tensor(np.asarray(rows))
     if val.dim() == 0 or val.shape[0] != idx.shape[0]:
-        raise PruneDataError(
-            f"got {tuple(val.shape)} values for {idx.shape[0]} indices on rank {get_rank()}: {what} needs one "
-            "row per index"
-        )
+        raise PruneDataError(f"got {tuple(val.shape)} values for {idx.shape[0]} indices on rank {get_rank()}: {what} "
+                             "needs one row per index")
     tail = tuple(val.shape[1:])
     world = get_world_size()
     if world > 1:
         counts = torch.zeros(world, dtype=torch.long)
         counts[get_rank()] = idx.numel()
         all_reduce(counts, what=f"{what} (sizes)")
-        m = int(counts.max())
-        pad_i = torch.full((m,), -1, dtype=torch.long)
-        pad_i[: idx.numel()] = idx
-        pad_v = torch.zeros((m,) + tail, dtype=val.dtype)
-        pad_v[: idx.numel()] = val
+        pad = int(counts.max()) - idx.numel()  # all_gather needs equal sizes
+        pad_i = torch.cat([idx, idx.new_full((pad,), -1)])
+        pad_v = torch.cat([val, val.new_zeros((pad,) + tail)])
         gi = [torch.empty_like(pad_i) for _ in range(world)]
         gv = [torch.empty_like(pad_v) for _ in range(world)]
         with collective_guard(what):
@@ -285,10 +263,8 @@ def gather_rows(indices: Any, rows: Any, num_samples: int, what: str = "gather p
     covered[idx] = True
     if not bool(covered.all()):
         miss = (~covered).nonzero().flatten()
-        raise PruneDataError(
-            f"{what}: {miss.numel()} samples were computed on no rank (e.g. {miss[:5].tolist()}); every rank "
-            "must process its shard (shard_indices(n)) of the same dataset"
-        )
+        raise PruneDataError(f"{what}: {miss.numel()} samples were computed on no rank (e.g. {miss[:5].tolist()}); "
+                             "every rank must process its shard (shard_indices(n)) of the same dataset")
     out = torch.empty((num_samples,) + tail, dtype=val.dtype)
     out[idx] = val
     return out

@@ -12,9 +12,9 @@ import torch.distributed as dist
 
 from .._io import PathLike
 from ..adapruner import AdaPruner, AdaPrunerSampler
-from ..checkpoint import adapruner_recipe, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from ..loop import Checkpointer
+from ..checkpoint import AdaPrunerCheckpointer, adapruner_recipe, rng_state, save_checkpoint, set_rng_state
 from ..errors import PruneDataError
+from ..loop import Recipe, train
 from ..training import JointTraining, per_sample_ce
 from .collectives import DistributedError, all_gather_object, collective_guard, get_rank, get_world_size, is_distributed, run_on_main
 
@@ -22,11 +22,8 @@ logger = logging.getLogger(__name__)
 
 
 class DistributedAdaPruner(AdaPruner):
-    """Deprecated name of ``AdaPruner(..., process_group=...)``: one mask shared by the ranks.
-
-    ``process_group`` defaults to every rank of the default group (``"world"``). Kept for one
-    release; constructing one emits a ``DeprecationWarning``.
-    """
+    """Deprecated name of ``AdaPruner(..., process_group=...)`` (default ``"world"``): one mask shared by
+    the ranks. Kept for one release; constructing one emits a ``DeprecationWarning``."""
 
     def __init__(self, num_samples: int, keep_ratio: float, *, process_group: Any = None,
                  sync_tolerance: float = 1e-3, **kw: Any):
@@ -65,38 +62,33 @@ def train_adapruner_ddp(model: torch.nn.Module, dataset: Any, pruner: AdaPruner,
     Call on every rank with the same arguments (after :func:`init_distributed`). ``batch_size`` is per
     rank: ``K`` ranks with ``batch_size=B`` take the same optimisation steps as one process with
     ``batch_size=K*B`` (:func:`prunedata.training.train_adapruner`) when ``len(dataset)`` is a multiple
-    of ``K`` (otherwise the sampler pads the last shard with repeated samples). ``pruner`` must be a
-    :class:`DistributedAdaPruner` when there is more than one rank.
+    of ``K`` (otherwise the sampler pads the last shard with repeated samples). With more than one
+    rank, ``pruner`` must share its mask (``AdaPruner(..., process_group="world")``).
 
     ``checkpoint``: rank 0 writes the whole state (model, optimiser, mask, epoch, every rank's RNG)
     atomically after each epoch; ``resume=True`` makes every rank continue from it (the file must be
-    on a filesystem all ranks see). ``on_step(epoch, step)`` is called before each step (logging,
-    fault injection in tests). Returns the sampler; ``sampler.pruner.selection(dataset)`` is identical on
-    every rank; write it with :func:`save_selection`.
-
-    Without a process group this is an ordinary single-process loop.
+    on a filesystem all ranks see); ``stop_after_epoch=k`` ends the run after its epoch ``k``,
+    checkpoint written, for a preemptible or time-sliced job to continue later with ``resume=True``.
+    ``on_step(epoch, step)`` is called before each step (logging, fault injection in tests). Returns
+    the sampler; ``sampler.pruner.selection(dataset)`` is identical on every rank; write it with
+    :func:`save_selection`. Without a process group this is an ordinary single-process loop.
     """
     world, rank = get_world_size(), get_rank()
     if world > 1 and pruner.world_size <= 1:
-        raise PruneDataError(
-            f"this AdaPruner keeps a separate mask on each of the {world} ranks, which would drift apart. Build it "
-            "with AdaPruner(..., process_group='world') so the ranks share one mask (DistributedAdaPruner, its "
-            "deprecated name, does the same)"
-        )
+        raise PruneDataError(f"this AdaPruner keeps a separate mask on each of the {world} ranks, which would drift "
+                             "apart. Build it with AdaPruner(..., process_group='world') so the ranks share one mask "
+                             "(DistributedAdaPruner, its deprecated name, does the same)")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise PruneDataError(f"batch_size (per rank) must be a positive int, got {batch_size!r}")
     if len(dataset) != pruner.num_samples:
-        raise PruneDataError(
-            f"the pruner has {pruner.num_samples} mask entries but the dataset has {len(dataset)} samples"
-        )
+        raise PruneDataError(f"the pruner has {pruner.num_samples} mask entries but the dataset has {len(dataset)} "
+                             "samples")
     if device is None:
         device = f"cuda:{torch.cuda.current_device()}" if (is_distributed() and dist.get_backend() == "nccl") else "cpu"
     device = torch.device(device)
     if world > 1 and len(dataset) % world:
         logger.warning("%d samples do not split evenly over %d ranks: the sampler repeats %d samples per epoch",
                        len(dataset), world, world - len(dataset) % world)
-    from ..loop import Recipe, train
-
     recipe = Recipe(epochs=pruner.epochs, batch_size=batch_size, lr=lr, seed=seed, device=str(device),
                     schedule="constant")
     model.to(device)
@@ -130,30 +122,28 @@ class _DDPJointTraining(JointTraining):
         if self.on_step is not None:
             self.on_step(epoch, index - 1)
         return collective_guard(f"epoch {epoch}, step {index - 1} (forward/backward with the DDP gradient "
-                                "all-reduce, mask update)",
-                                _resume_hint(self.checkpoint))
+                                "all-reduce, mask update)", _resume_hint(self.checkpoint))
 
     def after_epoch(self, epoch: int, model: torch.nn.Module) -> None:
         with collective_guard(f"end of epoch {epoch - 1}", _resume_hint(self.checkpoint)):
             super().after_epoch(epoch, model)
 
 
-class _DDPCheckpointer(Checkpointer):
+class _DDPCheckpointer(AdaPrunerCheckpointer):
     """Rank 0 writes model, optimiser, mask, epoch and every rank's RNG state; every rank resumes from it."""
 
     def __init__(self, path: PathLike, recipe: Dict[str, Any], sampler: AdaPrunerSampler, model: torch.nn.Module,
                  world: int):
-        super().__init__(path, recipe, "AdaPruner run")
-        self.sampler, self.model, self.world = sampler, model, world
+        super().__init__(path, recipe, sampler)
+        self.model, self.world = model, world  # the model itself, not its DDP wrapper
 
     def exists(self) -> bool:
         here = Path(self.path).exists()
         found = all_gather_object(here, what="checking the checkpoint on every rank")
         if any(found) and not all(found):
-            raise DistributedError(
-                f"checkpoint {self.path} exists on ranks {[i for i, f in enumerate(found) if f]} but not on "
-                f"{[i for i, f in enumerate(found) if not f]}: put it on a filesystem that every rank sees"
-            )
+            raise DistributedError(f"checkpoint {self.path} exists on ranks {[i for i, f in enumerate(found) if f]} "
+                                   f"but not on {[i for i, f in enumerate(found) if not f]}: put it on a filesystem "
+                                   "that every rank sees")
         return here
 
     def save(self, epoch, model, optimizer, scheduler, generator, hook_state) -> None:
@@ -163,26 +153,18 @@ class _DDPCheckpointer(Checkpointer):
                     what=f"write the checkpoint {self.path}")
 
     def load(self, model, optimizer, scheduler, generator) -> tuple:
-        return _load_ddp_checkpoint(self.path, self.model, optimizer, self.sampler, self.recipe), None
-
-
-def _load_ddp_checkpoint(path: PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                         sampler: AdaPrunerSampler, recipe: Optional[Dict[str, Any]] = None) -> int:
-    start = load_checkpoint(path, model=model, optimizer=optimizer, sampler=sampler, recipe=recipe,
-                            what="AdaPruner run")
-    extra = torch.load(path, map_location="cpu", weights_only=False).get("extra") or {}
-    world, rank = get_world_size(), get_rank()
-    rngs = extra.get("rng_per_rank")
-    if rngs and len(rngs) == world:
-        set_rng_state(rngs[rank])
-    elif world > 1 or extra.get("world_size", 1) != world:
-        logger.warning("checkpoint %s was written by %s ranks, now %d: RNG streams restart from rank 0's",
-                       path, extra.get("world_size", "?"), world)
-    starts = all_gather_object(start, what="checking that every rank resumed at the same epoch")
-    if len(set(starts)) != 1:
-        raise DistributedError(
-            f"ranks resumed from different epochs {starts}: the checkpoint {path} changed while being read; "
-            "restart all ranks"
-        )
-    logger.info("rank %d resumed from %s at epoch %d", rank, path, start)
-    return start
+        start, _ = super().load(self.model, optimizer, scheduler, generator)
+        extra = torch.load(self.path, map_location="cpu", weights_only=False).get("extra") or {}
+        world, rank = get_world_size(), get_rank()
+        rngs = extra.get("rng_per_rank")
+        if rngs and len(rngs) == world:
+            set_rng_state(rngs[rank])
+        elif world > 1 or extra.get("world_size", 1) != world:
+            logger.warning("checkpoint %s was written by %s ranks, now %d: RNG streams restart from rank 0's",
+                           self.path, extra.get("world_size", "?"), world)
+        starts = all_gather_object(start, what="checking that every rank resumed at the same epoch")
+        if len(set(starts)) != 1:
+            raise DistributedError(f"ranks resumed from different epochs {starts}: the checkpoint {self.path} changed "
+                                   "while being read; restart all ranks")
+        logger.info("rank %d resumed from %s at epoch %d", rank, self.path, start)
+        return start, None

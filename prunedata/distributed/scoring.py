@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -18,8 +18,7 @@ logger = logging.getLogger(__name__)
 
 def _agree(fn: Callable[[], Any], what: str) -> Any:
     """Run ``fn`` on every rank; if it raises on any rank, raise on every rank (no one waits for it)."""
-    err: Optional[BaseException] = None
-    out = None
+    out, err = None, None
     try:
         out = fn()
     except Exception as e:  # noqa: BLE001 - re-raised below after telling the others
@@ -33,10 +32,12 @@ def _agree(fn: Callable[[], Any], what: str) -> Any:
     return out
 
 
-def _check_shardable(n: int) -> None:
+def _shard(n: int) -> np.ndarray:
+    """This rank's block of ``range(n)`` (:func:`shard_indices`); every rank needs at least one sample."""
     if n < get_world_size():
         raise PruneDataError(f"the dataset has {n} samples, fewer than the {get_world_size()} ranks: every rank needs "
                              "at least one sample; use fewer processes")
+    return shard_indices(n)
 
 
 def distributed_scores(score_fn: Callable[[Any], Any], dataset: Any, *, what: str = "per-sample scores") -> np.ndarray:
@@ -50,17 +51,14 @@ def distributed_scores(score_fn: Callable[[Any], Any], dataset: Any, *, what: st
         scores = distributed_scores(lambda part: el2n_scores(model, part), dataset)
     """
     n = len(dataset)
-    _check_shardable(n)
-    idx = shard_indices(n)
+    idx = _shard(n)
     part = dataset if get_world_size() == 1 else Subset(dataset, idx.tolist())
 
     def local() -> np.ndarray:
         vals = np.asarray(score_fn(part), dtype=np.float64)
         if vals.shape != (len(idx),):
-            raise PruneDataError(
-                f"score_fn returned shape {vals.shape} for a shard of {len(idx)} samples; it must return one "
-                "score per sample of the dataset it is given, in order"
-            )
+            raise PruneDataError(f"score_fn returned shape {vals.shape} for a shard of {len(idx)} samples; it must "
+                                 "return one score per sample of the dataset it is given, in order")
         return vals
 
     vals = _agree(local, what)
@@ -98,8 +96,7 @@ def distributed_influence(model: torch.nn.Module, dataset: Any, *, layer: Any = 
     from ..methods.influence import Features, compute_influence
 
     n = len(dataset)
-    _check_shardable(n)
-    idx = shard_indices(n)
+    idx = _shard(n)
     res = compute_influence(model, dataset, layer=layer, damping=damping, solver=solver, batch_size=batch_size,
                             device=device, dtype=dtype, out_dtype=out_dtype, show_progress=show_progress and is_main_process(),
                             indices=idx, reduce=lambda t, what: all_reduce(t, what=what), agree=_agree)
