@@ -132,11 +132,11 @@ def _download(key: str, root: Path, train: bool) -> None:
 
 
 def _open_idx(folder: Path, stem: str) -> Tuple[Any, Path]:
-    from .datasets import _read_idx
+    from .datasets import read_idx
 
     for name in (stem, stem + ".gz"):
         if (folder / name).exists():
-            return _read_idx(folder / name), folder / name
+            return read_idx(folder / name), folder / name
     raise FileNotFoundError(str(folder / stem))
 
 

@@ -187,7 +187,7 @@ def _int_at_least(minimum: int, text: str) -> int:
     return v
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     return _int_at_least(1, text)
 
 
@@ -244,8 +244,8 @@ def add_dataset_args(p: argparse.ArgumentParser, *, positional: bool = True) -> 
 
 def _common_training(p: argparse.ArgumentParser, epochs: int) -> None:
     p.add_argument("--model", default="cnn", help="architecture name (prunedata.models.MODELS), default cnn")
-    p.add_argument("--epochs", type=_positive_int, default=epochs)
-    p.add_argument("--batch-size", type=_positive_int, default=128)
+    p.add_argument("--epochs", type=positive_int, default=epochs)
+    p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")

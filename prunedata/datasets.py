@@ -107,7 +107,7 @@ def _idx_file(folder: Path, name: str) -> Optional[Path]:
     return None
 
 
-def _read_idx(path: Path) -> np.ndarray:
+def read_idx(path: Path) -> np.ndarray:
     path = Path(path)
     try:
         with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as fh:
@@ -160,8 +160,8 @@ class FashionMNIST(TensorSamples):
                  max_samples: Optional[int] = None, transform=None):
         folder = find_fashion_mnist(root)
         img_f, lab_f = _FMNIST_FILES[bool(train)]
-        data = _read_idx(_idx_file(folder, img_f))
-        targets = _read_idx(_idx_file(folder, lab_f)).astype(np.int64)
+        data = read_idx(_idx_file(folder, img_f))
+        targets = read_idx(_idx_file(folder, lab_f)).astype(np.int64)
         if data.shape[0] != targets.shape[0]:
             raise PruneDataError(f"{folder}: {data.shape[0]} images but {targets.shape[0]} labels")
         if max_samples is not None and max_samples < len(targets):

@@ -131,7 +131,7 @@ class TrainHook:
         pass
 
 
-class _Callbacks(TrainHook):
+class Callbacks(TrainHook):
     """The callable form of the hooks (``on_batch(ids, logits, targets)``, ``on_epoch_end(epoch, model)``,
     ``state()`` / ``load_state(state)``)."""
 

@@ -41,7 +41,7 @@ def check_per_sample_losses(losses: Any, n_ids: int) -> torch.Tensor:
     return losses
 
 
-def _number(value: Any, name: str) -> float:
+def check_number(value: Any, name: str) -> float:
     """``float(value)``, refusing non-numbers, NaN and infinity with a one-sentence PruneDataError."""
     try:
         v = float(value)

@@ -39,7 +39,7 @@ from torch import nn
 
 from ..errors import PruneDataError
 from ..ratios import check_keep_ratio, num_to_keep
-from .checks import _number, check_per_sample_losses
+from .checks import check_number, check_per_sample_losses
 from .keys import MaskKeys
 from .result import MaskResult
 from .sync import MaskSync
@@ -139,10 +139,10 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
             raise PruneDataError(f"warmup_epochs must be in [0, epochs) so that at least one epoch prunes; got "
                                  f"warmup_epochs={warmup_epochs}, epochs={epochs}")
         self.epochs, self.warmup_epochs = int(epochs), int(warmup_epochs)
-        self.alpha_init, self.alpha_final = _number(alpha_init, "alpha_init"), _number(alpha_final, "alpha_final")
-        self.tolerance, self.mask_lr = _number(tolerance, "tolerance"), _number(mask_lr, "mask_lr")
-        self.scale, self.mask_init = _number(scale, "scale"), _number(mask_init, "mask_init")
-        self.loss_eps, self.task_weight = _number(loss_eps, "loss_eps"), _number(task_weight, "task_weight")
+        self.alpha_init, self.alpha_final = check_number(alpha_init, "alpha_init"), check_number(alpha_final, "alpha_final")
+        self.tolerance, self.mask_lr = check_number(tolerance, "tolerance"), check_number(mask_lr, "mask_lr")
+        self.scale, self.mask_init = check_number(scale, "scale"), check_number(mask_init, "mask_init")
+        self.loss_eps, self.task_weight = check_number(loss_eps, "loss_eps"), check_number(task_weight, "task_weight")
         if self.task_weight < 0:
             raise PruneDataError(f"task_weight must be >= 0 (the weight of L in a*L - log L), got {task_weight}; "
                                  "the paper's is 1")
@@ -158,7 +158,7 @@ class AdaPruner(MaskKeys, MaskSync, MaskResult):
                                  "the paper uses 100")
         if self.loss_eps <= 0:
             raise PruneDataError(f"loss_eps (the floor of L inside -log L) must be > 0, got {loss_eps}")
-        if logit_clip is not None and _number(logit_clip, "logit_clip") < 0:
+        if logit_clip is not None and check_number(logit_clip, "logit_clip") < 0:
             raise PruneDataError(f"logit_clip must be > 0 (or 0/None for no clamp), got {logit_clip}")
         if binarize not in self._BINARIZE:
             raise PruneDataError(f"binarize must be 'exact' (alias 'topk'), 'band' or 'threshold', got {binarize!r}")

@@ -26,7 +26,7 @@ from typing import Any, Dict, List
 
 from .._io import atomic_write_text, check_writable
 from .._optional import require
-from ..cli import _positive_int, add_dataset_args, check_device, load_dataset
+from ..cli import positive_int, add_dataset_args, check_device, load_dataset
 from ..errors import PruneDataError
 
 
@@ -54,8 +54,8 @@ def register(subparsers) -> None:
                    help="comma-separated architecture names (prunedata.models or convnet-d2-w16-relu-batch-max)")
     g.add_argument("--model", default="cnn", help="architecture for --time-curves, --transfer and --plots")
     g.add_argument("--seeds", type=int, default=3, help="seeds per configuration")
-    g.add_argument("--epochs", type=_positive_int, default=3)
-    g.add_argument("--batch-size", type=_positive_int, default=128)
+    g.add_argument("--epochs", type=positive_int, default=3)
+    g.add_argument("--batch-size", type=positive_int, default=128)
     g.add_argument("--lr", type=float, default=0.05)
     g.add_argument("--device", default="cpu")
     g.add_argument("--no-full", action="store_true", help="skip the full-data runs")

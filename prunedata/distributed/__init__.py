@@ -28,9 +28,9 @@ Modules: :mod:`.collectives`, :mod:`.joint` (DDP joint training), :mod:`.scoring
 """
 from __future__ import annotations
 
-from .collectives import DEFAULT_TIMEOUT, DistributedError, all_gather_object, all_reduce, broadcast_object, cleanup, collective_guard, gather_per_sample, gather_rows, get_rank, get_world_size, init_distributed, is_distributed, is_main_process, run_on_main, save_selection, shard_indices  # noqa: F401
+from .collectives import DEFAULT_TIMEOUT, DistributedError, all_gather_object, all_reduce, barrier, broadcast_object, cleanup, collective_guard, gather_per_sample, gather_rows, get_rank, get_world_size, init_distributed, is_distributed, is_main_process, run_on_main, save_selection, shard_indices  # noqa: F401
 from .joint import DistributedAdaPruner, train_adapruner_ddp
 from .scoring import distributed_el2n, distributed_grand, distributed_influence, distributed_scores
 
-__all__ = ['DistributedError', 'init_distributed', 'cleanup', 'is_distributed', 'get_rank', 'get_world_size', 'is_main_process', 'collective_guard', 'broadcast_object', 'all_gather_object', 'all_reduce', 'run_on_main', 'save_selection', 'shard_indices', 'gather_rows', 'gather_per_sample', 'DistributedAdaPruner', 'train_adapruner_ddp', 'distributed_scores', 'distributed_el2n', 'distributed_grand', 'distributed_influence']
+__all__ = ['DistributedError', 'init_distributed', 'cleanup', 'is_distributed', 'get_rank', 'get_world_size', 'is_main_process', 'collective_guard', 'barrier', 'broadcast_object', 'all_gather_object', 'all_reduce', 'run_on_main', 'save_selection', 'shard_indices', 'gather_rows', 'gather_per_sample', 'DistributedAdaPruner', 'train_adapruner_ddp', 'distributed_scores', 'distributed_el2n', 'distributed_grand', 'distributed_influence']
 

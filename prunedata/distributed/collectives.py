@@ -162,6 +162,17 @@ def collective_guard(what: str, hint: Optional[str] = None) -> Iterator[None]:
         raise DistributedError(msg) from e
 
 
+def barrier(what: str = "barrier", hint: Optional[str] = None) -> None:
+    """Wait for every rank; on gloo a monitored barrier names the ranks that did not arrive."""
+    if get_world_size() <= 1:
+        return
+    with collective_guard(what, hint):
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=_timeout_seconds()), wait_all_ranks=True)
+        else:
+            dist.barrier()
+
+
 def broadcast_object(obj: Any, src: int = 0, what: str = "broadcast") -> Any:
     """Rank ``src``'s ``obj`` on every rank (pickled; for small objects)."""
     if get_world_size() <= 1:

@@ -106,17 +106,18 @@ def train_proxy(model: nn.Module, dataset: Any, *, epochs: int, batch_size: int 
     caller's own state (``state()``, e.g. a scorer's accumulators) are written atomically after
     every epoch; ``resume=True`` continues from there (``load_state`` gets the caller's state back)
     and ends where an uninterrupted run would. A checkpoint of another recipe is refused.
-    ``stop_after_epoch=k`` stops after ``k`` epochs (testing).
+    ``stop_after_epoch=k`` ends the run after its epoch ``k``, checkpoint written, to be continued later
+    with ``resume=True``.
     """
     from ..checkpoint import model_signature
-    from ..loop import Recipe, _Callbacks, train
+    from ..loop import Callbacks, Recipe, train
 
     if epochs < 1:
         raise PruneDataError(f"proxy training needs epochs >= 1, got {epochs}")
     recipe = Recipe(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=str(device))
     key = {"job": desc, "epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr), "seed": int(seed),
            "samples": len(dataset), **model_signature(model)}
-    hook = _Callbacks(on_batch=on_batch, on_epoch_end=on_epoch_end, state=state, load_state=load_state)
+    hook = Callbacks(on_batch=on_batch, on_epoch_end=on_epoch_end, state=state, load_state=load_state)
     train(model, dataset, recipe, hooks=[hook], with_ids=True, num_workers=num_workers, checkpoint=checkpoint,
           resume=resume, checkpoint_recipe=key, what="proxy", stop_on_nan=True, stop_after_epoch=stop_after_epoch,
           show_progress=show_progress, desc=desc, log=logger)

@@ -18,7 +18,7 @@ from .problem import ArrayLike, EXACT_AUTO_MAX_N, PruningSolution, as_matrix
 from .bounds import cardinality_lower_bound, max_removed_upper_bound
 # internals the tests reach, under their names before the split
 from .problem import group_quota as _group_quota  # noqa: F401
-from .bounds import _proj_capped_simplex_np, ipm_relaxation as _ipm_relaxation  # noqa: F401
+from .bounds import ipm_relaxation as _ipm_relaxation, proj_capped_simplex_np as _proj_capped_simplex_np  # noqa: F401
 from .search import solve_cardinality_fast
 from .generalization import solve_generalization_fast
 from .exact import solve_exact

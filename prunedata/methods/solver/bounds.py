@@ -140,7 +140,7 @@ def relaxation_directions(S: torch.Tensor, m: int, gi, quota, *, iters: int, dea
     return best_u, best_b, it, w_prev
 
 
-def _proj_capped_simplex_np(z: np.ndarray, q: float) -> np.ndarray:
+def proj_capped_simplex_np(z: np.ndarray, q: float) -> np.ndarray:
     """Exact Euclidean projection onto ``{0 <= w <= 1, sum w = q}``: ``f(tau) = sum clip(z - tau, 0, 1)``
     is piecewise linear with breakpoints ``z_i`` and ``z_i - 1``; evaluate it at all of them (sorted
     ``z``, cumulative sums) and interpolate where it crosses ``q``."""
@@ -190,7 +190,7 @@ def fista_relaxation(G: np.ndarray, gl: List[np.ndarray], ql: List[int], deadlin
     def proj(z):
         out = np.empty_like(z)
         for ix, q in zip(gl, ql):
-            out[ix] = _proj_capped_simplex_np(z[ix], q)
+            out[ix] = proj_capped_simplex_np(z[ix], q)
         return out
 
     w = np.empty(n)
