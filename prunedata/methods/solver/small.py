@@ -143,14 +143,15 @@ def cardinality_small(S: torch.Tensor, m: int, g_arr: Optional[np.ndarray], *, t
     t_search = time.perf_counter() - t0
     lb, degenerate, binfo = 0.0, {}, {}
     if certify:
-        # n <= d: the relaxation gets as much time as the search took (at least 1 ms), and enough for
+        # n <= d: the relaxation gets as much time as the search took (at least 20 ms, so a busy machine's
+        # scheduler cannot take the certificate away; it returns as soon as it converges), and enough for
         # about 20 interior-point iterations in case the active-set method cycles; n > d (the search
         # used its whole time limit): a tenth of the search, at least 1 ms or the same 20 iterations
         # up to 0.1 s -- unless bound_time says otherwise
         if bound_time is not None:
             budget = bound_time
         elif A.shape[1] >= n:
-            budget = max(1e-3, t_search, 3e-10 * n ** 3)
+            budget = max(0.02, t_search, 3e-10 * n ** 3)
         else:
             budget = max(1e-3, 0.1 * t_search, min(0.1, 3e-10 * n ** 3))
         lb = small_bound(G, m, groups_idx, quota, best_sel.astype(np.float64), bound_iters,
