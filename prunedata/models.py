@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Callable, Dict
 
-import torch
 from torch import nn
 
 from .errors import PruneDataError

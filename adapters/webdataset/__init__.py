@@ -30,9 +30,9 @@ from prunedata._optional import require
 
 require("webdataset", purpose="prunedata.adapters.webdataset")  # the package's one check of the dependency
 
-from .ids import ID_SCHEMES, IncompleteShardError, ManifestError, expand_shards, sample_id, shard_name
-from .reading import iter_raw_samples
-from .manifest import ShardInfo, ShardManifest, load_manifest, scan_shards
+from .ids import ID_SCHEMES, IncompleteShardError, ManifestError, sample_id, shard_name
+from .manifest import ShardInfo, ShardManifest, expand_shards, load_manifest
+from .reading import iter_raw_samples, scan_shards
 from .selections import kept_per_shard, keyed_selection, to_index, to_keyed
 from .stage import KeepFiles, SelectKeys, pruned_webdataset, select_keys
 from .writer import write_pruned_shards

@@ -1,17 +1,10 @@
 """Sample ids of a shard stream (``key`` or ``shard/key``), shard names and URL expansion."""
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
-from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Union
-
-from webdataset.shardlists import expand_urls
+from typing import Callable, List, Optional, Sequence, Union
 
 from prunedata.errors import PruneDataError
-
-if TYPE_CHECKING:
-    from .manifest import ShardManifest
 
 ID_SCHEMES = ("key", "shard/key")
 MANIFEST_FORMAT = "prunedata.shards"
@@ -19,7 +12,6 @@ MANIFEST_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
 Handler = Callable[[BaseException], bool]
-UrlsLike = Union[str, Sequence[str], "ShardManifest", Path]
 
 
 class ManifestError(PruneDataError):
@@ -70,29 +62,3 @@ def ids_of(keys: Sequence[str], urls: Union[None, str, Sequence[str]], id_scheme
     if len(urls) != len(keys):
         raise PruneDataError(f"got {len(keys)} keys but {len(urls)} urls; they must match one to one")
     return [sample_id(k, u, id_scheme) for k, u in zip(keys, urls)]
-
-
-def expand_shards(urls: UrlsLike) -> List[str]:
-    """Shard URLs from a brace pattern (``"d/train-{000..009}.tar"``), a list, a manifest (object or
-    ``.json`` path) or a folder holding a ``manifest.json`` (e.g. the output of :func:`write_pruned_shards`)."""
-    from .manifest import ShardManifest  # (the manifest module builds on this one)
-
-    if isinstance(urls, ShardManifest):
-        return urls.urls
-    if isinstance(urls, Path):
-        urls = str(urls)
-    if isinstance(urls, str):
-        if urls.endswith(".json") and os.path.isfile(urls):
-            return ShardManifest.load(urls).urls
-        if os.path.isdir(urls):
-            if not os.path.isfile(os.path.join(urls, MANIFEST_NAME)):
-                raise PruneDataError(
-                    f"{urls} is a folder without a {MANIFEST_NAME}; pass the shard URLs (e.g. "
-                    f"'{urls}/train-{{000000..000099}}.tar') or write a manifest with scan_shards(urls).save(...)")
-            return ShardManifest.load(os.path.join(urls, MANIFEST_NAME)).urls
-        out = expand_urls(urls)
-    else:
-        out = [str(u) for u in urls]
-    if not out:
-        raise PruneDataError("no shard URLs given")
-    return out

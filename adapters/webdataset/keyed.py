@@ -13,8 +13,9 @@ from prunedata.adapruner import AdaPruner
 from prunedata.errors import OptionError, PruneDataError, SelectionMismatchError
 from prunedata.identity import keys_fingerprint
 from prunedata.selection import Selection
-from .ids import Handler, UrlsLike, check_scheme, ids_of
-from .manifest import ShardManifest, load_manifest, scan_shards
+from .ids import Handler, check_scheme, ids_of
+from .manifest import ShardManifest, UrlsLike, load_manifest
+from .reading import scan_shards
 from .selections import annotate_selection
 
 logger = logging.getLogger(__name__)

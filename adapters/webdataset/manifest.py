@@ -9,13 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from webdataset.handlers import reraise_exception
+from webdataset.shardlists import expand_urls
 
 from prunedata._io import atomic_write_text
+from prunedata.errors import PruneDataError
 from prunedata.identity import keys_fingerprint
-from prunedata.progress import progress
-from .ids import Handler, MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION, ManifestError, UrlsLike, check_scheme, expand_shards, ids_of, shard_name
-from .reading import iter_raw_samples
+from .ids import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION, ManifestError, check_scheme, ids_of, shard_name
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +156,9 @@ class ShardManifest:
                    extra=d.get("extra") or {})
 
 
+UrlsLike = Union[str, Sequence[str], ShardManifest, Path]
+
+
 def is_local(url: str) -> bool:
     return "://" not in url and not url.startswith("pipe:")
 
@@ -187,22 +189,25 @@ def load_manifest(source: Union[str, Path, "ShardManifest"]) -> ShardManifest:
     return ShardManifest.load(p)
 
 
-def scan_shards(urls: UrlsLike, *, id_scheme: str = "key", handler: Handler = reraise_exception,
-                show_progress: bool = True) -> ShardManifest:
-    """One pass over the shards reading tar headers only: the key set and stream order.
-
-    Broken shards raise by default; with a continuing handler the keys read before the break are
-    kept and the error is listed in ``manifest.extra["errors"]`` (and ``complete`` is False).
-    """
-    check_scheme(id_scheme)
-    url_list = expand_shards(urls)
-    errors: List[Dict[str, str]] = []
-    done: List[str] = []
-    keys: Dict[str, List[str]] = {u: [] for u in url_list}
-    it = iter_raw_samples(url_list, read_data=False, handler=handler, errors=errors, done=done)
-    for s in progress(it, desc="scanning shards", disable=not show_progress):
-        keys[s["__url__"]].append(s["__key__"])
-    reached = set(done) | {e["url"] for e in errors}
-    shards = [ShardInfo(url=u, keys=keys[u]) for u in url_list if u in reached]
-    return ShardManifest(shards, id_scheme=id_scheme, complete=len(done) == len(url_list),
-                         extra={"errors": errors} if errors else {})
+def expand_shards(urls: UrlsLike) -> List[str]:
+    """Shard URLs from a brace pattern (``"d/train-{000..009}.tar"``), a list, a manifest (object or
+    ``.json`` path) or a folder holding a ``manifest.json`` (e.g. the output of :func:`write_pruned_shards`)."""
+    if isinstance(urls, ShardManifest):
+        return urls.urls
+    if isinstance(urls, Path):
+        urls = str(urls)
+    if isinstance(urls, str):
+        if urls.endswith(".json") and os.path.isfile(urls):
+            return ShardManifest.load(urls).urls
+        if os.path.isdir(urls):
+            if not os.path.isfile(os.path.join(urls, MANIFEST_NAME)):
+                raise PruneDataError(
+                    f"{urls} is a folder without a {MANIFEST_NAME}; pass the shard URLs (e.g. "
+                    f"'{urls}/train-{{000000..000099}}.tar') or write a manifest with scan_shards(urls).save(...)")
+            return ShardManifest.load(os.path.join(urls, MANIFEST_NAME)).urls
+        out = expand_urls(urls)
+    else:
+        out = [str(u) for u in urls]
+    if not out:
+        raise PruneDataError("no shard URLs given")
+    return out

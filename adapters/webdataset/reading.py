@@ -10,7 +10,9 @@ from webdataset.handlers import reraise_exception
 from webdataset.tariterators import base_plus_ext
 
 from prunedata.errors import PruneDataError
-from .ids import Handler, UrlsLike, expand_shards
+from prunedata.progress import progress
+from .ids import Handler, check_scheme
+from .manifest import ShardInfo, ShardManifest, UrlsLike, expand_shards
 
 logger = logging.getLogger(__name__)
 
@@ -96,3 +98,24 @@ def iter_raw_samples(urls: UrlsLike, *, keep: Optional[Callable[[str, str], bool
                 errors.append({"url": url, "error": f"{type(exn).__name__}: {exn}"})
             if not handler(exn):
                 break
+
+
+def scan_shards(urls: UrlsLike, *, id_scheme: str = "key", handler: Handler = reraise_exception,
+                show_progress: bool = True) -> ShardManifest:
+    """One pass over the shards reading tar headers only: the key set and stream order.
+
+    Broken shards raise by default; with a continuing handler the keys read before the break are
+    kept and the error is listed in ``manifest.extra["errors"]`` (and ``complete`` is False).
+    """
+    check_scheme(id_scheme)
+    url_list = expand_shards(urls)
+    errors: List[Dict[str, str]] = []
+    done: List[str] = []
+    keys: Dict[str, List[str]] = {u: [] for u in url_list}
+    it = iter_raw_samples(url_list, read_data=False, handler=handler, errors=errors, done=done)
+    for s in progress(it, desc="scanning shards", disable=not show_progress):
+        keys[s["__url__"]].append(s["__key__"])
+    reached = set(done) | {e["url"] for e in errors}
+    shards = [ShardInfo(url=u, keys=keys[u]) for u in url_list if u in reached]
+    return ShardManifest(shards, id_scheme=id_scheme, complete=len(done) == len(url_list),
+                         extra={"errors": errors} if errors else {})

@@ -10,8 +10,8 @@ from webdataset.tariterators import base_plus_ext
 
 from prunedata.errors import PruneDataError, SelectionMismatchError
 from prunedata.selection import Selection
-from .ids import Handler, IncompleteShardError, UrlsLike, check_scheme, expand_shards, sample_id, shard_name
-from .manifest import ShardManifest, load_manifest
+from .ids import Handler, IncompleteShardError, check_scheme, sample_id, shard_name
+from .manifest import ShardManifest, UrlsLike, expand_shards, load_manifest
 from .selections import resolve_selection
 
 

@@ -14,8 +14,8 @@ from webdataset.handlers import reraise_exception
 from prunedata.errors import PruneDataError, SelectionMismatchError
 from prunedata.progress import progress
 from prunedata.selection import Selection
-from .ids import Handler, MANIFEST_NAME, UrlsLike, expand_shards, sample_id, shard_name
-from .manifest import ShardInfo, ShardManifest, is_local, load_manifest
+from .ids import Handler, MANIFEST_NAME, sample_id, shard_name
+from .manifest import ShardInfo, ShardManifest, UrlsLike, expand_shards, is_local, load_manifest
 from .reading import iter_raw_samples
 from .selections import resolve_selection
 from .stage import SelectKeys

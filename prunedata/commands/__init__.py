@@ -1,1 +1,1 @@
-"""Extra `prunedata` subcommands: every module here with a `register(subparsers)` function is added."""
+"""The command line's larger subcommands (``evaluate``) and what the subcommands share (``common``)."""

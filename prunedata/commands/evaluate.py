@@ -26,8 +26,8 @@ from typing import Any, Dict, List
 
 from .._io import atomic_write_text, check_writable
 from .._optional import require
-from ..cli import positive_int, add_dataset_args, check_device, load_dataset
 from ..errors import PruneDataError
+from .common import add_dataset_args, check_device, load_dataset, positive_int
 
 
 def register(subparsers) -> None:
