@@ -10,16 +10,17 @@ from ..errors import PruneDataError
 from .mask import AdaPruner
 
 
-def _deprecated(name: str) -> Callable[..., Any]:
-    """``AdaPrunerSampler.<name>``: the pruner's method, with a DeprecationWarning."""
+def _deprecated(name: str, then: Optional[Callable[[Any], None]] = None) -> Callable[..., Any]:
+    """``AdaPrunerSampler.<name>``: the pruner's method, with a DeprecationWarning (``then(sampler)``
+    runs after it)."""
 
     def forward(self: "AdaPrunerSampler", *args: Any, **kw: Any) -> Any:
         warnings.warn(f"AdaPrunerSampler.{name}() is deprecated and will be removed in the next release; call "
                       f"it on the pruner: sampler.pruner.{name}() (the sampler only yields indices)",
                       DeprecationWarning, stacklevel=2)
         out = getattr(self.pruner, name)(*args, **kw)
-        if name == "end_epoch":
-            self.epoch = self.pruner.epoch
+        if then is not None:
+            then(self)
         return out
 
     forward.__name__, forward.__qualname__ = name, f"AdaPrunerSampler.{name}"
@@ -82,5 +83,6 @@ class AdaPrunerSampler(torch.utils.data.DistributedSampler):
         self.seed = int(state["seed"])
         self.epoch = int(state["epoch"])
 
-    weights, loss, mask_loss, step, end_epoch, selection = (
-        _deprecated(name) for name in ("weights", "loss", "mask_loss", "step", "end_epoch", "selection"))
+    weights, loss, mask_loss, step, selection = (
+        _deprecated(name) for name in ("weights", "loss", "mask_loss", "step", "selection"))
+    end_epoch = _deprecated("end_epoch", then=lambda self: setattr(self, "epoch", self.pruner.epoch))
